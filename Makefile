@@ -1,0 +1,75 @@
+# make run  : set up .venv, build a demo (synthetic Shanghai day) if the store is empty, serve :8000
+# make test : set up everything the tests need (venv, Debian packages, npm assets), lint, test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DB ?= var/heatmap.db
+DEMO_DEVICES ?= 30000
+DEMO_INTERVAL ?= 90
+APT_STAMP := $(VENV)/.apt-stamp
+ASSETS_STAMP := node_modules/.installed-stamp
+
+.PHONY: setup run demo test lint format system-deps assets bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) assets
+
+# Debian packages the tests use: Chromium (browser tests), PostgreSQL (shared store tests).
+$(APT_STAMP): $(STAMP)
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || { echo "apt-get install$$missing failed"; exit 1; }; \
+	fi
+	touch $@
+
+system-deps: $(APT_STAMP)
+
+# Front-end assets (Leaflet and plugins) come from the npm registry, never committed.
+$(ASSETS_STAMP): package.json $(wildcard package-lock.json)
+	@if [ -f package.json ]; then npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent; fi
+	mkdir -p node_modules && touch $@
+
+assets: $(ASSETS_STAMP)
+
+demo: setup
+	@if [ ! -s "$(DB)" ]; then \
+	  echo "building the demo store $(DB): $(DEMO_DEVICES) simulated devices, last 24 h"; \
+	  mkdir -p var; \
+	  start=$$($(BIN)/python -c 'import time; print(int(time.time()) // 300 * 300 - 86400 + 600)'); \
+	  HEATMAP_DB=$(DB) $(BIN)/heatmap simulate --out var/demo.parquet --devices $(DEMO_DEVICES) \
+	    --hours 24 --interval-s $(DEMO_INTERVAL) --start $$start --seed 7 && \
+	  HEATMAP_DB=$(DB) $(BIN)/heatmap ingest var/demo.parquet && rm -f var/demo.parquet; \
+	fi
+
+run: demo
+	HEATMAP_DB=$(DB) $(BIN)/heatmap serve --host 127.0.0.1 --port 8000
+
+lint: $(STAMP)
+	$(BIN)/ruff check heatmap tiles tests bench
+	$(BIN)/ruff format --check heatmap tiles tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format heatmap tiles tests bench
+	$(BIN)/ruff check --fix heatmap tiles tests bench
+
+test: setup system-deps lint
+	$(BIN)/python -m playwright --version >/dev/null
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: setup system-deps
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache

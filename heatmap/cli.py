@@ -1,0 +1,226 @@
+"""The ``heatmap`` command line (typer). Exit codes: 0 ok, 2 bad input, 1 internal error."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from heatmap.config import Settings
+from heatmap.errors import BadInput, HeatmapError
+
+app = typer.Typer(
+    help="Crowd-density heatmap: pings -> private people counts per H3 cell -> tiles and JSON.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+export_app = typer.Typer(help="Export published data (cells, PMTiles).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(code: int, message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn domain errors into a one-line message and exit code 2 (1 for the store/internal)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except HeatmapError as exc:
+            _fail(1 if exc.status >= 500 else 2, str(exc))
+        except ValueError as exc:  # settings validation and friends
+            _fail(2, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except KeyboardInterrupt:
+            _fail(1, "interrupted")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+            _fail(1, f"internal error: {type(exc).__name__}: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        raise BadInput("settings: " + " ".join(first[:3])) from exc
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+        transient=True,
+    )
+
+
+@app.command()
+@reports_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="CSV, CSV.gz or Parquet files")],
+    crs: Annotated[str, typer.Option(help="wgs84 | gcj02 | bd09")] = "wgs84",
+    strict: Annotated[bool, typer.Option(help="any bad row fails the whole file")] = False,
+) -> None:
+    """Ingest ping files; each file is one unit. Last line: a JSON summary."""
+    from heatmap.ingest import ParseOptions
+    from heatmap.service import Heatmap
+
+    s = _settings()
+    opts = ParseOptions(crs=crs, strict=strict, max_future_s=s.max_future_s)
+    for p in paths:
+        if not p.is_file():
+            raise BadInput(f"{p}: no such file")
+    hm = Heatmap(s)
+    try:
+        with _progress() as bar:
+            tasks: dict[Path, Any] = {}
+
+            def tick(path: Path, rows: int) -> None:
+                if path not in tasks:
+                    tasks[path] = bar.add_task(path.name, total=None)
+                bar.update(tasks[path], completed=rows)
+
+            report = hm.ingest_paths(paths, opts, progress=tick)
+    finally:
+        hm.close()
+    print(json.dumps(report.summary(), ensure_ascii=False))
+
+
+@app.command()
+@reports_errors
+def simulate(
+    out: Annotated[Path, typer.Option(help="output .csv, .csv.gz or .parquet")],
+    city: Annotated[str, typer.Option(help="city model")] = "shanghai",
+    devices: Annotated[int, typer.Option(min=1, help="number of devices")] = 20_000,
+    start: Annotated[
+        str | None, typer.Option(help="ISO start (UTC); default today 00:00 Shanghai")
+    ] = None,
+    hours: Annotated[float, typer.Option(min=0.01, help="duration in hours")] = 24.0,
+    interval_s: Annotated[int, typer.Option(min=1, help="mean seconds between pings")] = 60,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Simulate a plausible day of pings in a city and write them to a file."""
+    from heatmap.service import parse_when
+    from heatmap.simulate import simulate_pings, write_pings
+
+    if not out.name.endswith((".csv", ".csv.gz", ".parquet")):
+        raise BadInput(f"--out {out.name}: use .csv, .csv.gz or .parquet")
+    if start is None:
+        now = datetime.now(UTC)
+        t0 = int(now.timestamp()) // 86400 * 86400 - 8 * 3600  # local midnight, UTC+8
+        if t0 + 86400 <= now.timestamp():
+            t0 += 86400
+    else:
+        t0 = parse_when(start)
+    begin = datetime.fromtimestamp(t0, UTC)
+    chunks = simulate_pings(
+        city=city, devices=devices, start=begin, hours=hours, interval_s=interval_s, seed=seed
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _progress() as bar:
+        task = bar.add_task("simulating", total=None)
+
+        def counted():  # type: ignore[no-untyped-def]
+            for c in chunks:
+                bar.advance(task, c.num_rows)
+                yield c
+
+        rows = write_pings(out, counted())
+    print(json.dumps({"rows": rows, "out": str(out), "start": begin.isoformat()}))
+
+
+@export_app.command("cells")
+@reports_errors
+def export_cells(
+    out: Annotated[Path, typer.Option(help="output .csv, .parquet, .geojson or .gpkg")],
+    res: Annotated[int | None, typer.Option(help="H3 resolution (default: base)")] = None,
+    window: Annotated[
+        str, typer.Option(help="ISO time of the window, 'latest' or 'all'")
+    ] = "latest",
+) -> None:
+    """Export published (privacy-applied) cells of one or all windows."""
+    from heatmap.export import snapshots_to_frame, write_cells
+    from heatmap.service import Heatmap
+
+    s = _settings()
+    r = s.base_res if res is None else res
+    hm = Heatmap(s)
+    try:
+        wins = hm.windows() if window == "all" else [hm.window(window)]
+        snaps = [hm.snapshot(str(w.window.start), r) for w in wins]
+        n = write_cells(snapshots_to_frame(snaps), out)
+    finally:
+        hm.close()
+    print(json.dumps({"rows": n, "windows": len(wins), "out": str(out)}))
+
+
+@export_app.command("pmtiles")
+@reports_errors
+def export_pmtiles(
+    out: Annotated[Path, typer.Option(help="output .pmtiles")],
+    window: Annotated[
+        str, typer.Option(help="ISO time of a closed window (default latest closed)")
+    ] = "closed",
+    format: Annotated[str, typer.Option("--format", help="mvt | png")] = "mvt",
+    min_zoom: Annotated[int, typer.Option(help="lowest zoom")] = 8,
+    max_zoom: Annotated[int, typer.Option(help="highest zoom")] = 13,
+) -> None:
+    """Export one closed window as a PMTiles v3 archive."""
+    from heatmap.tiling import export_pmtiles as run
+
+    if format not in ("mvt", "png"):
+        raise BadInput(f"--format {format!r}: use mvt or png")
+    if not 0 <= min_zoom <= max_zoom <= 18:
+        raise BadInput("zoom range must satisfy 0 <= --min-zoom <= --max-zoom <= 18")
+    with _progress() as bar:
+        task = bar.add_task("tiles", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        info = run(_settings(), out, window, format, min_zoom, max_zoom, tick)
+    print(json.dumps(info))
+
+
+@app.command()
+@reports_errors
+def serve(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+) -> None:
+    """Serve tiles, JSON and pages over HTTP (uvicorn)."""
+    import uvicorn
+
+    from heatmap.api import create_app
+
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    """Entry point for ``python -m heatmap``."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Settings: one ``HEATMAP_`` prefix, validated, injected (``create_app(settings)``, CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see ``.env.example`` and the README."""
+
+    model_config = SettingsConfigDict(env_prefix="HEATMAP_", env_file=".env", extra="ignore")
+
+    db: str = Field("var/heatmap.db", description="SQLite path or postgresql:// URL")
+    window_s: int = Field(300, ge=10, le=86400, description="window length, seconds")
+    base_res: int = Field(10, ge=0, le=15, description="finest H3 resolution counted")
+    min_res: int = Field(5, ge=0, le=15, description="coarsest H3 resolution published")
+    k_min: int = Field(10, ge=1, description="suppression threshold, devices")
+    dp_epsilon: float | None = Field(None, gt=0, description="DP epsilon per window; None = off")
+    expansion: float = Field(1.0, gt=0, description="people per device (sampling factor)")
+    allowed_lateness_s: int = Field(120, ge=0, description="watermark lag before a window closes")
+    secret: str | None = Field(None, description="device-id hashing key; generated if unset")
+    ingest_token: str | None = Field(None, description="bearer token for POST /api/v1/pings")
+    tz: str = Field("Asia/Shanghai", description="display time zone")
+    basemap_url: str = Field(OSM_TILES, description="XYZ basemap template; empty = none")
+    basemap_attribution: str = "© OpenStreetMap contributors"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    frame_ancestors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["'self'"])
+    bands_km2: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5000.0, 20000.0, 50000.0],
+        description="lower bounds of green, yellow, red in people per km2",
+    )
+    max_future_s: int = Field(3600, ge=0, description="pings further in the future are rejected")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="POST /api/v1/pings limit")
+    max_rows: int = Field(200_000, ge=1, description="rows per POSTed batch")
+    max_cells: int = Field(20_000, ge=1, description="cells per /api/v1/cells answer")
+    tile_cache_mb: int = Field(256, ge=0, description="memory bound of the tile cache; 0 = off")
+
+    @field_validator("cors_origins", "frame_ancestors", "bands_km2", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.min_res > self.base_res:
+            raise ValueError(f"min_res ({self.min_res}) must be <= base_res ({self.base_res})")
+        if len(self.bands_km2) != 3 or sorted(self.bands_km2) != self.bands_km2:
+            raise ValueError("bands_km2 must be 3 increasing thresholds (green, yellow, red)")
+        return self
+
+    @property
+    def resolutions(self) -> range:
+        """Return the published resolutions, coarse to fine."""
+        return range(self.min_res, self.base_res + 1)
+
+    @property
+    def is_postgres(self) -> bool:
+        """Return True when ``db`` names a PostgreSQL server."""
+        return self.db.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def store_dir(self) -> Path:
+        """Return the directory beside the embedded store (secret file, exports)."""
+        if self.is_postgres:
+            return Path("var")
+        return Path(self.db).resolve().parent

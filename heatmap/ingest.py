@@ -1,0 +1,385 @@
+"""Parse and validate pings from files and request bodies; convert coordinates to WGS-84.
+
+Every input becomes chunks of a canonical frame: ``device_id`` (str), ``ts`` (int64 epoch s),
+``lat``, ``lng`` (float64, WGS-84). Rows that cannot be used are counted by reason (and, for
+request bodies, listed with their 1-based data-row number); with ``strict`` the first bad row
+fails the whole input with a one-line reason. Files are read in bounded chunks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from heatmap.errors import BadInput
+
+COLUMNS = ("device_id", "ts", "lat", "lng")
+ALIASES: dict[str, str] = {
+    "device_id": "device_id",
+    "device": "device_id",
+    "deviceid": "device_id",
+    "uid": "device_id",
+    "user_id": "device_id",
+    "ts": "ts",
+    "timestamp": "ts",
+    "time": "ts",
+    "datetime": "ts",
+    "lat": "lat",
+    "latitude": "lat",
+    "lng": "lng",
+    "lon": "lng",
+    "long": "lng",
+    "longitude": "lng",
+}
+CRS_NAMES = ("wgs84", "gcj02", "bd09")
+MAX_SAMPLES = 1000  # rejected rows listed one by one; the counts are always complete
+_EPOCH_MS = 1e11  # larger numeric timestamps are milliseconds (1e11 s is in the year 5138)
+_ISO_FORMATS = (
+    ("%Y-%m-%d %H:%M:%S%.f%z", True),
+    ("%Y-%m-%d %H:%M:%S%z", True),
+    ("%Y-%m-%d %H:%M%z", True),
+    ("%Y-%m-%d %H:%M:%S%.f", False),
+    ("%Y-%m-%d %H:%M:%S", False),
+    ("%Y-%m-%d %H:%M", False),
+)
+
+
+@dataclass
+class Rejects:
+    """Rejected rows of one input unit: counts by reason and the first rows with their reason."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    rows: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Return the number of rejected rows."""
+        return sum(self.counts.values())
+
+    def add(self, rows: list[int], reasons: list[str]) -> None:
+        """Record rejected rows (1-based data-row numbers) and their reasons."""
+        self.counts.update(reasons)
+        room = MAX_SAMPLES - len(self.rows)
+        if room > 0:
+            self.rows.extend(zip(rows[:room], reasons[:room], strict=True))
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    """How to read one input unit."""
+
+    crs: str = "wgs84"
+    strict: bool = False
+    max_future_s: int = 3600
+    now: float | None = None  # epoch s; default time.time() at parse
+    chunk_rows: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.crs not in CRS_NAMES:
+            raise BadInput(f"unknown --crs {self.crs!r}: use one of {', '.join(CRS_NAMES)}")
+
+
+def resolve_columns(names: list[str]) -> dict[str, str]:
+    """Map the canonical columns to the input's column names (aliases, any case).
+
+    Raises ``BadInput`` naming the missing column and the columns that are there.
+    """
+    found: dict[str, str] = {}
+    for name in names:
+        canon = ALIASES.get(name.strip().lower().replace("-", "_"))
+        if canon and canon not in found:
+            found[canon] = name
+    missing = [c for c in COLUMNS if c not in found]
+    if missing:
+        have = ", ".join(names[:10]) or "none"
+        raise BadInput(f"missing column {missing[0]!r} (columns found: {have})")
+    return found
+
+
+def _parse_ts(values: pl.Series) -> pl.Series:
+    """Return epoch seconds (Int64, null where unparseable) from numbers or ISO-8601 strings.
+
+    Numbers above 1e11 are milliseconds. ISO-8601 without an offset is taken as UTC.
+    """
+    if isinstance(values.dtype, pl.Datetime):
+        return values.dt.epoch("s").cast(pl.Int64)
+    if values.dtype.is_numeric():
+        num = values.cast(pl.Float64)
+    else:
+        text = values.cast(pl.String).str.strip_chars()
+        num = text.cast(pl.Float64, strict=False)
+        todo = num.is_null() & text.is_not_null()
+        if todo.any():
+            # Only the non-numeric rows go through the (slower) ISO-8601 layouts.
+            iso = text.filter(todo).str.replace("T", " ", literal=True)
+            iso = iso.str.replace(r"[Zz]$", "+00:00")
+            parsed = pl.select(
+                pl.coalesce(
+                    iso.str.to_datetime(fmt, strict=False, time_unit="ms", time_zone="UTC")
+                    if aware
+                    else iso.str.to_datetime(
+                        fmt, strict=False, time_unit="ms"
+                    ).dt.replace_time_zone("UTC")
+                    for fmt, aware in _ISO_FORMATS
+                )
+            ).to_series()
+            secs = parsed.dt.epoch("ms").cast(pl.Float64) / 1000.0
+            num = num.scatter(todo.arg_true(), secs)
+    num = pl.select(pl.when(num.abs() >= _EPOCH_MS).then(num / 1000.0).otherwise(num)).to_series()
+    return pl.select(
+        pl.when(num.is_finite()).then(num.floor()).cast(pl.Int64, strict=False)
+    ).to_series()
+
+
+def _coord(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if dtype.is_numeric():
+        return col.cast(pl.Float64)
+    return col.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def _reason(raw: pl.Expr, val: pl.Expr, name: str, lo: float, hi: float) -> pl.Expr:
+    blank = raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")
+    return (
+        pl.when(blank)
+        .then(pl.lit(f"{name} missing"))
+        .when(val.is_null())
+        .then(pl.lit(f"{name} not a number"))
+        .when(val.is_nan())
+        .then(pl.lit(f"{name} is NaN"))
+        .when((val < lo) | (val > hi))
+        .then(pl.lit(f"{name} out of range [{lo:g}, {hi:g}]"))
+    )
+
+
+def frame_to_pings(
+    frame: pl.DataFrame,
+    opts: ParseOptions,
+    rejects: Rejects,
+    *,
+    first_row: int = 1,
+    source: str = "input",
+) -> pl.DataFrame:
+    """Validate one chunk and return the canonical pings (WGS-84); record rejected rows.
+
+    ``first_row`` is the 1-based data-row number of the chunk's first row. Device ids are opaque
+    strings (not trimmed); an empty one is rejected.
+    """
+    cols = resolve_columns(frame.columns)
+    now = time.time() if opts.now is None else opts.now
+    schema = frame.schema
+    typed = frame.select(
+        device_id=pl.col(cols["device_id"]).cast(pl.String),
+        ts=_parse_ts(frame[cols["ts"]]),
+        lat=_coord(pl.col(cols["lat"]), schema[cols["lat"]]),
+        lng=_coord(pl.col(cols["lng"]), schema[cols["lng"]]),
+    )
+    newest = int(now) + opts.max_future_s
+    dev, ts, lat, lng = pl.col("device_id"), pl.col("ts"), pl.col("lat"), pl.col("lng")
+    ok = (
+        (dev.str.len_bytes().is_between(1, 256))
+        & ts.is_between(0, newest)
+        & lat.is_between(-90.0, 90.0)
+        & lng.is_between(-180.0, 180.0)
+    ).fill_null(False)
+    mask = typed.select(ok).to_series()
+    if not mask.all():
+        # The slow path (reasons per row) runs on the bad rows only.
+        raw = frame.filter(~mask).select(
+            _ts_raw=pl.col(cols["ts"]), _lat_raw=pl.col(cols["lat"]), _lng_raw=pl.col(cols["lng"])
+        )
+        bad = pl.concat(
+            [typed.with_row_index("row", offset=first_row).filter(~mask), raw], how="horizontal"
+        )
+        ts_raw = pl.col("_ts_raw")
+        ts_blank = ts_raw.is_null() | (ts_raw.cast(pl.String).str.strip_chars() == "")
+        reason = pl.coalesce(
+            pl.when(dev.is_null() | (dev == "")).then(pl.lit("device_id empty")),
+            pl.when(dev.str.len_bytes() > 256).then(pl.lit("device_id longer than 256 bytes")),
+            pl.when(ts_blank).then(pl.lit("ts missing")),
+            pl.when(ts.is_null()).then(pl.lit("ts unparseable")),
+            pl.when(ts < 0).then(pl.lit("ts before 1970")),
+            pl.when(ts > newest).then(pl.lit(f"ts more than {opts.max_future_s} s in the future")),
+            _reason(pl.col("_lat_raw"), lat, "lat", -90.0, 90.0),
+            _reason(pl.col("_lng_raw"), lng, "lng", -180.0, 180.0),
+            pl.lit("invalid row"),
+        )
+        bad = bad.select("row", reason=reason)
+        if opts.strict:
+            row, why = bad.row(0)
+            raise BadInput(f"{source}: row {row}: {why} (--strict: nothing was written)")
+        rejects.add(bad["row"].to_list(), bad["reason"].to_list())
+        typed = typed.filter(mask)
+    if opts.crs != "wgs84" and typed.height:
+        from heatmap.crs import to_wgs84
+
+        la, ln = to_wgs84(typed["lat"].to_numpy(), typed["lng"].to_numpy(), opts.crs)
+        typed = typed.with_columns(lat=pl.Series(np.asarray(la)), lng=pl.Series(np.asarray(ln)))
+    return typed
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if head == b"PAR1":
+        return "parquet"
+    if head[:2] == b"\x1f\x8b":
+        return "csv.gz"
+    return "csv"
+
+
+def _csv_header(path: Path, compressed: bool) -> list[str]:
+    try:
+        opener: Callable[..., io.BufferedIOBase] = gzip.open if compressed else open  # type: ignore[assignment]
+        with opener(path, "rb") as fh:
+            line = fh.readline(1 << 16)
+    except (OSError, EOFError) as exc:
+        raise BadInput(f"{path}: unreadable ({exc})") from exc
+    try:
+        text = line.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not a UTF-8 CSV file (header is binary)") from exc
+    if not text or "\x00" in text:
+        raise BadInput(f"{path}: not a CSV file (empty or binary header)")
+    return [c.strip().strip('"') for c in text.split(",")]
+
+
+def _csv_batches(
+    path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
+) -> Iterator[pa.RecordBatch]:
+    names = _csv_header(path, compressed)
+    resolve_columns(names)
+    skipped: list[int] = []
+
+    def on_bad_row(row: pacsv.InvalidRow) -> str:
+        skipped.append(row.number - 1 if row.number else 0)
+        return "skip"
+
+    stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
+    reader = pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, strings_can_be_null=True
+        ),
+    )
+    for batch in reader:
+        if skipped:
+            if opts.strict:
+                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
+            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+            skipped.clear()
+        yield batch
+    if skipped:
+        if opts.strict:
+            raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
+        rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+
+
+def _parquet_batches(path: Path, opts: ParseOptions) -> Iterator[pa.RecordBatch]:
+    pf = pq.ParquetFile(path)
+    cols = resolve_columns(pf.schema_arrow.names)
+    yield from pf.iter_batches(batch_size=opts.chunk_rows, columns=list(cols.values()))
+
+
+def read_pings(
+    path: Path, opts: ParseOptions, rejects: Rejects, progress: Callable[[int], None] | None = None
+) -> Iterator[pl.DataFrame]:
+    """Yield validated WGS-84 ping chunks from a CSV, CSV.gz or Parquet file.
+
+    ``progress`` receives the number of rows read so far after each chunk. Unreadable files,
+    missing columns and (with ``opts.strict``) bad rows raise ``BadInput`` with a one-line reason.
+    """
+    kind = _sniff(path)
+    row = 1
+    try:
+        batches = (
+            _parquet_batches(path, opts)
+            if kind == "parquet"
+            else _csv_batches(path, kind == "csv.gz", opts, rejects)
+        )
+        for batch in batches:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield frame_to_pings(frame, opts, rejects, first_row=row, source=str(path))
+            row += batch.num_rows
+            if progress:
+                progress(row - 1)
+    except BadInput:
+        raise
+    except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"{path}: unreadable near row {row} ({msg})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies (POST /api/v1/pings)
+
+BODY_TYPES = ("text/csv", "application/x-ndjson", "application/json")
+
+
+def body_to_frame(body: bytes, content_type: str, max_rows: int) -> pl.DataFrame:
+    """Parse a request body (CSV, NDJSON or a JSON array of objects) into a raw frame.
+
+    Values stay as sent (validated later, row by row). Raises ``BadInput`` for a body that
+    cannot be parsed at all, and ``TooLarge`` above ``max_rows`` rows.
+    """
+    from heatmap.errors import TooLarge
+
+    kind = content_type.split(";")[0].strip().lower()
+    try:
+        if kind == "text/csv":
+            text = body.decode("utf-8-sig")
+            frame = pl.read_csv(io.StringIO(text), infer_schema=False, n_rows=max_rows + 1)
+        elif kind in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
+            records = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+            frame = _records_to_frame(records, max_rows)
+        elif kind == "application/json":
+            records = orjson.loads(body)
+            if not isinstance(records, list):
+                raise BadInput("JSON body must be an array of objects")
+            frame = _records_to_frame(records, max_rows)
+        else:
+            raise BadInput(f"unsupported content type {kind!r}: use {', '.join(BODY_TYPES)}")
+    except (UnicodeDecodeError, orjson.JSONDecodeError, pl.exceptions.PolarsError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"body is not valid {kind}: {first[:200]}") from exc
+    if frame.height > max_rows:
+        raise TooLarge(f"batch has more than {max_rows} rows")
+    return frame
+
+
+def _records_to_frame(records: list[object], max_rows: int) -> pl.DataFrame:
+    from heatmap.errors import TooLarge
+
+    if len(records) > max_rows:
+        raise TooLarge(f"batch has {len(records)} rows, more than the limit of {max_rows}")
+    cols: dict[str, list[object]] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise BadInput(f"row {i + 1}: not a JSON object")
+        for key in rec:
+            cols.setdefault(str(key), [None] * i)
+        for key, values in cols.items():
+            v = rec.get(key)
+            values.append(None if v is None else str(v))
+    return pl.DataFrame({k: pl.Series(k, v, dtype=pl.String) for k, v in cols.items()})

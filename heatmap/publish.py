@@ -1,0 +1,169 @@
+"""Publish: raw counts of one window -> privacy-applied snapshots with density and bands.
+
+A snapshot is immutable. For a closed window it is computed once, stored (so DP noise is drawn
+once), and only read afterwards; for the open window it is rebuilt when its version changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+import polars_h3 as plh3
+
+from heatmap.aggregate import rollup
+from heatmap.config import Settings
+from heatmap.model import Band, Snapshot, Window
+from heatmap.privacy import laplace_noise, suppress
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+# Colours chosen to differ in lightness as well as hue, so the four stay apart for deuteranopes
+# and protanopes (checked with a CVD simulation, see README "Accessibility").
+_PALETTE = (
+    ("blue", "#3b6fd4", "Quiet", "稀疏"),
+    ("green", "#4dac26", "Moderate", "适中"),
+    ("yellow", "#fde725", "Busy", "较拥挤"),
+    ("red", "#d7191c", "Crowded", "拥挤"),
+)
+
+
+def make_bands(thresholds_km2: list[float], alpha: int = 190) -> tuple[Band, ...]:
+    """Return the four bands for the lower bounds of green, yellow and red (people per km2)."""
+    lowers = [0.0, *thresholds_km2]
+    return tuple(
+        Band(name, color, alpha, lower, en, zh)
+        for (name, color, en, zh), lower in zip(_PALETTE, lowers, strict=True)
+    )
+
+
+def density_to_band(density_km2: F64, bands: tuple[Band, ...]) -> npt.NDArray[np.uint8]:
+    """Return the band index of each density (``lower_km2`` inclusive)."""
+    edges = np.array([b.lower_km2 for b in bands[1:]])
+    return np.searchsorted(edges, density_km2, side="right").astype(np.uint8)
+
+
+def cell_area_km2(cells: U64) -> F64:
+    """Return the true area of each H3 cell in km2 (vectorised, h3's exact cell area)."""
+    if len(cells) == 0:
+        return np.zeros(0)
+    s = pl.Series("c", cells, dtype=pl.UInt64)
+    return pl.select(plh3.cell_area(s, unit="km^2")).to_series().to_numpy()
+
+
+def legend(settings: Settings) -> dict[str, object]:
+    """Return the structured legend: bands with colours, zh/en labels and thresholds."""
+    bands = make_bands(settings.bands_km2)
+    out = []
+    for i, b in enumerate(bands):
+        upper = bands[i + 1].lower_km2 if i + 1 < len(bands) else None
+        out.append(
+            {
+                "band": b.name,
+                "color": b.color,
+                "label": {"en": b.label_en, "zh": b.label_zh},
+                "min_km2": b.lower_km2,
+                "max_km2": upper,
+            }
+        )
+    return {
+        "unit": "people per km2",
+        "bands": out,
+        "k_min": settings.k_min,
+        "dp_epsilon": settings.dp_epsilon,
+        "expansion": settings.expansion,
+        "suppressed": {
+            "en": f"Fewer than {settings.k_min} people or withheld for privacy",
+            "zh": f"少于{settings.k_min}人或因隐私保护未显示",
+        },
+    }
+
+
+def legend_text(settings: Settings) -> str:
+    """Return the legend as one line of text (TileJSON ``legend``)."""
+    parts = []
+    for b in legend(settings)["bands"]:  # type: ignore[attr-defined]
+        hi = f"-{b['max_km2']:,.0f}" if b["max_km2"] else "+"
+        parts.append(
+            f"{b['color']} {b['label']['en']} / {b['label']['zh']}: {b['min_km2']:,.0f}{hi}"
+        )
+    text = "People per km2. " + "; ".join(parts)
+    text += f". Cells with fewer than {settings.k_min} devices are not shown."
+    if settings.dp_epsilon:
+        text += f" Differential privacy: epsilon={settings.dp_epsilon:g} per window."
+    return text
+
+
+@dataclass(frozen=True)
+class Published:
+    """Privacy-applied values of one window: published cells only, all resolutions."""
+
+    window: Window
+    frame: pl.DataFrame  # columns res, cell (uint64), people (float64), sorted by (res, cell)
+
+
+def counts_to_published(
+    counts: pl.DataFrame, settings: Settings, noise_seed: bytes | None = None
+) -> pl.DataFrame:
+    """Roll up, suppress (rules 2-3), add optional DP noise and expand base-resolution counts.
+
+    ``counts`` has ``w``, ``cell`` (base_res), ``devices`` for any number of windows; the result
+    has ``w``, ``res``, ``cell``, ``people`` for the published cells only. ``noise_seed`` makes
+    the noise reproducible (the open window is recomputed as it fills, and the same counts must
+    always get the same noise); closed windows draw fresh noise once and store it.
+    """
+    rolled = rollup(counts, settings.base_res, settings.min_res)
+    pub = rolled.filter(suppress(rolled, settings.k_min))
+    people = pub["devices"].to_numpy().astype(np.float64)
+    if settings.dp_epsilon:
+        # A device is in one cell per resolution, so the L1 sensitivity of a window's release is
+        # the number of resolutions; the Laplace scale accounts for all of them.
+        scale = len(settings.resolutions) / settings.dp_epsilon
+        noise = laplace_noise(len(people), scale, noise_seed)
+        people = np.maximum(np.round(people + noise), 0.0)
+    return pub.select("w", "res", "cell").with_columns(
+        people=pl.Series(people * settings.expansion)
+    )
+
+
+def published_to_snapshots(
+    pub: Published, settings: Settings, version: str, complete: bool
+) -> dict[int, Snapshot]:
+    """Return one immutable snapshot per resolution with density and band."""
+    bands = make_bands(settings.bands_km2)
+    parts = {int(k[0]): v for k, v in pub.frame.partition_by("res", as_dict=True).items()}
+    snaps = {}
+    for res in settings.resolutions:
+        part = parts.get(res)
+        cells = np.zeros(0, np.uint64) if part is None else part["cell"].to_numpy()
+        people = np.zeros(0) if part is None else part["people"].to_numpy()
+        order = np.argsort(cells)
+        cells, people = cells[order].astype(np.uint64), people[order].astype(np.float64)
+        density = people / cell_area_km2(cells) if len(cells) else np.zeros(0)
+        snaps[res] = Snapshot(
+            window=pub.window,
+            res=res,
+            version=version,
+            complete=complete,
+            cells=cells,
+            people=people,
+            density_km2=density,
+            band=density_to_band(density, bands),
+            bands=bands,
+            dp_epsilon=settings.dp_epsilon,
+        )
+    return snaps
+
+
+def version_of(window: Window, counter: int, settings: Settings) -> str:
+    """Return a short version string for a window's snapshot (changes with data or settings)."""
+    key = (
+        f"{window.start}:{window.end}:{counter}:{settings.k_min}:{settings.dp_epsilon}:"
+        f"{settings.expansion}:{settings.bands_km2}:{settings.min_res}:{settings.base_res}"
+    )
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()

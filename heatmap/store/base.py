@@ -1,0 +1,241 @@
+"""The store interface and the backend-independent unit commit (watermark, late rows, close).
+
+A *unit* (one file, one POSTed batch) is committed in one write transaction: its positions merge
+with the durable state of open windows, the watermark advances only after the whole unit is in,
+then every window it completes closes: counts and published values are written and the window's
+device state (keyed hashes) is deleted.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import polars as pl
+
+from heatmap.aggregate import cells_to_counts, merge_positions
+from heatmap.config import Settings
+from heatmap.model import Window
+from heatmap.publish import Published, counts_to_published
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WindowInfo:
+    """A window the store knows: open (live, partial) or closed (final)."""
+
+    w: int
+    window: Window
+    closed: bool
+    version: int
+    devices: int
+
+
+@dataclass
+class CommitResult:
+    """What one committed unit did."""
+
+    accepted: int = 0
+    late: int = 0
+    windows_closed: list[int] = field(default_factory=list)
+    watermark: int | None = None
+    duplicate: bool = False
+
+
+class Store(abc.ABC):
+    """Durable counts and open-window state; one implementation per backend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- backend primitives (called inside ``transaction``) ------------------------------------
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Return a context manager holding the write lock; commits on success."""
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """Return a metadata value."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a metadata value."""
+
+    @abc.abstractmethod
+    def open_window_ids(self) -> list[int]:
+        """Return the window numbers that are open."""
+
+    @abc.abstractmethod
+    def load_state(self, ws: list[int]) -> pl.DataFrame:
+        """Return the device state (w, device, ts, cell) of the given open windows."""
+
+    @abc.abstractmethod
+    def upsert_state(self, positions: pl.DataFrame) -> None:
+        """Merge positions into device state (latest ts wins, ties to the larger cell)."""
+
+    @abc.abstractmethod
+    def delete_state(self, ws: list[int]) -> None:
+        """Delete the device state of closed windows (keyed hashes leave the disk)."""
+
+    @abc.abstractmethod
+    def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
+        """Create or bump windows ``(w, start, end)``: version += 1, set closed if asked."""
+
+    @abc.abstractmethod
+    def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
+        """Store raw base counts (w, cell, devices) and published values (w, res, cell, people)
+        of closing windows ``ws`` (some may have no rows)."""
+
+    @abc.abstractmethod
+    def batch_result(self, batch_id: str) -> str | None:
+        """Return the stored result of an already committed batch id."""
+
+    @abc.abstractmethod
+    def record_batch(self, batch_id: str, result: str) -> None:
+        """Remember a committed batch id (idempotent ingest)."""
+
+    # -- reads ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def windows(self) -> list[WindowInfo]:
+        """Return every window, oldest first."""
+
+    @abc.abstractmethod
+    def read_published(self, w: int) -> Published | None:
+        """Return the stored published values of a closed window."""
+
+    @abc.abstractmethod
+    def read_open_counts(self, w: int) -> tuple[U64, I64]:
+        """Return base-resolution (cells, devices) of an open window from its device state."""
+
+    @abc.abstractmethod
+    def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
+        """Return raw base-resolution counts of closed windows (internal; never published)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the store cannot be read."""
+        self.get_meta("schema_version")
+
+    # -- the unit commit -----------------------------------------------------------------------
+    def watermark(self) -> int | None:
+        """Return the watermark (latest ping time seen minus allowed lateness), if any."""
+        v = self.get_meta("watermark")
+        return None if v is None else int(v)
+
+    def commit_unit(
+        self,
+        positions: pl.DataFrame,
+        max_ts: int | None,
+        batch_id: str | None = None,
+        accepted: int = 0,
+    ) -> CommitResult:
+        """Commit one unit's positions (w, device, ts, cell at base_res) atomically.
+
+        ``accepted`` is the number of pings the positions stand for (reported back).
+        """
+        s = self.settings
+        with self.transaction():
+            if batch_id is not None:
+                prev = self.batch_result(batch_id)
+                if prev is not None:
+                    res = CommitResult(**orjson.loads(prev))
+                    res.duplicate = True
+                    return res
+            wm = self.watermark()
+            result = CommitResult(watermark=wm, accepted=accepted)
+            if wm is not None and positions.height:
+                # Rows of windows closed before the unit started were dropped and counted while
+                # parsing; a window closed meanwhile (another process) costs its positions here.
+                late = (pl.col("w") + 1) * s.window_s <= wm
+                result.late = positions.filter(late).height
+                positions = positions.filter(~late)
+            if max_ts is not None and positions.height:
+                cand = int(positions["ts"].max()) - s.allowed_lateness_s  # type: ignore[arg-type]
+                wm = cand if wm is None else max(wm, cand)
+            unit_ws = set(positions["w"].unique().to_list()) if positions.height else set()
+            stored_open = set(self.open_window_ids())
+            every = unit_ws | stored_open
+            closing = sorted(w for w in every if wm is not None and (w + 1) * s.window_s <= wm)
+            staying = sorted(unit_ws - set(closing))
+            if closing:
+                self._close(closing, positions, stored_open)
+            if staying:
+                self.upsert_state(positions.filter(pl.col("w").is_in(staying)))
+                self.touch_windows(self._rows(staying), closed=False)
+            if wm is not None:
+                self.set_meta("watermark", str(wm))
+            result.windows_closed = closing
+            result.watermark = wm
+            if batch_id is not None:
+                self.record_batch(batch_id, orjson.dumps(result.__dict__).decode())
+        return result
+
+    def _rows(self, ws: list[int]) -> list[tuple[int, int, int]]:
+        n = self.settings.window_s
+        return [(w, w * n, (w + 1) * n) for w in ws]
+
+    def _close(self, closing: list[int], positions: pl.DataFrame, stored_open: set[int]) -> None:
+        with_state = [w for w in closing if w in stored_open]
+        final = merge_positions(
+            [self.load_state(with_state), positions.filter(pl.col("w").is_in(closing))]
+        )
+        counts = cells_to_counts(final)
+        self.write_closed(closing, counts, counts_to_published(counts, self.settings))
+        self.delete_state(with_state)
+        self.touch_windows(self._rows(closing), closed=True)
+
+    def check_compatible(self) -> None:
+        """Refuse a store built with a different window length or base resolution."""
+        for key, val in (
+            ("window_s", self.settings.window_s),
+            ("base_res", self.settings.base_res),
+        ):
+            have = self.get_meta(key)
+            if have is not None and int(have) != val:
+                from heatmap.errors import StoreUnavailable
+
+                raise StoreUnavailable(
+                    f"store was built with {key}={have}, settings say {val}: use another HEATMAP_DB"
+                )
+
+
+def arrays_to_blob(*arrays: np.ndarray) -> bytes:
+    """Pack aligned 8-byte arrays into one little-endian blob (n, then each array)."""
+    n = len(arrays[0]) if arrays else 0
+    return np.int64(n).tobytes() + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+
+
+def blob_to_arrays(blob: bytes, dtypes: tuple[type, ...]) -> Iterator[np.ndarray]:
+    """Unpack a blob made by ``arrays_to_blob``."""
+    n = int(np.frombuffer(blob[:8], dtype=np.int64)[0])
+    off = 8
+    for dt in dtypes:
+        yield np.frombuffer(blob, dtype=dt, count=n, offset=off)
+        off += 8 * n
+
+
+def window_blobs(
+    frame: pl.DataFrame, ws: list[int], columns: tuple[str, ...]
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(w, blob of the columns' values in that window)`` for every window in ``ws``.
+
+    One sort and one pass of numpy slicing; windows without rows get an empty blob.
+    """
+    frame = frame.sort("w")
+    w = frame["w"].to_numpy()
+    cols = [np.ascontiguousarray(frame[c].to_numpy()).view(np.int64) for c in columns]
+    lo, hi = np.searchsorted(w, ws), np.searchsorted(w, ws, side="right")
+    for x, a, b in zip(ws, lo.tolist(), hi.tolist(), strict=True):
+        yield x, arrays_to_blob(*(c[a:b] for c in cols))

@@ -1,0 +1,308 @@
+"""The embedded store: one SQLite file in WAL mode, durable before any acknowledgement.
+
+Closed windows keep one row per (window, resolution) holding the published arrays as a blob, and
+the raw base-resolution counts likewise; open windows keep one row per device (keyed hash). Deleted
+state is overwritten (``secure_delete``) and the WAL truncated after windows close, so no hash of
+a closed window stays on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from heatmap.config import Settings
+from heatmap.errors import StoreUnavailable
+from heatmap.model import Window
+from heatmap.publish import Published
+from heatmap.store.base import (
+    I64,
+    SCHEMA_VERSION,
+    U64,
+    CommitResult,
+    Store,
+    WindowInfo,
+    blob_to_arrays,
+    window_blobs,
+)
+
+APPLICATION_ID = 0x48454154  # "HEAT": marks the file as ours
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE windows (
+        w INTEGER PRIMARY KEY, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+        closed INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0,
+        devices INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE device_state (
+        w INTEGER NOT NULL, device INTEGER NOT NULL, ts INTEGER NOT NULL, cell INTEGER NOT NULL,
+        PRIMARY KEY (w, device)
+    ) WITHOUT ROWID;
+    CREATE TABLE base_counts (w INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE published (w INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE batches (batch_id TEXT PRIMARY KEY, result TEXT NOT NULL);
+    """,
+}
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _i64(cells: np.ndarray) -> np.ndarray:
+    # H3 indexes keep bit 63 at zero, so they fit SQLite's signed 64-bit INTEGER unchanged.
+    return np.asarray(cells, dtype=np.uint64).view(np.int64)
+
+
+class SQLiteStore(Store):
+    """SQLite (WAL) backend; safe to share between threads of one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.path = Path(settings.db)
+        self._check_file()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._lock = threading.RLock()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "secure_delete=ON",
+                "foreign_keys=ON",
+                "busy_timeout=30000",
+            ):
+                self._conn.execute(f"PRAGMA {pragma}")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"{self.path}: cannot open the store ({exc})") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.path}: cannot open the store ({exc.strerror})") from exc
+        self.check_compatible()
+
+    def _check_file(self) -> None:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as fh:
+                head = fh.read(100)
+            if not head.startswith(_SQLITE_MAGIC):
+                raise StoreUnavailable(f"{self.path}: not a heatmap store (not an SQLite file)")
+            app_id = int.from_bytes(head[68:72], "big")
+            if app_id != APPLICATION_ID:
+                raise StoreUnavailable(
+                    f"{self.path}: an SQLite file of another application; refusing to touch it"
+                )
+
+    def _migrate(self) -> None:
+        with self._lock:
+            cur = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            for version in sorted(v for v in MIGRATIONS if v > cur):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in MIGRATIONS[version].split(";"):
+                        if stmt.strip():
+                            self._conn.execute(stmt)
+                    self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                    self._conn.execute(f"PRAGMA user_version={version}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            if cur == 0:
+                with self.transaction():
+                    self.set_meta("schema_version", str(SCHEMA_VERSION))
+                    self.set_meta("window_s", str(self.settings.window_s))
+                    self.set_meta("base_res", str(self.settings.base_res))
+
+    # -- primitives ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the write lock (BEGIN IMMEDIATE); commit on success, roll back on error."""
+        with self._lock:
+            if self._conn.in_transaction:  # nested: join the outer transaction
+                yield
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"{self.path}: store is not writable ({exc})") from exc
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"{self.path}: commit failed ({exc})") from exc
+
+    def _q(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    def get_meta(self, key: str) -> str | None:
+        """Return a metadata value."""
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a metadata value."""
+        self._q(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def open_window_ids(self) -> list[int]:
+        """Return open window numbers."""
+        return [int(r[0]) for r in self._q("SELECT w FROM windows WHERE closed = 0 ORDER BY w")]  # type: ignore[call-overload]
+
+    def load_state(self, ws: list[int]) -> pl.DataFrame:
+        """Return device state of the given windows."""
+        rows: list[tuple[object, ...]] = []
+        for w in ws:
+            rows += self._q("SELECT w, device, ts, cell FROM device_state WHERE w = ?", (w,))
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        return pl.DataFrame(
+            {
+                "w": arr[:, 0],
+                "device": arr[:, 1],
+                "ts": arr[:, 2],
+                "cell": arr[:, 3].view(np.uint64),
+            }
+        )
+
+    def upsert_state(self, positions: pl.DataFrame) -> None:
+        """Merge positions into device state: latest ts wins, ties to the larger cell."""
+        cols = [
+            positions["w"].to_numpy(),
+            positions["device"].to_numpy(),
+            positions["ts"].to_numpy(),
+            _i64(positions["cell"].to_numpy()),
+        ]
+        with self._lock:
+            self._conn.executemany(
+                "INSERT INTO device_state(w, device, ts, cell) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
+                "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)",
+                zip(*(c.tolist() for c in cols), strict=True),
+            )
+
+    def delete_state(self, ws: list[int]) -> None:
+        """Delete device state of closed windows."""
+        with self._lock:
+            self._conn.executemany("DELETE FROM device_state WHERE w = ?", [(w,) for w in ws])
+
+    def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
+        """Create or bump windows."""
+        with self._lock:
+            self._conn.executemany(
+                'INSERT INTO windows(w, start, "end", closed, version) VALUES (?, ?, ?, ?, 1) '
+                "ON CONFLICT(w) DO UPDATE SET version = version + 1, "
+                "closed = max(closed, excluded.closed)",
+                [(w, a, b, int(closed)) for w, a, b in rows],
+            )
+            if not closed:
+                ws = [(w, w) for w, _, _ in rows]
+                self._conn.executemany(
+                    "UPDATE windows SET devices = "
+                    "(SELECT count(*) FROM device_state WHERE w = ?) WHERE w = ?",
+                    ws,
+                )
+
+    def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
+        """Store raw base counts and published values of closing windows, one blob each."""
+        n = self.settings.window_s
+        devices = base.group_by("w").agg(pl.col("devices").sum())
+        per_w = dict(zip(devices["w"].to_list(), devices["devices"].to_list(), strict=True))
+        published = published.with_columns(pl.col("res").cast(pl.Int64))
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO base_counts(w, data) VALUES (?, ?)",
+                window_blobs(base, ws, ("cell", "devices")),
+            )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO published(w, data) VALUES (?, ?)",
+                window_blobs(published, ws, ("res", "cell", "people")),
+            )
+            self._conn.executemany(
+                'INSERT INTO windows(w, start, "end", closed, version, devices) '
+                "VALUES (?, ?, ?, 1, 0, ?) ON CONFLICT(w) DO UPDATE SET devices = excluded.devices",
+                [(w, w * n, (w + 1) * n, per_w.get(w, 0)) for w in ws],
+            )
+
+    def batch_result(self, batch_id: str) -> str | None:
+        """Return the result of a committed batch id."""
+        rows = self._q("SELECT result FROM batches WHERE batch_id = ?", (batch_id,))
+        return str(rows[0][0]) if rows else None
+
+    def record_batch(self, batch_id: str, result: str) -> None:
+        """Remember a committed batch id."""
+        self._q("INSERT INTO batches(batch_id, result) VALUES (?, ?)", (batch_id, result))
+
+    def commit_unit(
+        self,
+        positions: pl.DataFrame,
+        max_ts: int | None,
+        batch_id: str | None = None,
+        accepted: int = 0,
+    ) -> CommitResult:
+        """Commit a unit, then truncate the WAL if windows closed (no stale hashes on disk)."""
+        result = super().commit_unit(positions, max_ts, batch_id, accepted)
+        if result.windows_closed and not result.duplicate:
+            self._q("PRAGMA wal_checkpoint(TRUNCATE)")
+        return result
+
+    # -- reads -----------------------------------------------------------------------------------
+    def windows(self) -> list[WindowInfo]:
+        """Return every window, oldest first."""
+        rows = self._q('SELECT w, start, "end", closed, version, devices FROM windows ORDER BY w')
+        return [
+            WindowInfo(int(w), Window(int(a), int(b)), bool(c), int(v), int(d))  # type: ignore[call-overload]
+            for w, a, b, c, v, d in rows
+        ]
+
+    def read_published(self, w: int) -> Published | None:
+        """Return stored published values of a closed window."""
+        rows = self._q("SELECT data FROM published WHERE w = ?", (w,))
+        if not rows:
+            return None
+        res, cells, people = blob_to_arrays(rows[0][0], (np.int64, np.int64, np.float64))  # type: ignore[arg-type]
+        n = self.settings.window_s
+        frame = pl.DataFrame(
+            {"res": res.astype(np.int8), "cell": cells.view(np.uint64), "people": people}
+        )
+        return Published(Window(w * n, (w + 1) * n), frame)
+
+    def read_open_counts(self, w: int) -> tuple[U64, I64]:
+        """Return base-resolution counts of an open window from its device state."""
+        rows = self._q(
+            "SELECT cell, count(*) FROM device_state WHERE w = ? GROUP BY cell ORDER BY cell", (w,)
+        )
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+        return arr[:, 0].view(np.uint64), arr[:, 1].copy()
+
+    def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
+        """Return raw base-resolution counts of closed windows."""
+        out = {}
+        for w in ws:
+            rows = self._q("SELECT data FROM base_counts WHERE w = ?", (w,))
+            if rows:
+                cells, dev = blob_to_arrays(rows[0][0], (np.int64, np.int64))  # type: ignore[arg-type]
+                out[w] = (cells.view(np.uint64), dev)
+        return out
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
