@@ -109,6 +109,51 @@ def ingest(
 
 @app.command()
 @reports_errors
+def aggregate(
+    paths: Annotated[
+        list[str], typer.Argument(help="Parquet/CSV files, directories of them, or globs")
+    ],
+    engine: Annotated[str, typer.Option(help="local | dask")] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option(help="address of a running Dask scheduler, tcp://host:8786")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="start a local Dask cluster of N worker processes")
+    ] = None,
+    crs: Annotated[str, typer.Option(help="wgs84 | gcj02 | bd09")] = "wgs84",
+    strict: Annotated[bool, typer.Option(help="any bad row fails the whole backfill")] = False,
+    partition_rows: Annotated[
+        int, typer.Option(min=1, help="target rows per Parquet partition (whole row groups)")
+    ] = 1 << 21,
+) -> None:
+    """Backfill: aggregate all PATHS as ONE unit, locally or on Dask. Last line: a JSON summary."""
+    from heatmap.engines import aggregate_paths, open_engine
+    from heatmap.ingest import ParseOptions
+    from heatmap.service import Heatmap
+
+    s = _settings()
+    opts = ParseOptions(crs=crs, strict=strict, max_future_s=s.max_future_s)
+    hm = Heatmap(s)
+    try:
+        with open_engine(engine, scheduler, workers) as runner, _progress() as bar:
+            tasks: dict[str, Any] = {}
+
+            def tick(stage: str, done: int, total: int | None) -> None:
+                if stage not in tasks:
+                    label = "reading" if stage == "read" else "merging"
+                    tasks[stage] = bar.add_task(f"{label} ({runner.name})", total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            report = aggregate_paths(
+                hm, paths, opts, runner, partition_rows=partition_rows, progress=tick
+            )
+    finally:
+        hm.close()
+    print(json.dumps(report.summary(), ensure_ascii=False))
+
+
+@app.command()
+@reports_errors
 def simulate(
     out: Annotated[Path, typer.Option(help="output .csv, .csv.gz or .parquet")],
     city: Annotated[str, typer.Option(help="city model")] = "shanghai",

@@ -279,7 +279,9 @@ def _csv_batches(
         read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=True
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            null_values=[""],
         ),
     )
     for batch in reader:

@@ -170,7 +170,7 @@ class CellIndex:
     keys: _U64
     vxy: _F64  # (2, V, n) Web Mercator metres (x then y), rings clockwise seen from above
     nverts: npt.NDArray[np.uint8]
-    bbox: _F64  # (n, 4) minx, miny, maxx, maxy in Web Mercator metres
+    bounds: _F64  # (4, n): minx, miny, maxx, maxy of each cell in Web Mercator metres
     people: _F64
     density_km2: _F64
     band: npt.NDArray[np.uint8]
@@ -189,12 +189,17 @@ class CellIndex:
         return self.vxy.transpose(2, 1, 0)
 
     @property
+    def bbox(self) -> _F64:
+        """Return the cell bounding boxes as an ``(n, 4)`` view (minx, miny, maxx, maxy)."""
+        return self.bounds.T
+
+    @property
     def nbytes(self) -> int:
         """Approximate memory held by the index arrays."""
         return sum(
             a.nbytes
             for a in (
-                self.cells, self.rows, self.keys, self.vxy, self.nverts, self.bbox,
+                self.cells, self.rows, self.keys, self.vxy, self.nverts, self.bounds,
                 self.people, self.density_km2, self.band, self.sorted_to_index,
             )
         )  # fmt: skip
@@ -210,13 +215,13 @@ class CellIndex:
         Returns
         -------
         ndarray of intp
-            Ascending positions into this index.
+            Positions into this index (grouped by key tile, not sorted).
 
         Notes
         -----
         A cell is keyed by its bbox centre, so every cell overlapping the box has its key point
-        in the box grown by :attr:`half_extent`. That grown box is covered by at most 3 x 3 key
-        tiles of a zoom whose tile is at least half the box's span; each is one
+        in the box grown by :attr:`half_extent`. That grown box is covered by at most 5 x 5 key
+        tiles of a zoom whose tile is at least a quarter of the box's span; each is one
         contiguous key range, found by ``searchsorted``. Candidates are then filtered exactly
         by bbox overlap.
         """
@@ -225,7 +230,7 @@ class CellIndex:
         h = self.half_extent
         qx0, qy0, qx1, qy1 = minx - h, miny - h, maxx + h, maxy + h
         span = max(qx1 - qx0, qy1 - qy0, 1e-9)
-        zq = int(math.floor(math.log2(2.0 * ORIGIN_SHIFT_M / span))) + 1
+        zq = int(math.floor(math.log2(2.0 * ORIGIN_SHIFT_M / span))) + 2
         zq = min(max(zq, 0), KEY_ZOOM)
         size = tile_size_m(zq)
         last = (1 << zq) - 1
@@ -244,11 +249,9 @@ class CellIndex:
         if total == 0:
             return np.zeros(0, dtype=np.intp)
         cand = np.repeat(lo - _exclusive_cumsum(lens), lens) + np.arange(total)
-        bb = self.bbox[cand]
-        keep = (bb[:, 0] < maxx) & (bb[:, 2] > minx) & (bb[:, 1] < maxy) & (bb[:, 3] > miny)
-        out = cand[keep]
-        out.sort()
-        return out
+        bb = np.take(self.bounds, cand, axis=1)
+        keep = (bb[0] < maxx) & (bb[2] > minx) & (bb[1] < maxy) & (bb[3] > miny)
+        return cand[keep]
 
 
 def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
@@ -294,7 +297,7 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
         keys=keys[perm],
         vxy=np.ascontiguousarray(verts[perm].transpose(2, 1, 0)),
         nverts=nverts[perm],
-        bbox=np.stack([minx, miny, maxx, maxy], axis=1)[perm],
+        bounds=np.stack([minx[perm], miny[perm], maxx[perm], maxy[perm]]),
         people=people[perm],
         density_km2=np.asarray(layer.density_km2, dtype=np.float64)[perm],
         band=np.asarray(layer.band, dtype=np.uint8)[perm],

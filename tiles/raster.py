@@ -171,29 +171,32 @@ def rasterize(
     first = np.zeros(cnt.size, dtype=np.intp)
     np.cumsum(cnt[:-1], out=first[1:])
     n = int(first[-1] + cnt[-1])
-    ei = np.repeat(np.arange(cnt.size), cnt)
-    j = np.arange(n) - first[ei]  # scanline number along the edge
+    # j = scanline number along its edge (exact integers, so the two hexagons of an edge
+    # compute bit-identical crossings); per-edge values are spread with np.repeat.
+    j = np.arange(n) - np.repeat(first, cnt)
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = (hi[0] - lo[0]) / (hi[1] - lo[1])
     x_first = lo[0] + (e[0] + 0.5 - lo[1]) * slope
     hexi = np.arange(cnt.size) % r
     # Slot 2 * pair holds the left crossing, 2 * pair + 1 the right one: a downward edge
     # bounds its (clockwise) hexagon on the right.
-    slot = (2 * (start[hexi] - r0[hexi] + e[0]) + down)[ei] + 2 * j
+    slot = np.repeat(2 * (start[hexi] - r0[hexi] + e[0]) + down, cnt) + 2 * j
     lr = np.empty(2 * npairs)
     lr[0::2] = np.inf
     lr[1::2] = -np.inf
-    lr[slot] = x_first[ei] + j * slope[ei]
+    lr[slot] = np.repeat(x_first, cnt) + j * np.repeat(slope, cnt)
     c = np.minimum(np.maximum(np.ceil(lr - 0.5), 0), size).astype(np.intp).reshape(npairs, 2)
-    w = size + 1
+    # Spans go into a difference image (+label at the start, -label at the end); empty spans
+    # are parked in a spare last column, which is dropped.
+    w = size + 2
+    empty = c[:, 1] <= c[:, 0]
+    c[empty] = size + 1
     base = np.repeat((r0 - start) * w, height) + np.arange(0, npairs * w, w)  # row * w
-    ok = np.flatnonzero(c[:, 1] > c[:, 0])
-    lab = np.repeat(labels.astype(np.int32, copy=False), height)[ok]
-    base = base[ok]
+    lab = np.repeat(labels.astype(np.int32, copy=False), height)
     diff = np.zeros(size * w, dtype=np.int32)
-    diff[base + c[ok, 0]] = lab  # span starts are distinct, and so are span ends
-    diff[base + c[ok, 1]] -= lab
-    img = np.cumsum(diff, dtype=np.int32).reshape(size, w)  # each row sums back to 0
+    diff[base + c[:, 0]] = lab  # span starts are distinct, and so are span ends
+    diff[base + c[:, 1]] -= lab
+    img = np.cumsum(diff.reshape(size, w), axis=1, dtype=np.int32)
     return img[:, :size].astype(dtype)
 
 

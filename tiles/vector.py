@@ -47,6 +47,8 @@ _TEMPLATE = np.array(
 _KEEP_BYTES = np.array([0x0000, 0x0001, 0x0101], dtype="<u2")  # keep 0, 1 or 2 bytes
 _HEX_NIBBLES = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _NIBBLE_SHIFTS = np.arange(56, -1, -4, dtype=np.uint64)  # 15 hex digits of a 60-bit index
+_SMALL_TILE = 96  # below this many cells, every feature goes through the clipping path
+_ATAN2_MAX = 4096  # candidate arrays up to this size sort by atan2 instead of a pseudo-angle
 _CORNER_X = np.array([0.0, 1.0, 1.0, 0.0])
 _CORNER_Y = np.array([0.0, 0.0, 1.0, 1.0])
 
@@ -121,16 +123,16 @@ def _geometry(
     ``j``-th vertex or command, so each numpy operation runs over one long contiguous row
     instead of many six-element ones.
     """
-    bb = idx.bbox[rows]
+    bb = np.take(idx.bounds, rows, axis=1)
     inside = (
-        ((bb[:, 0] - minx) * k >= lo)
-        & ((bb[:, 2] - minx) * k <= hi)
-        & ((maxy - bb[:, 3]) * k >= lo)
-        & ((maxy - bb[:, 1]) * k <= hi)
+        ((bb[0] - minx) * k >= lo)
+        & ((bb[2] - minx) * k <= hi)
+        & ((maxy - bb[3]) * k >= lo)
+        & ((maxy - bb[1]) * k <= hi)
     )
-    if idx.vxy.shape[1] >= 6:
+    if idx.vxy.shape[1] >= 6 and rows.size > _SMALL_TILE:
         inside &= idx.nverts[rows] == 6
-    else:
+    else:  # few features: one general path costs fewer numpy calls than two
         inside[:] = False
     fast = np.flatnonzero(inside)
     other = np.flatnonzero(~inside)
@@ -194,10 +196,10 @@ def clip_convex(px: _F64, py: _F64, lo: float, hi: float) -> tuple[_F64, _F64, _
     (a) the polygon's vertices inside the box, (b) the box corners inside the polygon (every
     edge cross product ``(b - a) x (q - a) >= 0``), and (c) crossings of polygon edges with the
     box sides. Collecting the candidates and sorting them by angle about their mean (an
-    interior point) yields each ring in order with no per-ring loop. The sort key is a
-    pseudo-angle, monotone in ``atan2(dy, dx)`` but cheaper: with ``q = dx / (|dx| + |dy|)``,
-    ``1 - q`` for ``dy >= 0`` and ``3 + q`` otherwise; ascending in a y-down frame is clockwise
-    on screen. Duplicate points (a vertex on a box side) are left for the caller to drop.
+    interior point) yields each ring in order with no per-ring loop. The sort key is
+    ``atan2(dy, dx)`` on small inputs and otherwise a pseudo-angle monotone in it but cheaper
+    per element: with ``q = dx / (|dx| + |dy|)``, ``1 - q`` for ``dy >= 0`` and ``3 + q``
+    otherwise; ascending in a y-down frame is clockwise on screen. Duplicate points (a vertex on a box side) are left for the caller to drop.
     """
     nv, r = px.shape
     c, h = (lo + hi) / 2.0, (hi - lo) / 2.0
@@ -224,10 +226,14 @@ def clip_convex(px: _F64, py: _F64, lo: float, hi: float) -> tuple[_F64, _F64, _
     div = np.maximum(cnt, 1)
     dx = x - np.where(m, x, 0.0).sum(axis=0) / div
     dy = y - np.where(m, y, 0.0).sum(axis=0) / div
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = dx / (np.abs(dx) + np.abs(dy))
-    ang = np.where(dy >= 0, 1.0 - q, 3.0 + q)
-    ang[~m | np.isnan(q)] = np.inf
+    if dx.size <= _ATAN2_MAX:  # one transcendental call beats six cheap ones on small arrays
+        ang = np.arctan2(dy, dx)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = dx / (np.abs(dx) + np.abs(dy))
+        ang = np.where(dy >= 0, 1.0 - q, 3.0 + q)
+        ang[np.isnan(q)] = np.inf
+    ang[~m] = np.inf
     w = max(int(cnt.max()), 1)
     order = np.argsort(ang.T, axis=1)[:, :w].T
     cols = np.arange(r)

@@ -1,0 +1,122 @@
+"""``create_app(settings)``: the FastAPI app assembled from one router per concern.
+
+The store is opened here (so a ``TestClient`` without a lifespan works); the lifespan only
+warms up and, on shutdown, waits for an in-flight commit before closing the store, so no
+acknowledged batch is lost and none is half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+
+import heatmap
+from heatmap.api import cells, ingest, ops, places, tiles
+from heatmap.api.dependencies import Services
+from heatmap.api.errors import add_exception_handlers
+from heatmap.api.metrics import Metrics, MetricsMiddleware, SecurityHeadersMiddleware
+from heatmap.api.pages import include_pages
+from heatmap.config import Settings
+from heatmap.query import Reader
+from heatmap.service import Heatmap
+from heatmap.tiling import TileService
+from tiles.cache import TileCache
+
+DESCRIPTION = """\
+People per H3 hexagon per time window for Shanghai, from anonymised pings, with k-anonymity
+suppression (and optional differential privacy). Tiles (MVT, PNG) with TileJSON, JSON for
+points, bboxes and named places, and live ingest.
+
+Withheld cells are absent from tiles and answer `people: null, suppressed: true` in JSON.
+"""
+
+
+def _setup_logging() -> None:
+    """Give the ``heatmap`` logger one stderr handler (JSON lines come from the callers)."""
+    logger = logging.getLogger("heatmap")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def build_services(settings: Settings) -> Services:
+    """Open the store and wire the core objects the routes share."""
+    metrics = Metrics()
+    hm = Heatmap(settings)
+    reader = Reader(hm, on_build=metrics.snapshot_build.observe)
+    cache = TileCache(settings.tile_cache_mb << 20)
+    svc = Services(
+        settings=settings,
+        hm=hm,
+        reader=reader,
+        tiles=TileService(reader, cache),
+        metrics=metrics,
+    )
+
+    def latest_age() -> float | None:
+        wl = reader.catalog.peek() or reader.catalog.current()
+        latest = wl.latest()
+        return None if latest is None else time.time() - latest.window.start
+
+    metrics.watch_cache(cache, latest_age)
+    reader.catalog.refresh(force=True)
+    return svc
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Return the service's ASGI app for ``settings`` (default: from the environment).
+
+    Routes: tiles and TileJSON, ``/api/v1`` JSON (density, cells, windows, legend, stats,
+    places), ``POST /api/v1/pings``, ``/healthz``, ``/metrics``, and the pages of
+    :mod:`heatmap.web` (or a placeholder).
+    """
+    settings = settings or Settings()  # type: ignore[call-arg]
+    _setup_logging()
+    svc = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(svc.close)
+
+    app = FastAPI(
+        title="Crowd-density heatmap",
+        version=heatmap.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    add_exception_handlers(app)
+    app.include_router(tiles.router)
+    app.include_router(cells.router)
+    app.include_router(places.router)
+    app.include_router(ingest.router)
+    app.include_router(ops.router)
+    include_pages(app, settings)
+    # Added innermost first: metrics wrap everything, CORS answers preflights.
+    app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match"],
+        expose_headers=["ETag", "X-Heatmap-Window", "X-Heatmap-Complete"],
+        max_age=600,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Return ``create_app(Settings())``: a factory for ASGI servers (granian, uvicorn)."""
+    return create_app(Settings())  # type: ignore[call-arg]

@@ -1,0 +1,76 @@
+"""Operations: ``/healthz`` (store reachable, latest window age) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+import heatmap
+from heatmap.api.caching import NO_STORE
+from heatmap.api.dependencies import Services, Svc
+from heatmap.api.schemas import Health
+from heatmap.errors import HeatmapError
+from heatmap.query import window_json
+
+router = APIRouter(tags=["operations"])
+
+
+def health(svc: Services) -> tuple[int, dict[str, Any]]:
+    """Return the status code and body of ``/healthz`` (503 when the store is unreachable)."""
+    try:
+        svc.hm.store.ping()
+        wl = svc.reader.windows()
+    except HeatmapError as exc:
+        return 503, {"status": "unavailable", "store": str(exc)}
+    latest = wl.latest()
+    return 200, {
+        "status": "ok",
+        "store": "ok",
+        "version": heatmap.__version__,
+        "windows": len(wl),
+        "latest_window": None if latest is None else window_json(latest),
+        "latest_window_age_s": (
+            None if latest is None else round(time.time() - latest.window.start, 1)
+        ),
+        "ingest_enabled": bool(svc.settings.ingest_token),
+        "uptime_s": round(time.time() - svc.started, 1),
+    }
+
+
+@router.get(
+    "/healthz",
+    summary="Health",
+    response_class=Response,
+    responses={200: {"model": Health}, 503: {"description": "Store unreachable"}},
+)
+async def healthz(svc: Svc) -> Response:
+    """Return whether the store is reachable and how old the latest window is."""
+    status, body = await run_in_threadpool(health, svc)
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": NO_STORE},
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(svc: Svc) -> Response:
+    """Return the Prometheus text exposition of this process's metrics."""
+    return Response(
+        generate_latest(svc.metrics.registry),
+        media_type=CONTENT_TYPE_LATEST,
+        headers={"Cache-Control": NO_STORE},
+    )

@@ -1,0 +1,71 @@
+"""JSON routes about named places: ranking, and one place's now / usual / forecast."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from fastapi import Path as PathParam
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from heatmap import query
+from heatmap.api.caching import json_response
+from heatmap.api.dependencies import Svc, WindowParam
+from heatmap.api.schemas import PlaceDetail, PlacesAnswer
+
+router = APIRouter(prefix="/api/v1", tags=["places"])
+
+IfNoneMatch = Annotated[str | None, Header(include_in_schema=False)]
+AcceptEncoding = Annotated[str | None, Header(include_in_schema=False)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified (If-None-Match)"},
+    404: {"description": "No data yet, no such window, or no such place"},
+    422: {"description": "Invalid parameter"},
+}
+
+
+@router.get(
+    "/places",
+    summary="Places ranked by crowding",
+    responses={200: {"model": PlacesAnswer}, **_ERRORS},
+    response_class=Response,
+)
+async def places(
+    svc: Svc,
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return the named places, busiest first, with people, band and trend."""
+
+    def run() -> dict[str, Any]:
+        return query.places_ranking(svc.reader, svc.places, window)
+
+    answer = await run_in_threadpool(run)
+    return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)
+
+
+@router.get(
+    "/places/{place_id}",
+    summary="One place: now, trend, usual, forecast",
+    responses={200: {"model": PlaceDetail}, **_ERRORS},
+    response_class=Response,
+)
+async def place(
+    svc: Svc,
+    place_id: Annotated[
+        str, PathParam(description="Place id (e.g. the-bund) or name", max_length=100)
+    ],
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return a place now, its trend, its usual level for this hour of the week, a forecast
+    for the next two hours and the best time to go today."""
+
+    def run() -> dict[str, Any]:
+        return query.place_detail(svc.reader, svc.places, place_id, window)
+
+    answer = await run_in_threadpool(run)
+    return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)

@@ -1,0 +1,151 @@
+"""Tile routes: ``/tiles/{z}/{x}/{y}.mvt|.png|@2x.png`` and ``/tiles.json``.
+
+A cached tile is answered on the event loop (no thread hop); a miss renders in a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from heatmap.api.caching import (
+    accepts_gzip,
+    cache_control,
+    etag_matches,
+    gzip_etag,
+    json_response,
+    not_modified,
+)
+from heatmap.api.dependencies import Svc, WindowParam, call_core
+from heatmap.tiling import Tile, TileRequest
+
+router = APIRouter(tags=["tiles"])
+
+Z = Annotated[int, Path(description="Zoom level (0-18)")]
+X = Annotated[int, Path(description="Tile column, 0 .. 2^z - 1")]
+Y = Annotated[int, Path(description="Tile row from the north, 0 .. 2^z - 1")]
+IfNoneMatch = Annotated[str | None, Header(include_in_schema=False)]
+AcceptEncoding = Annotated[str | None, Header(include_in_schema=False)]
+
+_EMPTY: dict[int | str, dict[str, Any]] = {204: {"description": "No published cell in this tile"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified (If-None-Match)"},
+    404: {"description": "Tile address out of range, or no such window"},
+    422: {"description": "Invalid parameter"},
+}
+
+
+def _headers(tile: Tile) -> dict[str, str]:
+    return {
+        "Cache-Control": cache_control(tile.immutable),
+        "Vary": "Accept-Encoding",
+        "X-Heatmap-Window": tile.window.isoformat(),
+        "X-Heatmap-Complete": "true" if tile.complete else "false",
+    }
+
+
+async def _serve(
+    svc: Svc, req: TileRequest, if_none_match: str | None, accept_encoding: str | None
+) -> Response:
+    tile = svc.tiles.lookup(req)
+    if tile is None:
+        tile = await run_in_threadpool(svc.tiles.tile, req)
+    headers = _headers(tile)
+    compress = req.fmt == "mvt" and bool(tile.data) and accepts_gzip(accept_encoding)
+    tag = gzip_etag(tile.etag) if compress else tile.etag
+    if etag_matches(if_none_match, tile.etag, gzip_etag(tile.etag)):
+        return not_modified(tag, headers.pop("Cache-Control"), headers)
+    headers["ETag"] = tag
+    if not tile.data:
+        return Response(status_code=204, headers=headers)
+    body = tile.data
+    if compress:
+        body = svc.tiles.gzipped(tile)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, headers=headers, media_type=tile.media_type)
+
+
+@router.get(
+    "/tiles/{z}/{x}/{y}@2x.png",
+    summary="PNG tile, 512 px",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **_EMPTY, **_ERRORS},
+)
+async def png_tile_2x(
+    svc: Svc,
+    z: Z,
+    x: X,
+    y: Y,
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return a 512 px PNG tile of the density bands (same area as the 256 px tile)."""
+    return await _serve(svc, TileRequest("png", z, x, y, 2, window), if_none_match, None)
+
+
+@router.get(
+    "/tiles/{z}/{x}/{y}.png",
+    summary="PNG tile, 256 px",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **_EMPTY, **_ERRORS},
+)
+async def png_tile(
+    svc: Svc,
+    z: Z,
+    x: X,
+    y: Y,
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return a 256 px PNG tile of the density bands (never re-compressed)."""
+    return await _serve(svc, TileRequest("png", z, x, y, 1, window), if_none_match, None)
+
+
+@router.get(
+    "/tiles/{z}/{x}/{y}.mvt",
+    summary="Vector tile (MVT)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/vnd.mapbox-vector-tile": {}}},
+        **_EMPTY,
+        **_ERRORS,
+    },
+)
+async def mvt_tile(
+    svc: Svc,
+    z: Z,
+    x: X,
+    y: Y,
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return an MVT tile: layer ``density``, one hexagon per published cell (gzip if accepted)."""
+    req = TileRequest("mvt", z, x, y, 1, window)
+    return await _serve(svc, req, if_none_match, accept_encoding)
+
+
+@router.get("/tiles.json", summary="TileJSON 3.0.0")
+async def tilejson(
+    request: Request,
+    svc: Svc,
+    format: Annotated[Literal["mvt", "png"], Query(description="Tile format")] = "mvt",
+    window: WindowParam = None,
+    if_none_match: IfNoneMatch = None,
+    accept_encoding: AcceptEncoding = None,
+) -> Response:
+    """Return the TileJSON of the density tiles (URL template, bounds, zooms, legend)."""
+    doc = await call_core(svc, window, svc.tiles.tilejson, format, str(request.base_url), window)
+    pinned = window is not None and window.strip() not in ("", "latest")
+    complete = bool(doc.get("window", {}).get("complete")) if doc.get("window") else False
+    return json_response(
+        doc,
+        if_none_match=if_none_match,
+        accept_encoding=accept_encoding,
+        immutable=pinned and complete,
+    )

@@ -1,0 +1,408 @@
+"""The shared store: PostgreSQL (psycopg 3 + a connection pool) for several API nodes.
+
+Same layout as the SQLite store: closed windows keep one ``bytea`` blob of raw base counts and
+one of published values; open windows keep one row per device (keyed hash) in ``device_state``.
+
+Several processes may commit at once. Every write transaction starts with
+``pg_advisory_xact_lock``: commits serialise across processes and threads, and because the
+transaction runs at READ COMMITTED, each statement after the lock sees everything the previous
+holder committed (a REPEATABLE READ snapshot would be taken before the wait and miss it). The lock
+is released by COMMIT or ROLLBACK, never leaked by a crashed client. Batch ids are recorded in the
+same transaction as the batch's effects, so a batch is applied exactly once however often it is
+sent and whichever node receives it.
+
+Readers (API threads) never take the lock: each read is one statement on a pooled autocommit
+connection and sees the last committed state. The ``windows`` table carries a ``version`` per
+window, bumped by every commit that changes it; the service reads it per request, so a node sees
+another node's commits at once. Commits also ``NOTIFY heatmap_windows`` for listeners that prefer
+to be told.
+
+Bulk data moves with binary ``COPY`` built and parsed by numpy (no Python loop per row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from heatmap.config import Settings
+from heatmap.errors import StoreUnavailable
+from heatmap.model import Window
+from heatmap.publish import Published
+from heatmap.store.base import I64, U64, Store, WindowInfo, blob_to_arrays, window_blobs
+
+# Advisory lock keys (64-bit, arbitrary but fixed): ASCII "HEATMAP" + a role byte.
+COMMIT_LOCK = 0x484541544D415001
+MIGRATE_LOCK = 0x484541544D415002
+NOTIFY_CHANNEL = "heatmap_windows"
+POOL_MAX = 16  # connections per process: API threads beyond this wait for one
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+        """CREATE TABLE windows (
+            w bigint PRIMARY KEY, start bigint NOT NULL, "end" bigint NOT NULL,
+            closed boolean NOT NULL DEFAULT false, version bigint NOT NULL DEFAULT 0,
+            devices bigint NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX windows_open ON windows (w) WHERE NOT closed",
+        """CREATE TABLE device_state (
+            w bigint NOT NULL, device bigint NOT NULL, ts bigint NOT NULL, cell bigint NOT NULL,
+            PRIMARY KEY (w, device)
+        )""",
+        "CREATE TABLE base_counts (w bigint PRIMARY KEY, data bytea NOT NULL)",
+        "CREATE TABLE published (w bigint PRIMARY KEY, data bytea NOT NULL)",
+        """CREATE TABLE batches (
+            batch_id text PRIMARY KEY, result text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ),
+}
+
+# Per-connection staging tables for COPY; emptied at every commit.
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS state_in "
+    "(w bigint, device bigint, ts bigint, cell bigint) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS blob_in (w bigint, data bytea) ON COMMIT DELETE ROWS",
+)
+
+# Binary COPY framing (PostgreSQL docs, "COPY", binary format): signature, flags, header
+# extension length; each tuple is int16 field count then (int32 length, bytes) per field.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_HEADER = _COPY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _row_dtype(ncols: int) -> np.dtype[Any]:
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    for i in range(ncols):
+        fields += [(f"l{i}", ">i4"), (f"v{i}", ">i8")]
+    return np.dtype(fields)  # packed: numpy adds no padding unless align=True
+
+
+def int64_columns_to_copy(columns: Sequence[np.ndarray]) -> bytes:
+    """Encode aligned int64 columns (no NULLs) as a binary COPY stream."""
+    dtype = _row_dtype(len(columns))
+    rows = np.empty(len(columns[0]) if columns else 0, dtype=dtype)
+    rows["n"] = len(columns)
+    for i, col in enumerate(columns):
+        rows[f"l{i}"] = 8
+        rows[f"v{i}"] = np.asarray(col).view(np.int64)
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+
+
+def copy_to_int64_columns(data: bytes, ncols: int) -> list[np.ndarray]:
+    """Decode a binary COPY stream of ``ncols`` non-NULL int8 columns into int64 arrays."""
+    if not data:
+        return [np.zeros(0, np.int64) for _ in range(ncols)]
+    if not data.startswith(_COPY_SIGNATURE):
+        raise StoreUnavailable("unexpected COPY data from the server (not binary format)")
+    ext = int.from_bytes(data[15:19], "big")
+    start = 19 + ext
+    dtype = _row_dtype(ncols)
+    n, rest = divmod(len(data) - start - len(_COPY_TRAILER), dtype.itemsize)
+    if rest:
+        raise StoreUnavailable("unexpected COPY data from the server (NULL or non-int8 field)")
+    rows = np.frombuffer(data, dtype=dtype, count=n, offset=start)
+    return [rows[f"v{i}"].astype(np.int64) for i in range(ncols)]
+
+
+def _cells(a: np.ndarray) -> np.ndarray:
+    # H3 indexes keep bit 63 at zero, so they fit bigint unchanged (and compare the same).
+    return np.asarray(a, dtype=np.uint64).view(np.int64)
+
+
+class PostgresStore(Store):
+    """PostgreSQL backend: several processes (and threads) may read and commit concurrently."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        if not settings.secret:
+            # Each node would otherwise generate its own hashing key beside its working
+            # directory: one device, two hashes, counted twice. Fail instead.
+            raise StoreUnavailable(
+                "a PostgreSQL store needs HEATMAP_SECRET, the same on every node "
+                "(device ids must hash alike wherever they are ingested)"
+            )
+        self.url = settings.db
+        self._local = threading.local()
+        try:
+            self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=POOL_MAX,
+                kwargs={"autocommit": True, "connect_timeout": 10},
+                configure=self._configure,
+                check=ConnectionPool.check_connection,
+                open=True,
+                timeout=30,
+                name="heatmap",
+            )
+            self.pool.wait(timeout=15)
+            self._migrate()
+        except (psycopg.Error, PoolTimeout) as exc:
+            with contextlib.suppress(Exception):
+                self.pool.close()
+            raise StoreUnavailable(f"{self._where()}: cannot open the store ({_one_line(exc)})") from exc
+        self.check_compatible()
+
+    def _where(self) -> str:
+        # The URL without its password, for messages and logs.
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError:
+            return "postgresql store"
+        return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        for stmt in _STAGING:
+            conn.execute(stmt)
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            # Two nodes starting together: one migrates, the other waits and finds it done.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+            newest = max(MIGRATIONS)
+            if done and max(done) > newest:
+                raise StoreUnavailable(
+                    f"{self._where()}: store schema v{max(done)} is newer than this heatmap "
+                    f"(v{newest}); upgrade heatmap"
+                )
+            for version in sorted(set(MIGRATIONS) - done):
+                for stmt in MIGRATIONS[version]:
+                    conn.execute(stmt)  # DDL is transactional: a failed migration leaves nothing
+                conn.execute("INSERT INTO schema_migrations(version) VALUES (%s)", (version,))
+            if not done:
+                for key, value in (
+                    ("window_s", self.settings.window_s),
+                    ("base_res", self.settings.base_res),
+                ):
+                    conn.execute(
+                        "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (key, str(value)),
+                    )
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(newest),),
+            )
+
+    # -- connections -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """The thread's transaction connection if it is in one, else a pooled connection."""
+        tx = getattr(self._local, "conn", None)
+        if tx is not None:
+            yield tx
+            return
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"{self._where()}: no connection available ({exc})") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"{self._where()}: {_one_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the store-wide commit lock (advisory, transaction-scoped); commit on success."""
+        if getattr(self._local, "conn", None) is not None:  # nested: join the outer one
+            yield
+            return
+        with self._conn() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
+                    self._local.conn = conn
+                    try:
+                        yield
+                    finally:
+                        self._local.conn = None
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"{self._where()}: commit failed ({_one_line(exc)})") from exc
+
+    def _q(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def _copy_out(self, sql: str, params: Sequence[object], ncols: int) -> list[np.ndarray]:
+        with self._conn() as conn, conn.cursor() as cur:
+            with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
+                data = b"".join(bytes(block) for block in copy)
+        return copy_to_int64_columns(data, ncols)
+
+    # -- primitives --------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        """Return a metadata value."""
+        rows = self._q("SELECT value FROM meta WHERE key = %s", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a metadata value."""
+        self._q(
+            "INSERT INTO meta(key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def open_window_ids(self) -> list[int]:
+        """Return open window numbers."""
+        return [int(r[0]) for r in self._q("SELECT w FROM windows WHERE NOT closed ORDER BY w")]
+
+    def load_state(self, ws: list[int]) -> pl.DataFrame:
+        """Return device state of the given windows (binary COPY out)."""
+        w, device, ts, cell = self._copy_out(
+            "SELECT w, device, ts, cell FROM device_state WHERE w = ANY(%s)", (ws,), 4
+        )
+        return pl.DataFrame({"w": w, "device": device, "ts": ts, "cell": cell.view(np.uint64)})
+
+    def upsert_state(self, positions: pl.DataFrame) -> None:
+        """Merge positions into device state: latest ts wins, ties to the larger cell."""
+        if not positions.height:
+            return
+        data = int64_columns_to_copy(
+            [
+                positions["w"].to_numpy(),
+                positions["device"].to_numpy(),
+                positions["ts"].to_numpy(),
+                _cells(positions["cell"].to_numpy()),
+            ]
+        )
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute("TRUNCATE state_in")
+            with cur.copy("COPY state_in (w, device, ts, cell) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(data)
+            # Positions are unique per (w, device), so no row is affected twice.
+            cur.execute(
+                "INSERT INTO device_state AS d (w, device, ts, cell) "
+                "SELECT w, device, ts, cell FROM state_in "
+                "ON CONFLICT (w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
+                "WHERE (excluded.ts, excluded.cell) > (d.ts, d.cell)"
+            )
+
+    def delete_state(self, ws: list[int]) -> None:
+        """Delete device state of closed windows."""
+        if ws:
+            self._q("DELETE FROM device_state WHERE w = ANY(%s)", (ws,))
+
+    def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
+        """Create or bump windows (version += 1); refresh open windows' device counts."""
+        if not rows:
+            return
+        ws, starts, ends = (list(c) for c in zip(*rows, strict=True))
+        self._q(
+            'INSERT INTO windows AS x (w, start, "end", closed, version) '
+            "SELECT w, s, e, %s, 1 FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
+            "AS t(w, s, e) "
+            "ON CONFLICT (w) DO UPDATE SET version = x.version + 1, "
+            "closed = x.closed OR excluded.closed",
+            (closed, ws, starts, ends),
+        )
+        if not closed:
+            self._q(
+                "UPDATE windows AS x SET devices = c.n FROM ("
+                "SELECT w, count(*) AS n FROM device_state WHERE w = ANY(%s) GROUP BY w"
+                ") AS c WHERE x.w = c.w",
+                (ws,),
+            )
+        self._q("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+    def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
+        """Store raw base counts and published values of closing windows, one blob each."""
+        if not ws:
+            return
+        n = self.settings.window_s
+        devices = base.group_by("w").agg(pl.col("devices").sum())
+        per_w = dict(zip(devices["w"].to_list(), devices["devices"].to_list(), strict=True))
+        published = published.with_columns(pl.col("res").cast(pl.Int64))
+        self._put_blobs("base_counts", window_blobs(base, ws, ("cell", "devices")))
+        self._put_blobs("published", window_blobs(published, ws, ("res", "cell", "people")))
+        self._q(
+            'INSERT INTO windows AS x (w, start, "end", closed, version, devices) '
+            "SELECT w, w * %s, (w + 1) * %s, true, 0, d "
+            "FROM unnest(%s::bigint[], %s::bigint[]) AS t(w, d) "
+            "ON CONFLICT (w) DO UPDATE SET devices = excluded.devices",
+            (n, n, ws, [per_w.get(w, 0) for w in ws]),
+        )
+
+    def _put_blobs(self, table: str, rows: Iterator[tuple[int, bytes]]) -> None:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute("TRUNCATE blob_in")
+            with cur.copy("COPY blob_in (w, data) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(["int8", "bytea"])
+                for row in rows:
+                    cp.write_row(row)
+            cur.execute(
+                f"INSERT INTO {table} (w, data) SELECT w, data FROM blob_in "  # noqa: S608 - fixed names
+                "ON CONFLICT (w) DO UPDATE SET data = excluded.data"
+            )
+
+    def batch_result(self, batch_id: str) -> str | None:
+        """Return the result of a committed batch id."""
+        rows = self._q("SELECT result FROM batches WHERE batch_id = %s", (batch_id,))
+        return str(rows[0][0]) if rows else None
+
+    def record_batch(self, batch_id: str, result: str) -> None:
+        """Remember a committed batch id (same transaction as its effects)."""
+        self._q("INSERT INTO batches(batch_id, result) VALUES (%s, %s)", (batch_id, result))
+
+    # -- reads -------------------------------------------------------------------------------
+    def windows(self) -> list[WindowInfo]:
+        """Return every window, oldest first."""
+        rows = self._q('SELECT w, start, "end", closed, version, devices FROM windows ORDER BY w')
+        return [
+            WindowInfo(int(w), Window(int(a), int(b)), bool(c), int(v), int(d))
+            for w, a, b, c, v, d in rows
+        ]
+
+    def read_published(self, w: int) -> Published | None:
+        """Return stored published values of a closed window."""
+        rows = self._q("SELECT data FROM published WHERE w = %s", (w,))
+        if not rows:
+            return None
+        res, cells, people = blob_to_arrays(bytes(rows[0][0]), (np.int64, np.int64, np.float64))
+        n = self.settings.window_s
+        frame = pl.DataFrame(
+            {"res": res.astype(np.int8), "cell": cells.view(np.uint64), "people": people}
+        )
+        return Published(Window(w * n, (w + 1) * n), frame)
+
+    def read_open_counts(self, w: int) -> tuple[U64, I64]:
+        """Return base-resolution counts of an open window from its device state."""
+        cells, dev = self._copy_out(
+            "SELECT cell, count(*) FROM device_state WHERE w = %s GROUP BY cell ORDER BY cell",
+            (w,),
+            2,
+        )
+        return cells.view(np.uint64), dev
+
+    def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
+        """Return raw base-resolution counts of closed windows."""
+        out = {}
+        for w, data in self._q("SELECT w, data FROM base_counts WHERE w = ANY(%s)", (ws,)):
+            cells, dev = blob_to_arrays(bytes(data), (np.int64, np.int64))
+            out[int(w)] = (cells.view(np.uint64), dev)
+        return out
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

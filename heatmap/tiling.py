@@ -1,0 +1,313 @@
+"""Tiles of published snapshots for the service: pick, render, cache, tag; TileJSON; PMTiles.
+
+The glue between :mod:`heatmap` (windows and snapshots) and the :mod:`tiles` library (renderers,
+cache, TileJSON, PMTiles writer). No web framework: ``heatmap.api.tiles`` wraps what this returns.
+
+A tile's bytes are a pure function of the snapshot version and the tile address, so the strong
+ETag is derived from both (:func:`tiles.cache.etag`) and the cache is keyed by them: a new
+version of the live window misses and re-renders; nothing needs to be purged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from heatmap.config import Settings
+from heatmap.errors import BadInput, NotFound
+from heatmap.model import Snapshot, Window
+from heatmap.places import load_outline
+from heatmap.publish import legend, legend_text
+from heatmap.query import Reader, window_json
+from heatmap.service import Heatmap
+from heatmap.store import WindowInfo
+from tiles.cache import TileCache, TileKey, etag
+from tiles.errors import TileError
+from tiles.grid import DATA_MIN_ZOOM, MAX_ZOOM, MIN_ZOOM, check_tile, zoom_to_res
+from tiles.pmtiles import write_pmtiles
+from tiles.raster import snapshot_to_png
+from tiles.tilejson import data_bounds, round_bounds, tilejson
+from tiles.vector import snapshot_to_mvt
+
+Format = Literal["mvt", "png"]
+
+MEDIA_TYPES: dict[str, str] = {"mvt": "application/vnd.mapbox-vector-tile", "png": "image/png"}
+"""Content-Type of each tile format."""
+
+GZIP_LEVEL = 6
+"""zlib level of gzip-encoded MVT (compressed once per tile and cached)."""
+
+ATTRIBUTION = "Crowd density: open heatmap service (k-anonymous counts)"
+"""Attribution of the density layer in TileJSON."""
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """What a tile request asks for (already parsed)."""
+
+    fmt: Format
+    z: int
+    x: int
+    y: int
+    scale: int = 1
+    when: str | None = None  # ``?window=``; None = latest
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rendered tile and what the HTTP layer needs to answer with it.
+
+    ``data`` is empty for a tile without any published cell (204). ``pinned`` says the request
+    named its window (so a closed window's tile may be cached for good).
+    """
+
+    data: bytes
+    etag: str
+    media_type: str
+    window: Window
+    complete: bool
+    pinned: bool
+    key: TileKey
+
+    @property
+    def immutable(self) -> bool:
+        """Return True when the URL can never answer anything else (closed, pinned window)."""
+        return self.complete and self.pinned
+
+
+class TileService:
+    """Tiles of any window for the HTTP layer, via one bounded in-process cache.
+
+    Parameters
+    ----------
+    reader : Reader
+        Resolves ``?window=`` and hands out snapshots per version.
+    cache : TileCache
+        Rendered tiles (identity bytes, and gzip bytes of MVT) keyed by version and address.
+    """
+
+    def __init__(self, reader: Reader, cache: TileCache) -> None:
+        self.reader = reader
+        self.settings = reader.settings
+        self.cache = cache
+        self.render_seconds = 0.0
+        self.renders = 0
+
+    def _check(self, req: TileRequest) -> None:
+        if req.fmt not in MEDIA_TYPES:
+            raise BadInput(f"tile format {req.fmt!r}: use mvt or png")
+        if req.scale not in (1, 2) or (req.scale == 2 and req.fmt != "png"):
+            raise BadInput("@2x exists for PNG tiles only")
+        check_tile(req.z, req.x, req.y, MIN_ZOOM, MAX_ZOOM)
+
+    def _key(self, req: TileRequest, snap: Snapshot) -> TileKey:
+        return TileKey(snap.version, req.fmt, req.z, req.x, req.y, req.scale)
+
+    def _tile(self, req: TileRequest, info: WindowInfo, snap: Snapshot, data: bytes) -> Tile:
+        key = self._key(req, snap)
+        return Tile(
+            data=data,
+            etag=etag(*key),
+            media_type=MEDIA_TYPES[req.fmt],
+            window=info.window,
+            complete=info.closed,
+            pinned=req.when is not None and req.when.strip() not in ("", "latest"),
+            key=key,
+        )
+
+    def _snapshot(self, req: TileRequest, snaps: dict[int, Snapshot]) -> Snapshot:
+        s = self.settings
+        return snaps[zoom_to_res(req.z, s.min_res, s.base_res)]
+
+    def lookup(self, req: TileRequest) -> Tile | None:
+        """Return the tile if it can be answered from memory alone (never blocks), else None.
+
+        Raises the same errors as :meth:`tile` for a bad address.
+        """
+        self._check(req)
+        wl = self.reader.catalog.peek()
+        if wl is None:
+            return None
+        try:
+            info = self.reader._resolve(wl, req.when)
+        except NotFound:
+            return None  # let the blocking path re-check the store before saying 404
+        snaps = self.reader.peek(info)
+        if snaps is None:
+            return None
+        snap = self._snapshot(req, snaps)
+        data = self.cache.get(self._key(req, snap))
+        if data is None:
+            return None
+        return self._tile(req, info, snap, data)
+
+    def tile(self, req: TileRequest) -> Tile:
+        """Return the tile, rendering and caching it if needed (may block: store, render)."""
+        self._check(req)
+        info = self.reader.window(req.when)
+        snap = self._snapshot(req, self.reader.snapshots(info))
+        key = self._key(req, snap)
+        data = self.cache.get(key)
+        if data is None:
+            t0 = time.perf_counter()
+            data = render_tile(snap, req.fmt, req.z, req.x, req.y, req.scale)
+            self.render_seconds += time.perf_counter() - t0
+            self.renders += 1
+            self.cache.put(key, data)
+        return self._tile(req, info, snap, data)
+
+    def gzipped(self, tile: Tile) -> bytes:
+        """Return the gzip encoding of a tile's bytes (compressed once, then cached)."""
+        key = tile.key._replace(fmt=tile.key.fmt + "+gzip")
+        return self.cache.get_or_render(
+            key, lambda: gzip.compress(tile.data, compresslevel=GZIP_LEVEL, mtime=0)
+        )
+
+    def tilejson(self, fmt: Format, base_url: str, when: str | None = None) -> dict[str, Any]:
+        """Return the TileJSON 3.0.0 document of the density tiles of a window (default latest).
+
+        ``base_url`` is the service's public root (``https://host/``).
+        """
+        if fmt not in MEDIA_TYPES:
+            raise BadInput(f"format {fmt!r}: use mvt or png")
+        pinned = when is not None and when.strip() not in ("", "latest")
+        info: WindowInfo | None = None
+        if pinned or len(self.reader.windows()):
+            info = self.reader.window(when)
+        return service_tilejson(self.settings, fmt, base_url, info if pinned else None, info)
+
+
+@cache
+def city_bounds() -> tuple[float, float, float, float]:
+    """Return the city outline's ``(west, south, east, north)``, padded by 0.02 degrees."""
+    w, s, e, n = load_outline().bounds
+    return (w - 0.02, s - 0.02, e + 0.02, n + 0.02)
+
+
+def service_tilejson(
+    settings: Settings,
+    fmt: Format,
+    base_url: str,
+    pinned: WindowInfo | None = None,
+    latest: WindowInfo | None = None,
+) -> dict[str, Any]:
+    """Return the service's TileJSON: tile URL template, city bounds, zooms, legend, privacy.
+
+    ``pinned`` adds ``?window=`` to the template (a closed window's tiles are immutable);
+    ``latest`` describes the window the default template currently serves.
+    """
+    root = base_url.rstrip("/")
+    suffix = "" if pinned is None else f"?window={pinned.window.isoformat()}"
+    bounds = round_bounds(city_bounds(), 4)
+    described = pinned or latest
+    png = fmt == "png"
+    return tilejson(
+        fmt,
+        f"{root}/tiles/{{z}}/{{x}}/{{y}}.{fmt}{suffix}",
+        bounds=bounds,
+        center=(121.4737, 31.2304, 10),
+        minzoom=DATA_MIN_ZOOM,
+        maxzoom=MAX_ZOOM,
+        attribution=ATTRIBUTION,
+        legend=legend_text(settings),
+        name="Shanghai crowd density",
+        description=(
+            f"People per H3 hexagon per {settings.window_s // 60}-minute window; cells with "
+            f"fewer than {settings.k_min} devices are withheld"
+        ),
+        extra={
+            "window": None if described is None else window_json(described),
+            "k_min": settings.k_min,
+            "dp_epsilon": settings.dp_epsilon,
+            "legend_bands": legend(settings)["bands"],
+            "tiles_2x": [f"{root}/tiles/{{z}}/{{x}}/{{y}}@2x.png{suffix}"] if png else None,
+        },
+    )
+
+
+def render_tile(snap: Snapshot, fmt: str, z: int, x: int, y: int, scale: int = 1) -> bytes:
+    """Return the tile bytes of one snapshot (``b""`` when no published cell touches it)."""
+    if fmt == "mvt":
+        return snapshot_to_mvt(snap, z, x, y)
+    return snapshot_to_png(snap, z, x, y, scale=scale)
+
+
+def export_pmtiles(
+    settings: Settings,
+    out: Path,
+    window: str = "closed",
+    fmt: str = "mvt",
+    min_zoom: int = 8,
+    max_zoom: int = 13,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write one closed window's tiles as a PMTiles v3 archive; return a JSON summary.
+
+    ``window`` is an ISO time inside a closed window, or ``closed`` for the latest closed one.
+    The tiles are the bytes the HTTP service serves for that window (same renderers).
+    """
+    if fmt not in MEDIA_TYPES:
+        raise BadInput(f"format {fmt!r}: use mvt or png")
+    hm = Heatmap(settings)
+    try:
+        reader = Reader(hm)
+        try:
+            if window in ("closed", "latest"):
+                closed = [i for i in reader.windows().infos if i.closed]
+                if not closed:
+                    raise NotFound("no closed window yet: PMTiles exports closed windows only")
+                info = closed[-1]
+            else:
+                info = reader.window(window)
+                if not info.closed:
+                    raise BadInput(
+                        f"window {info.window.isoformat()} is still open: export a closed window"
+                    )
+            snaps = reader.snapshots(info)
+        finally:
+            reader.close()
+    finally:
+        hm.close()
+    s = settings
+
+    def render(z: int, x: int, y: int) -> bytes:
+        return render_tile(snaps[zoom_to_res(z, s.min_res, s.base_res)], fmt, z, x, y)
+
+    coarse = snaps[zoom_to_res(min_zoom, s.min_res, s.base_res)]
+    if not len(coarse):
+        raise NotFound(f"window {info.window.isoformat()} has no published cell")
+    bounds = round_bounds(data_bounds(coarse), 6)
+    doc = service_tilejson(s, fmt, "pmtiles://", info, info)  # type: ignore[arg-type]
+    meta: dict[str, Any] = {
+        k: doc[k] for k in ("name", "description", "attribution", "legend") if k in doc
+    }
+    meta.update(window=window_json(info), k_min=s.k_min, dp_epsilon=s.dp_epsilon)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        n = write_pmtiles(
+            out,
+            render,
+            fmt=fmt,  # type: ignore[arg-type]
+            minzoom=min_zoom,
+            maxzoom=max_zoom,
+            bounds=bounds,
+            metadata=meta,
+            progress=progress,
+        )
+    except TileError as exc:
+        raise BadInput(str(exc)) from exc
+    return {
+        "out": str(out),
+        "tiles": n,
+        "bytes": out.stat().st_size,
+        "format": fmt,
+        "window": window_json(info),
+        "min_zoom": min_zoom,
+        "max_zoom": max_zoom,
+        "bounds": bounds,
+    }

@@ -1,0 +1,103 @@
+/* Helpers shared by the planner and the widget. No dependency but Leaflet; no build step. */
+(function () {
+  "use strict";
+  const H = {};
+
+  /* Return a URL with query parameters set (null/undefined removes one). The URL may be a tile
+     template: its {z}/{x}/{y} are in the path, so only the query part is parsed. */
+  H.withQuery = function (url, params) {
+    const i = url.indexOf("?");
+    const base = i < 0 ? url : url.slice(0, i);
+    const q = new URLSearchParams(i < 0 ? "" : url.slice(i + 1));
+    for (const [k, v] of Object.entries(params || {})) {
+      if (v === null || v === undefined) q.delete(k);
+      else q.set(k, String(v));
+    }
+    const s = q.toString();
+    return s ? base + "?" + s : base;
+  };
+
+  /* GET a JSON document; a non-2xx answer throws an Error carrying the API's reason. */
+  H.getJSON = async function (url, params) {
+    const r = await fetch(params ? H.withQuery(url, params) : url, {
+      credentials: "omit",
+      headers: { Accept: "application/json" },
+    });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) {
+      const err = new Error((body && body.detail) || r.status + " " + r.statusText);
+      err.status = r.status;
+      throw err;
+    }
+    return body;
+  };
+
+  /* Create an element: el("li", {class: "x", text: "..."}, child, ...). Text is never parsed
+     as HTML, so API values cannot inject markup. */
+  H.el = function (tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") e.textContent = v;
+      else if (k === "style") e.style.cssText = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    return e;
+  };
+
+  H.locale = (lang) => (lang === "en" ? "en" : "zh-CN");
+
+  H.num = function (lang, n, digits) {
+    if (n === null || n === undefined) return "–";
+    return Number(n).toLocaleString(H.locale(lang), { maximumFractionDigits: digits || 0 });
+  };
+
+  /* Format an ISO instant as local time in the service's time zone. */
+  H.timeFormat = function (lang, tz, withDate) {
+    const opts = { timeZone: tz, hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    if (withDate) Object.assign(opts, { month: "2-digit", day: "2-digit" });
+    const f = new Intl.DateTimeFormat(H.locale(lang), opts);
+    return (iso) => (iso ? f.format(new Date(iso)) : "–");
+  };
+
+  /* A band's words: the page language first, the other one after (both always shown). */
+  H.label = function (label, lang) {
+    if (!label) return "";
+    return lang === "en" ? label.en + " · " + label.zh : label.zh + " · " + label.en;
+  };
+
+  H.swatch = (color) => H.el("span", { class: "swatch", style: "background:" + color, "aria-hidden": "true" });
+
+  /* Return {band name -> legend band} of /api/v1/legend. */
+  H.bandIndex = function (legend) {
+    const out = {};
+    for (const b of legend.bands) out[b.band] = b;
+    return out;
+  };
+
+  /* Fill a list with the legend: swatch, zh/en words and the density range. */
+  H.renderLegend = function (ul, legend, lang, t) {
+    ul.replaceChildren();
+    for (const b of legend.bands) {
+      const range =
+        b.max_km2 === null || b.max_km2 === undefined
+          ? "≥ " + H.num(lang, b.min_km2)
+          : H.num(lang, b.min_km2) + "–" + H.num(lang, b.max_km2);
+      ul.append(
+        H.el("li", { "data-band": b.band }, H.swatch(b.color),
+          H.el("span", { class: "words", text: H.label(b.label, lang) }),
+          H.el("span", { class: "range", text: range + " " + t.per_km2 }))
+      );
+    }
+  };
+
+  /* The words of a trend answer ({direction, ...}) in the page language. */
+  H.trendText = function (trend, t) {
+    if (!trend || !trend.direction) return t.no_trend;
+    return t[trend.direction] || trend.direction;
+  };
+
+  window.HeatmapCommon = H;
+})();

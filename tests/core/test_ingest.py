@@ -1,0 +1,145 @@
+"""Parsing and validation: aliases, timestamp forms, CRS, per-row reasons, unreadable files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from heatmap.crs import wgs84_to_gcj02
+from heatmap.errors import BadInput
+from heatmap.ingest import ParseOptions, Rejects, body_to_frame, frame_to_pings, read_pings
+
+NOW = 1_800_000_000.0
+
+
+def _read(path: Path, **kw: object) -> tuple[pl.DataFrame, Rejects]:
+    rejects = Rejects()
+    opts = ParseOptions(now=NOW, **kw)  # type: ignore[arg-type]
+    chunks = list(read_pings(path, opts, rejects))
+    return pl.concat(chunks) if chunks else pl.DataFrame(), rejects
+
+
+def test_aliases_and_timestamp_forms(tmp_path: Path) -> None:
+    p = tmp_path / "a.csv"
+    p.write_text(
+        "Latitude,LON,timestamp,Device\n"
+        "31.23,121.47,1700000000,a\n"
+        "31.23,121.47,1700000000123,b\n"
+        "31.23,121.47,2023-11-14T22:13:20Z,c\n"
+        "31.23,121.47,2023-11-15 06:13:20+08:00,d\n"
+        "31.23,121.47,2023-11-14T22:13:20,e\n"
+    )
+    df, rejects = _read(p)
+    assert rejects.total == 0
+    assert df["ts"].to_list() == [1_700_000_000] * 5
+    assert df["device_id"].to_list() == list("abcde")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (",1700000000,31.2,121.4", "device_id empty"),
+        ("a,,31.2,121.4", "ts missing"),
+        ("a,yesterday,31.2,121.4", "ts unparseable"),
+        ("a,1900000000,31.2,121.4", "ts more than 3600 s in the future"),
+        ("a,1700000000,91,121.4", "lat out of range [-90, 90]"),
+        ("a,1700000000,NaN,121.4", "lat is NaN"),
+        ("a,1700000000,north,121.4", "lat not a number"),
+        ("a,1700000000,31.2,", "lng missing"),
+        ("a,1700000000,31.2,181", "lng out of range [-180, 180]"),
+        ("a,1700000000,31.2", "wrong number of fields"),
+    ],
+)
+def test_bad_rows_are_rejected_with_their_reason(tmp_path: Path, line: str, reason: str) -> None:
+    p = tmp_path / "bad.csv"
+    p.write_text(f"device_id,ts,lat,lng\nok,1700000000,31.2,121.4\n{line}\nok2,1700000001,31,121\n")
+    df, rejects = _read(p)
+    assert dict(rejects.counts) == {reason: 1}
+    assert df["device_id"].to_list() == ["ok", "ok2"]
+    if reason != "wrong number of fields":
+        assert rejects.rows == [(2, reason)]
+
+
+def test_strict_fails_on_the_first_bad_row(tmp_path: Path) -> None:
+    p = tmp_path / "bad.csv"
+    p.write_text("device_id,ts,lat,lng\nok,1700000000,31.2,121.4\nb,1700000000,91,121\n")
+    with pytest.raises(BadInput, match=r"row 2: lat out of range"):
+        _read(p, strict=True)
+
+
+def test_missing_column_names_it(tmp_path: Path) -> None:
+    p = tmp_path / "m.csv"
+    p.write_text("device_id,ts,lat\na,1,2\n")
+    with pytest.raises(BadInput, match="missing column 'lng'"):
+        _read(p)
+
+
+def test_truncated_gzip_is_bad_input(tmp_path: Path) -> None:
+    rows = "".join(f"d{i},{1700000000 + i},31.2,121.4\n" for i in range(20000))
+    data = gzip.compress(("device_id,ts,lat,lng\n" + rows).encode())
+    p = tmp_path / "t.csv.gz"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInput, match="unreadable"):
+        _read(p)
+
+
+def test_binary_file_is_not_a_csv(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(BadInput, match="CSV"):
+        _read(p)
+
+
+def test_parquet_and_gzip_read_like_csv(tmp_path: Path) -> None:
+    frame = pl.DataFrame(
+        {
+            "device_id": ["a", "b"],
+            "ts": [1700000000, 1700000100],
+            "lat": [31.2, 31.3],
+            "lng": [121.4, 121.5],
+        }
+    )
+    frame.write_parquet(tmp_path / "p.parquet")
+    (tmp_path / "g.csv.gz").write_bytes(gzip.compress(frame.write_csv().encode()))
+    a, _ = _read(tmp_path / "p.parquet")
+    b, _ = _read(tmp_path / "g.csv.gz")
+    assert a.equals(frame) and b.equals(frame)
+
+
+def test_gcj02_input_is_converted_to_wgs84() -> None:
+    lat, lng = wgs84_to_gcj02([31.2335], [121.4755])
+    frame = pl.DataFrame(
+        {"device_id": ["a"], "ts": ["1700000000"], "lat": [lat[0]], "lng": [lng[0]]}
+    )
+    out = frame_to_pings(frame, ParseOptions(crs="gcj02", now=NOW), Rejects())
+    assert out["lat"][0] == pytest.approx(31.2335, abs=1e-6)
+    assert out["lng"][0] == pytest.approx(121.4755, abs=1e-6)
+
+
+def test_unknown_crs_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="unknown --crs"):
+        ParseOptions(crs="mars")
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b"device_id,ts,lat,lng\na,1700000000,31.2,121.4\n", "text/csv"),
+        (b'{"device_id":"a","ts":1700000000,"lat":31.2,"lng":121.4}\n', "application/x-ndjson"),
+        (b'[{"device_id":"a","ts":"1700000000","lat":31.2,"lng":121.4}]', "application/json"),
+    ],
+)
+def test_request_bodies_parse(body: bytes, ctype: str) -> None:
+    frame = body_to_frame(body, ctype, max_rows=10)
+    out = frame_to_pings(frame, ParseOptions(now=NOW), Rejects())
+    assert out.rows() == [("a", 1700000000, 31.2, 121.4)]
+
+
+def test_body_errors() -> None:
+    with pytest.raises(BadInput, match="unsupported content type"):
+        body_to_frame(b"x", "image/png", 10)
+    with pytest.raises(BadInput, match="not valid"):
+        body_to_frame(b"[{", "application/json", 10)

@@ -1,0 +1,138 @@
+"""Store semantics: units, watermark, late rows, closing, durability and what stays on disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from heatmap.errors import StoreUnavailable
+from heatmap.ingest import ParseOptions
+from heatmap.service import Heatmap
+
+T0 = 1_764_000_000 // 300 * 300  # a window boundary
+NOW = T0 + 86_400.0
+
+
+def _pings(n_dev: int, t0: int, t1: int, seed: int, step: int = 40) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(n_dev):
+        ts = np.arange(t0 + rng.integers(0, step), t1, step)
+        lat = 31.22 + rng.normal(0, 0.004, len(ts))
+        lng = 121.47 + rng.normal(0, 0.004, len(ts))
+        rows.append(pl.DataFrame({"device_id": f"dev{d:04d}", "ts": ts, "lat": lat, "lng": lng}))
+    return pl.concat(rows)
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    frame.write_csv(path)
+    return path
+
+
+def _published(hm: Heatmap) -> dict:
+    out = {}
+    for info in hm.windows():
+        for res, snap in hm.snapshots(info).items():
+            out[(info.w, res)] = (snap.cells.tolist(), snap.people.tolist(), info.closed)
+    return out
+
+
+OPTS = ParseOptions(now=NOW)
+
+
+def test_a_then_b_equals_a_and_b_together(make_settings, tmp_path: Path) -> None:
+    a = _pings(40, T0, T0 + 900, seed=1)
+    b = _pings(40, T0 + 600, T0 + 1500, seed=2)  # overlaps A's last open window
+    pa_, pb = _write(a, tmp_path / "a.csv"), _write(b, tmp_path / "b.csv")
+    both = _write(pl.concat([a, b]), tmp_path / "ab.csv")
+    s1 = make_settings(db=str(tmp_path / "one" / "h.db"), k_min=3, allowed_lateness_s=400)
+    s2 = make_settings(db=str(tmp_path / "two" / "h.db"), k_min=3, allowed_lateness_s=400)
+    h1, h2 = Heatmap(s1), Heatmap(s2)
+    r1 = h1.ingest_paths([pa_], OPTS)
+    r2 = h1.ingest_paths([pb], OPTS)
+    r3 = h2.ingest_paths([both], OPTS)
+    assert r1.late == r2.late == r3.late == 0
+    assert _published(h1) == _published(h2)
+    assert r1.accepted + r2.accepted == r3.accepted == a.height + b.height
+
+
+def test_late_rows_of_a_closed_window_are_rejected_and_reported(make_settings, tmp_path) -> None:
+    hm = Heatmap(make_settings(k_min=2, allowed_lateness_s=0))
+    hm.ingest_paths([_write(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
+    closed_before = [w.w for w in hm.windows() if w.closed]
+    assert closed_before  # windows ended before the watermark closed
+    late = _pings(5, T0, T0 + 100, seed=4)
+    report = hm.ingest_paths([_write(late, tmp_path / "late.csv")], OPTS)
+    assert report.late == late.height and report.accepted == 0
+    assert report.summary()["late"] == late.height
+
+
+def test_a_file_never_rejects_its_own_rows_whatever_the_order(make_settings, tmp_path) -> None:
+    frame = _pings(20, T0, T0 + 3000, seed=5).sort("device_id")  # sorted by device, not time
+    hm = Heatmap(make_settings(k_min=2, allowed_lateness_s=0))
+    report = hm.ingest_paths([_write(frame, tmp_path / "d.csv")], OPTS)
+    assert report.late == 0 and report.accepted == frame.height
+
+
+def test_closed_windows_lose_their_device_state(make_settings, tmp_path) -> None:
+    s = make_settings(k_min=2, allowed_lateness_s=60)
+    hm = Heatmap(s)
+    hm.ingest_paths([_write(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
+    con = sqlite3.connect(s.db)
+    assert con.execute("SELECT count(*) FROM device_state").fetchone()[0] == 15
+    hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
+    first = T0 // 300
+    assert con.execute("SELECT count(*) FROM device_state WHERE w = ?", (first,)).fetchone()[0] == 0
+    assert [w.closed for w in hm.windows() if w.w == first] == [True]
+
+
+def test_store_files_hold_no_hash_of_a_closed_window(make_settings, tmp_path) -> None:
+    s = make_settings(k_min=2, allowed_lateness_s=0)
+    hm = Heatmap(s)
+    frame = _pings(12, T0, T0 + 299, seed=8)
+    hm.ingest_paths([_write(frame, tmp_path / "a.csv")], OPTS)
+    hashes = [hm_hash.to_bytes(8, "little", signed=True) for hm_hash in _hashes(hm, frame)]
+    hm.ingest_paths([_write(_pings(3, T0 + 900, T0 + 1000, seed=9), tmp_path / "b.csv")], OPTS)
+    hm.close()
+    blobs = b"".join(p.read_bytes() for p in Path(s.db).parent.glob("heatmap.db*"))
+    for h in hashes:
+        assert h not in blobs
+    for raw in frame["device_id"].unique().to_list():
+        assert raw.encode() not in blobs
+
+
+def _hashes(hm: Heatmap, frame: pl.DataFrame) -> list[int]:
+    from heatmap.privacy import DeviceHasher
+
+    hasher = DeviceHasher(hm.key)
+    return [hasher.hash_one(d) for d in frame["device_id"].unique().to_list()]
+
+
+def test_foreign_files_are_refused(make_settings, tmp_path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello, not a database")
+    with pytest.raises(StoreUnavailable, match="not a heatmap store"):
+        Heatmap(make_settings(db=str(text)))
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreUnavailable, match="another application"):
+        Heatmap(make_settings(db=str(other)))
+
+
+def test_window_length_is_fixed_per_store(make_settings) -> None:
+    Heatmap(make_settings(window_s=300)).close()
+    with pytest.raises(StoreUnavailable, match="window_s=300"):
+        Heatmap(make_settings(window_s=600))
+
+
+def test_duplicate_batch_id_is_counted_once(make_settings) -> None:
+    hm = Heatmap(make_settings(k_min=2))
+    frame = _pings(5, T0, T0 + 200, seed=10).with_columns(pl.col("ts").cast(pl.String))
+    one = hm.ingest_frame(frame, OPTS, batch_id="b-1")
+    two = hm.ingest_frame(frame, OPTS, batch_id="b-1")
+    assert two.duplicate and one.accepted == two.accepted
+    assert hm.windows()[-1].devices == 5
