@@ -205,9 +205,10 @@ def export_cells(
     ] = "latest",
 ) -> None:
     """Export published (privacy-applied) cells of one or all windows."""
-    from heatmap.export import snapshots_to_frame, write_cells
+    from heatmap.export import check_format, snapshots_to_frame, write_cells
     from heatmap.service import Heatmap
 
+    check_format(out)
     s = _settings()
     r = s.base_res if res is None else res
     hm = Heatmap(s)

@@ -35,6 +35,8 @@ def snapshots_to_frame(snaps: list[Snapshot]) -> pl.DataFrame:
     if not frames:
         raise BadInput("nothing to export")
     df = pl.concat(frames)
+    if df.height == 0:
+        return df.with_columns(cell=pl.lit(None, pl.String))
     return df.with_columns(cell=plh3.int_to_str("cell"))
 
 
@@ -50,11 +52,16 @@ def cells_to_polygons(cells: pl.Series) -> np.ndarray:
     return shapely.polygons(padded[:, :, ::-1])
 
 
+def check_format(out: Path) -> None:
+    """Raise ``BadInput`` unless the output suffix is a known export format."""
+    if out.suffix.lower() not in FORMATS:
+        raise BadInput(f"--out {out.name}: unknown format, use one of {', '.join(FORMATS)}")
+
+
 def write_cells(df: pl.DataFrame, out: Path) -> int:
     """Write the export frame to CSV, Parquet, GeoJSON or GeoPackage (by suffix)."""
+    check_format(out)
     suffix = out.suffix.lower()
-    if suffix not in FORMATS:
-        raise BadInput(f"--out {out.name}: unknown format, use one of {', '.join(FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         df.write_csv(out)

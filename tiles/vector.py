@@ -199,7 +199,8 @@ def clip_convex(px: _F64, py: _F64, lo: float, hi: float) -> tuple[_F64, _F64, _
     interior point) yields each ring in order with no per-ring loop. The sort key is
     ``atan2(dy, dx)`` on small inputs and otherwise a pseudo-angle monotone in it but cheaper
     per element: with ``q = dx / (|dx| + |dy|)``, ``1 - q`` for ``dy >= 0`` and ``3 + q``
-    otherwise; ascending in a y-down frame is clockwise on screen. Duplicate points (a vertex on a box side) are left for the caller to drop.
+    otherwise; ascending in a y-down frame is clockwise on screen. Duplicate points (a vertex
+    on a box side) are left for the caller to drop.
     """
     nv, r = px.shape
     c, h = (lo + hi) / 2.0, (hi - lo) / 2.0

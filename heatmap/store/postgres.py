@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from heatmap.config import Settings
@@ -150,16 +151,20 @@ class PostgresStore(Store):
         except (psycopg.Error, PoolTimeout) as exc:
             with contextlib.suppress(Exception):
                 self.pool.close()
-            raise StoreUnavailable(f"{self._where()}: cannot open the store ({_one_line(exc)})") from exc
+            raise StoreUnavailable(
+                f"{self._where()}: cannot open the store ({_one_line(exc)})"
+            ) from exc
         self.check_compatible()
 
     def _where(self) -> str:
         # The URL without its password, for messages and logs.
         try:
-            info = psycopg.conninfo.conninfo_to_dict(self.url)
+            info = conninfo_to_dict(self.url)
         except psycopg.ProgrammingError:
             return "postgresql store"
-        return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+        return (
+            f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+        )
 
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -232,7 +237,9 @@ class PostgresStore(Store):
                     finally:
                         self._local.conn = None
             except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"{self._where()}: commit failed ({_one_line(exc)})") from exc
+                raise StoreUnavailable(
+                    f"{self._where()}: commit failed ({_one_line(exc)})"
+                ) from exc
 
     def _q(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._conn() as conn:

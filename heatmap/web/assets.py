@@ -87,7 +87,9 @@ class AssetStore:
         packed = None
         if len(data) >= GZIP_MIN_BYTES and file.suffix != ".png":
             packed = gzip.compress(data, compresslevel=9, mtime=0)
-        asset = Asset(data, packed, media, '"' + hashlib.blake2b(data, digest_size=8).hexdigest() + '"')
+        asset = Asset(
+            data, packed, media, '"' + hashlib.blake2b(data, digest_size=8).hexdigest() + '"'
+        )
         with self._lock:
             self._cache[path] = asset
         return asset

@@ -160,7 +160,7 @@ def asset_store() -> AssetStore:
 def _build(spec: PageSpec, name: str, extra_js: list[str], title: str, control_scale: bool) -> str:
     assets = asset_store()
     js = [("leaflet", assets.url(spec.root, "vendor/leaflet/leaflet.js"))]
-    js += [(p.rsplit("/", 1)[-1], assets.url(spec.root, p)) for p in extra_js]
+    js += [(p.rsplit("/", 1)[-1], assets.url(spec.root, p)) for p in [*extra_js, "web/common.js"]]
     css = [("leaflet_css", assets.url(spec.root, "vendor/leaflet/leaflet.css"))]
     words = strings(spec.lang)
     fig = PageFigure(spec.lang, title)
@@ -204,8 +204,11 @@ def planner_html(spec: PageSpec) -> str:
     """Return the planner page: full-screen city map, layer switch, time slider, side panel."""
     words = strings(spec.lang)
     return _build(
-        spec, "planner", ["vendor/leaflet.vectorgrid/Leaflet.VectorGrid.bundled.min.js"],
-        words["title_planner"], control_scale=True,
+        spec,
+        "planner",
+        ["vendor/leaflet.vectorgrid/Leaflet.VectorGrid.bundled.min.js"],
+        words["title_planner"],
+        control_scale=True,
     )
 
 

@@ -1,92 +1,20 @@
-"""Fixtures for the HTTP tests: a simulated stream, apps on temp stores, posting helpers."""
+"""Fixtures for the HTTP tests: a simulated stream, apps on temp stores, a loaded app."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import h3
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 import pytest
+from api_testdata import BATCHES, WINDOW_S, Loaded, api_settings, post, slices
+
 from fastapi.testclient import TestClient
 
 from heatmap.api import create_app
-from heatmap.api.dependencies import Services
-from heatmap.config import Settings
 from heatmap.simulate import simulate_pings
-
-TOKEN = "test-token-1234"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-WINDOW_S = 300
-BASE_RES = 10
-MIN_RES = 5
-K_MIN = 2
-BATCHES = 4
-
-
-def api_settings(tmp: Path, **kw: object) -> Settings:
-    """Return settings on a temp store with ingest enabled and a small k."""
-    kw.setdefault("db", str(tmp / "store" / "heatmap.db"))
-    kw.setdefault("basemap_url", "")
-    kw.setdefault("secret", "test-secret")
-    kw.setdefault("k_min", K_MIN)
-    kw.setdefault("ingest_token", TOKEN)
-    return Settings(**kw)  # type: ignore[arg-type]
-
-
-def services(client: TestClient) -> Services:
-    """Return the app's services (to compare with the core's snapshots)."""
-    return client.app.state.services  # type: ignore[attr-defined,no-any-return]
-
-
-def encode(frame: pl.DataFrame, fmt: str) -> tuple[bytes, str]:
-    """Return a body and its content type (csv, ndjson or json array)."""
-    if fmt == "csv":
-        return frame.write_csv().encode(), "text/csv"
-    if fmt == "ndjson":
-        return frame.write_ndjson().encode(), "application/x-ndjson"
-    return frame.write_json().encode(), "application/json"
-
-
-def post(client: TestClient, frame: pl.DataFrame, fmt: str = "csv", **params: object):  # type: ignore[no-untyped-def]
-    """POST a frame of pings with the test token."""
-    body, ctype = encode(frame, fmt)
-    return client.post(
-        "/api/v1/pings", content=body, headers={**AUTH, "Content-Type": ctype}, params=params
-    )
-
-
-def slices(frame: pl.DataFrame, n: int) -> list[pl.DataFrame]:
-    """Split a stream into ``n`` consecutive time slices."""
-    lo, hi = int(frame["ts"].min()), int(frame["ts"].max()) + 1  # type: ignore[arg-type]
-    edges = [lo + (hi - lo) * i // n for i in range(n + 1)]
-    return [frame.filter((pl.col("ts") >= a) & (pl.col("ts") < b)) for a, b in pairwise(edges)]
-
-
-def pairwise(xs: list[int]) -> Iterator[tuple[int, int]]:
-    """Yield consecutive pairs."""
-    return zip(xs[:-1], xs[1:], strict=True)
-
-
-def h3_counts(frame: pl.DataFrame, window_s: int, res: int) -> dict[tuple[int, str], int]:
-    """Plain h3-py reference: devices per (window, cell at ``res``), latest ping per device."""
-    latest: dict[tuple[int, str], tuple[int, int]] = {}
-    for dev, ts, lat, lng in frame.iter_rows():
-        key = (ts // window_s, dev)
-        cur = latest.get(key)
-        if cur is not None and cur[0] > ts:
-            continue
-        cell = h3.str_to_int(h3.latlng_to_cell(lat, lng, BASE_RES))
-        if cur is None or (ts, cell) > cur:
-            latest[key] = (ts, cell)
-    out: dict[tuple[int, str], int] = defaultdict(int)
-    for (w, _), (_, cell) in latest.items():
-        out[(w, h3.cell_to_parent(h3.int_to_str(cell), res))] += 1
-    return dict(out)
 
 
 @pytest.fixture(scope="session")
@@ -119,23 +47,16 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
         c.__exit__(None, None, None)
 
 
-@dataclass
-class Loaded:
-    """An app whose store was filled through HTTP only, and what was posted."""
-
-    client: TestClient
-    frame: pl.DataFrame
-    answers: list[dict[str, object]]
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loaded(tmp_path_factory: pytest.TempPathFactory, stream: pl.DataFrame) -> Iterator[Loaded]:
     """An app on an empty store, then the stream POSTed in time slices (CSV, NDJSON, JSON)."""
     client = TestClient(create_app(api_settings(tmp_path_factory.mktemp("loaded"))))
     with client:
         assert client.get("/api/v1/stats").status_code == 404  # empty store
         answers = []
-        for part, fmt in zip(slices(stream, BATCHES), ("csv", "ndjson", "json", "csv"), strict=True):
+        for part, fmt in zip(
+            slices(stream, BATCHES), ("csv", "ndjson", "json", "csv"), strict=True
+        ):
             r = post(client, part, fmt)
             assert r.status_code == 200, r.text
             answers.append(r.json())

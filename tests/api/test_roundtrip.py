@@ -11,7 +11,7 @@ import mapbox_vector_tile
 import morecantile
 import numpy as np
 import polars as pl
-from conftest import BASE_RES, K_MIN, WINDOW_S, Loaded, h3_counts, post, services
+from api_testdata import BASE_RES, K_MIN, WINDOW_S, Loaded, h3_counts, post, services
 from PIL import Image
 
 from heatmap.model import Snapshot
@@ -163,7 +163,9 @@ def test_a_batch_is_visible_in_json_and_tiles_within_a_second(loaded: Loaded) ->
 def test_withheld_and_empty_cells_answer_alike(loaded: Loaded) -> None:
     ts = int(loaded.frame["ts"].max())  # type: ignore[arg-type]
     lonely = (29.5, 119.5)
-    batch = pl.DataFrame({"device_id": ["solo"], "ts": [ts], "lat": [lonely[0]], "lng": [lonely[1]]})
+    batch = pl.DataFrame(
+        {"device_id": ["solo"], "ts": [ts], "lat": [lonely[0]], "lng": [lonely[1]]}
+    )
     assert post(loaded.client, batch).status_code == 200
     answers = []
     for lat, lng in (lonely, (29.4, 119.3)):  # one device there / nobody there

@@ -1,0 +1,214 @@
+"""HTTP behaviour: TileJSON schema, ETag/304, Cache-Control, Vary, gzip, CORS, ops routes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import httpx
+import jsonschema
+import mapbox_vector_tile
+import morecantile
+import polars as pl
+from api_testdata import Loaded, post
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from heatmap.api.metrics import SecurityHeadersMiddleware
+from heatmap.api.pages import placeholder_router
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "tiles" / "tilejson-3.0.0.schema.json").read_text()
+)
+PEOPLES_SQUARE = (31.2335, 121.4755)
+LIVE = "public, max-age=5, must-revalidate"
+IMMUTABLE = "public, max-age=86400, immutable"
+
+
+def tile_url(z: int, suffix: str = ".mvt", at: tuple[float, float] = PEOPLES_SQUARE) -> str:
+    t = TMS.tile(at[1], at[0], z)
+    return f"/tiles/{z}/{t.x}/{t.y}{suffix}"
+
+
+def closed_start(loaded: Loaded) -> str:
+    wins = loaded.client.get("/api/v1/windows").json()["windows"]
+    return next(w["start"] for w in wins if w["complete"])
+
+
+def raw_get(loaded: Loaded, url: str, **headers: str) -> httpx.Response:
+    """GET without transparent decoding, to see the bytes on the wire."""
+    with loaded.client.stream("GET", url, headers=headers) as r:
+        r.raw = b"".join(r.iter_raw())  # type: ignore[attr-defined]
+        return r
+
+
+def test_tilejson_validates_against_the_3_0_0_schema(loaded: Loaded) -> None:
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    for fmt in ("mvt", "png"):
+        doc = loaded.client.get("/tiles.json", params={"format": fmt}).json()
+        jsonschema.validate(doc, SCHEMA, cls=jsonschema.Draft7Validator)
+        assert doc["tilejson"] == "3.0.0"
+        assert doc["tiles"] == [f"http://testserver/tiles/{{z}}/{{x}}/{{y}}.{fmt}"]
+        assert doc["minzoom"] <= doc["center"][2] <= doc["maxzoom"]
+        assert "#d7191c" in doc["legend"] and doc["attribution"]
+        if fmt == "mvt":
+            (layer,) = doc["vector_layers"]
+            assert layer["id"] == "density"
+            assert set(layer["fields"]) == {"cell", "people", "density_km2", "band"}
+        else:
+            assert "vector_layers" not in doc
+
+
+def test_tilejson_of_a_closed_window_pins_it_and_is_immutable(loaded: Loaded) -> None:
+    when = closed_start(loaded)
+    r = loaded.client.get("/tiles.json", params={"window": when})
+    jsonschema.validate(r.json(), SCHEMA, cls=jsonschema.Draft7Validator)
+    assert r.json()["tiles"][0].endswith(f".mvt?window={when}")
+    assert r.headers["cache-control"] == IMMUTABLE
+
+
+def test_tile_etag_answers_304(loaded: Loaded) -> None:
+    url = tile_url(12)
+    first = loaded.client.get(url)
+    tag = first.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"')
+    for inm in (tag, f"W/{tag}", f'"nope", {tag}', "*"):
+        again = loaded.client.get(url, headers={"If-None-Match": inm})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == tag
+        assert again.headers["cache-control"] == first.headers["cache-control"]
+    assert loaded.client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_json_etag_answers_304(loaded: Loaded) -> None:
+    params = {"lat": PEOPLES_SQUARE[0], "lng": PEOPLES_SQUARE[1]}
+    first = loaded.client.get("/api/v1/density", params=params)
+    again = loaded.client.get(
+        "/api/v1/density", params=params, headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_cache_control_latest_is_short_and_closed_is_immutable(loaded: Loaded) -> None:
+    when = closed_start(loaded)
+    latest = loaded.client.get(tile_url(12))
+    assert latest.headers["cache-control"] == LIVE
+    assert latest.headers["x-heatmap-complete"] == "false"
+    closed = loaded.client.get(tile_url(12), params={"window": when})
+    assert closed.headers["cache-control"] == IMMUTABLE
+    assert closed.headers["x-heatmap-window"] == when
+    params = {"lat": PEOPLES_SQUARE[0], "lng": PEOPLES_SQUARE[1]}
+    assert loaded.client.get("/api/v1/density", params=params).headers["cache-control"] == LIVE
+    pinned = loaded.client.get("/api/v1/density", params={**params, "window": when})
+    assert pinned.headers["cache-control"] == IMMUTABLE
+    # The live window named explicitly is still live.
+    live_when = loaded.client.get("/api/v1/windows").json()["latest"]["start"]
+    assert (
+        loaded.client.get(tile_url(12), params={"window": live_when}).headers["cache-control"]
+        == LIVE
+    )
+
+
+def test_mvt_is_gzipped_when_accepted_and_png_never(loaded: Loaded) -> None:
+    url = tile_url(12)
+    plain = raw_get(loaded, url, **{"Accept-Encoding": "identity"})
+    zipped = raw_get(loaded, url, **{"Accept-Encoding": "gzip, br"})
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(zipped.raw) == plain.raw  # type: ignore[attr-defined]
+    assert mapbox_vector_tile.decode(plain.raw)["density"]["features"]  # type: ignore[attr-defined]
+    assert zipped.headers["etag"] != plain.headers["etag"]
+    for r in (plain, zipped):
+        assert "Accept-Encoding" in r.headers["vary"]
+    png = raw_get(loaded, tile_url(12, ".png"), **{"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in png.headers and png.raw[:4] == b"\x89PNG"  # type: ignore[attr-defined]
+    assert "Accept-Encoding" in png.headers["vary"]
+
+
+def test_empty_tile_is_204_with_validators(loaded: Loaded) -> None:
+    r = loaded.client.get(tile_url(10, at=(-30.0, -140.0)))  # South Pacific
+    assert r.status_code == 204 and r.content == b""
+    assert r.headers["etag"] and r.headers["cache-control"] == LIVE
+
+
+def test_a_new_batch_changes_the_live_tile_and_its_etag(loaded: Loaded) -> None:
+    url = tile_url(12)
+    before = loaded.client.get(url)
+    ts = int(loaded.frame["ts"].max())  # type: ignore[arg-type]
+    batch = pl.DataFrame(
+        {
+            "device_id": [f"etag-{i}" for i in range(5)],
+            "ts": [ts] * 5,
+            "lat": [PEOPLES_SQUARE[0]] * 5,
+            "lng": [PEOPLES_SQUARE[1]] * 5,
+        }
+    )
+    assert post(loaded.client, batch).status_code == 200
+    after = loaded.client.get(url, headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200
+    assert after.headers["etag"] != before.headers["etag"]
+
+
+def test_cors_and_security_headers(loaded: Loaded) -> None:
+    r = loaded.client.get("/api/v1/legend", headers={"Origin": "https://gov.example"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    pre = loaded.client.options(
+        "/api/v1/pings",
+        headers={
+            "Origin": "https://gov.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert pre.status_code == 200 and "POST" in pre.headers["access-control-allow-methods"]
+
+
+def test_pages_answer_html_with_frame_ancestors(loaded: Loaded) -> None:
+    for path in ("/", "/widget"):
+        r = loaded.client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "frame-ancestors 'self'" in r.headers["content-security-policy"]
+
+
+def test_placeholder_pages_get_frame_ancestors() -> None:
+    app = FastAPI()
+    app.include_router(placeholder_router())
+    app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=["'self'", "https://gov.example"])
+    with TestClient(app) as client:
+        for path in ("/", "/widget"):
+            r = client.get(path)
+            assert r.status_code == 200 and "/tiles.json" in r.text
+            csp = r.headers["content-security-policy"]
+            assert csp == "frame-ancestors 'self' https://gov.example"
+
+
+def test_healthz(loaded: Loaded) -> None:
+    h = loaded.client.get("/healthz")
+    assert h.status_code == 200 and h.headers["cache-control"] == "no-store"
+    body = h.json()
+    assert body["status"] == "ok" and body["store"] == "ok" and body["windows"] >= 8
+    assert body["latest_window"]["complete"] is False and body["latest_window_age_s"] >= 0
+
+
+def test_metrics_count_requests_pings_cache_and_builds(loaded: Loaded) -> None:
+    loaded.client.get(tile_url(13))
+    loaded.client.get(tile_url(13))
+    loaded.client.get("/tiles/99/0/0.mvt")
+    text = loaded.client.get("/metrics").text
+    assert 'route="/tiles/{z}/{x}/{y}.mvt",status="200"' in text
+    assert 'route="/tiles/{z}/{x}/{y}.mvt",status="404"' in text
+    assert 'heatmap_http_request_seconds_bucket{le="0.005",route="/api/v1/density"}' in text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["heatmap_pings_accepted_total"] >= loaded.frame.height
+    assert values["heatmap_tile_cache_hits_total"] >= 1
+    assert values["heatmap_tile_cache_misses_total"] >= 1
+    assert values["heatmap_snapshot_build_seconds_count"] >= 1
+    assert values['heatmap_ingest_batches_total{outcome="committed"}'] >= 4
