@@ -259,8 +259,9 @@ def main() -> None:  # noqa: C901 - a linear script
     if pg is not None:
         targets.append(f"tiles whose feature count differs from PostGIS by > 2 %: {mismatch}")
     say("Targets: " + "; ".join(targets) + ".")
-    say("CPU p50 = thread CPU time of our render (excludes time the VM was descheduled; this "
-        "2-vCPU machine is shared, so wall-clock figures of every contender carry steal time).")
+    say("CPU p50 = thread CPU time of our render as the guest kernel counts it. This 2-vCPU VM "
+        "is shared (steal time), so every contender's figures swing between runs: compare ratios "
+        "from one run.")
     say(f"Total bench time {time.perf_counter() - t0:.0f} s.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

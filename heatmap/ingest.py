@@ -179,16 +179,29 @@ def frame_to_pings(
     cols = resolve_columns(frame.columns)
     now = time.time() if opts.now is None else opts.now
     schema = frame.schema
+    dev_dtype = schema[cols["device_id"]]
+    categorical = isinstance(dev_dtype, pl.Categorical)
     typed = frame.select(
-        device_id=pl.col(cols["device_id"]).cast(pl.String),
+        device_id=pl.col(cols["device_id"])
+        if categorical
+        else pl.col(cols["device_id"]).cast(pl.String),
         ts=_parse_ts(frame[cols["ts"]]),
         lat=_coord(pl.col(cols["lat"]), schema[cols["lat"]]),
         lng=_coord(pl.col(cols["lng"]), schema[cols["lng"]]),
     )
     newest = int(now) + opts.max_future_s
     dev, ts, lat, lng = pl.col("device_id"), pl.col("ts"), pl.col("lat"), pl.col("lng")
+    if categorical:
+        # Validate the distinct ids once, then flag rows by their (integer) code.
+        uniq = typed["device_id"].unique().drop_nulls()
+        good = uniq.filter(uniq.cast(pl.String).str.len_bytes().is_between(1, 256))
+        dev_ok = dev.is_in(good.implode()) if good.len() < uniq.len() else dev.is_not_null()
+        dev_text = dev.cast(pl.String)
+    else:
+        dev_ok = dev.str.len_bytes().is_between(1, 256)
+        dev_text = dev
     ok = (
-        (dev.str.len_bytes().is_between(1, 256))
+        dev_ok
         & ts.is_between(0, newest)
         & lat.is_between(-90.0, 90.0)
         & lng.is_between(-180.0, 180.0)
@@ -205,8 +218,8 @@ def frame_to_pings(
         ts_raw = pl.col("_ts_raw")
         ts_blank = ts_raw.is_null() | (ts_raw.cast(pl.String).str.strip_chars() == "")
         reason = pl.coalesce(
-            pl.when(dev.is_null() | (dev == "")).then(pl.lit("device_id empty")),
-            pl.when(dev.str.len_bytes() > 256).then(pl.lit("device_id longer than 256 bytes")),
+            pl.when(dev_text.is_null() | (dev_text == "")).then(pl.lit("device_id empty")),
+            pl.when(dev_text.str.len_bytes() > 256).then(pl.lit("device_id longer than 256 bytes")),
             pl.when(ts_blank).then(pl.lit("ts missing")),
             pl.when(ts.is_null()).then(pl.lit("ts unparseable")),
             pl.when(ts < 0).then(pl.lit("ts before 1970")),
@@ -266,7 +279,12 @@ def _csv_batches(
     path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
 ) -> Iterator[pa.RecordBatch]:
     names = _csv_header(path, compressed)
-    resolve_columns(names)
+    dev_col = resolve_columns(names)["device_id"]
+    # Device ids arrive dictionary-encoded: grouping then works on small integer codes and only
+    # the distinct ids are ever hashed (see aggregate.pings_to_positions).
+    types = {
+        n: pa.dictionary(pa.int32(), pa.string()) if n == dev_col else pa.string() for n in names
+    }
     skipped: list[int] = []
 
     def on_bad_row(row: pacsv.InvalidRow) -> str:
@@ -279,7 +297,7 @@ def _csv_batches(
         read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
+            column_types=types,
             strings_can_be_null=True,
             null_values=[""],
         ),
@@ -298,8 +316,9 @@ def _csv_batches(
 
 
 def _parquet_batches(path: Path, opts: ParseOptions) -> Iterator[pa.RecordBatch]:
-    pf = pq.ParquetFile(path)
-    cols = resolve_columns(pf.schema_arrow.names)
+    names = pq.read_schema(path).names
+    cols = resolve_columns(names)
+    pf = pq.ParquetFile(path, read_dictionary=[cols["device_id"]])
     yield from pf.iter_batches(batch_size=opts.chunk_rows, columns=list(cols.values()))
 
 

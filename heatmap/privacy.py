@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from heatmap.aggregate import cells_to_parent
+from heatmap.aggregate import parent_index
 from heatmap.errors import StoreUnavailable
 
 SECRET_FILE = "secret.key"
@@ -67,15 +67,19 @@ class DeviceHasher:
         return h
 
     def replace_ids(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Replace the ``device_id`` column by ``device`` (keyed hash, Int64)."""
-        uniq = frame["device_id"].unique()
-        mapping = pl.DataFrame(
-            {
-                "device_id": uniq,
-                "device": pl.Series([self.hash_one(u) for u in uniq.to_list()], dtype=pl.Int64),
-            }
-        )
-        out = frame.join(mapping, on="device_id", how="left").drop("device_id")
+        """Replace the ``device_id`` column (str or Categorical) by ``device`` (keyed hash)."""
+        ids = frame["device_id"]
+        uniq = ids.unique()
+        hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
+        if isinstance(ids.dtype, pl.Categorical):
+            # Map through the integer codes: no string is materialised per row.
+            table = np.zeros(int(uniq.to_physical().max()) + 1, dtype=np.int64)
+            table[uniq.to_physical().to_numpy()] = hashes
+            device = pl.Series("device", table[ids.to_physical().to_numpy()])
+            out = frame.with_columns(device=device).drop("device_id")
+        else:
+            mapping = pl.DataFrame({"device_id": uniq, "device": pl.Series(hashes, dtype=pl.Int64)})
+            out = frame.join(mapping, on="device_id", how="left").drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])
 
 
@@ -86,7 +90,7 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     ----------
     counts
         Columns ``w``, ``res``, ``cell``, ``devices``: exact roll-ups of the finest resolution,
-        for any number of windows.
+        for any number of windows (as made by ``aggregate.rollup``).
     k_min
         Minimum number of devices a published number may describe.
 
@@ -104,35 +108,47 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     which lifts the remainder to ``>= k_min``. Withholding only raises remainders, so it never
     breaks a constraint already met, and finer resolutions never change coarser decisions.
     """
-    df = counts.with_row_index("_i").with_columns(pub=pl.col("devices") >= k_min)
-    by_res = {int(r[0]): part for r, part in df.partition_by("res", as_dict=True).items()}
-    levels = sorted(by_res)
+    order = np.lexsort(
+        (counts["cell"].to_numpy(), counts["w"].to_numpy(), counts["res"].to_numpy())
+    )
+    res_all = counts["res"].to_numpy()[order]
+    w_all = counts["w"].to_numpy()[order].astype(np.int64)
+    cell_all = counts["cell"].to_numpy()[order].astype(np.uint64)
+    dev_all = counts["devices"].to_numpy()[order].astype(np.int64)
+    pub_all = dev_all >= k_min
+    levels = sorted(int(r) for r in np.unique(res_all))
+    span = {
+        r: (int(np.searchsorted(res_all, r)), int(np.searchsorted(res_all, r, "right")))
+        for r in levels
+    }
     for i, s in enumerate(levels):
-        fine = by_res[s]
+        a, b = span[s]
+        w_s, cell_s, dev_s, pub_s = w_all[a:b], cell_all[a:b], dev_all[a:b], pub_all[a:b]
         for r in reversed(levels[:i]):
-            coarse = by_res[r].filter("pub").select("w", "cell", "devices")
-            kids = fine.with_columns(
-                parent=pl.Series(cells_to_parent(fine["cell"].to_numpy(), r), dtype=pl.UInt64)
-            )
-            covered = kids.filter("pub").group_by("w", "parent").agg(cov=pl.col("devices").sum())
-            bad = (
-                coarse.join(covered, left_on=["w", "cell"], right_on=["w", "parent"], how="left")
-                .with_columns(rem=pl.col("devices") - pl.col("cov").fill_null(0))
-                .filter((pl.col("rem") > 0) & (pl.col("rem") < k_min))
-                .select("w", parent="cell")
-            )
-            if not bad.height:
+            ra, rb = span[r]
+            pidx = parent_index(w_s, cell_s, r)
+            covered = np.bincount(pidx, weights=np.where(pub_s, dev_s, 0), minlength=rb - ra)
+            remainder = dev_all[ra:rb] - covered.astype(np.int64)
+            bad = pub_all[ra:rb] & (remainder > 0) & (remainder < k_min)
+            if not bad.any():
                 continue
-            withheld = (
-                kids.filter("pub")
-                .join(bad, on=["w", "parent"], how="semi")
-                .sort("w", "parent", "devices", "cell")
-                .unique(["w", "parent"], keep="first")["_i"]
-            )
-            fine = fine.with_columns(pub=pl.col("pub") & ~pl.col("_i").is_in(withheld.implode()))
-        by_res[s] = fine
-    out = pl.concat(by_res.values()).sort("_i")
-    return out["pub"]
+            cand = np.flatnonzero(pub_s & bad[pidx])
+            # The smallest published cell under each bad parent (ties: the smaller cell id).
+            cand = cand[np.lexsort((cell_s[cand], dev_s[cand], pidx[cand]))]
+            first = np.ones(len(cand), dtype=bool)
+            first[1:] = pidx[cand][1:] != pidx[cand][:-1]
+            pub_s[cand[first]] = False  # a view into pub_all
+    published = np.empty(len(order), dtype=bool)
+    published[order] = pub_all
+    return pl.Series("published", published)
+
+
+def _is_sorted(res: np.ndarray, w: np.ndarray, cell: np.ndarray) -> bool:
+    if len(res) < 2:
+        return True
+    dr, dw = np.diff(res.astype(np.int64)), np.diff(w)
+    up = (dr > 0) | ((dr == 0) & (dw > 0)) | ((dr == 0) & (dw == 0) & (cell[1:] > cell[:-1]))
+    return bool(up.all())
 
 
 def laplace_noise(n: int, scale: float, seed: bytes | int | None = None) -> npt.NDArray[np.float64]:

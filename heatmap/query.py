@@ -15,7 +15,6 @@ count (0 or a few), so the answer never tells one from the other.
 
 from __future__ import annotations
 
-import bisect
 import math
 import sqlite3
 import threading
@@ -68,49 +67,79 @@ RATIO_CLIP = (0.25, 4.0)
 
 
 class WindowList:
-    """An immutable, sorted view of the store's windows with O(log n) lookups.
+    """An immutable, sorted, columnar view of the store's windows with O(log n) lookups.
+
+    Rows are ``(w, start, end, closed, version, devices)`` in an int64 matrix, so 100k windows
+    cost a few MB and no Python object each; :class:`WindowInfo` is made on access.
 
     >>> from heatmap.model import Window
-    >>> wl = WindowList([WindowInfo(1, Window(300, 600), True, 1, 5)])
+    >>> wl = WindowList.of([WindowInfo(1, Window(300, 600), True, 1, 5)])
     >>> wl.get(1).window.start, wl.get(2)
     (300, None)
     """
 
-    def __init__(self, infos: list[WindowInfo]) -> None:
-        self.infos = infos
-        self.ws = np.fromiter((i.w for i in infos), dtype=np.int64, count=len(infos))
+    def __init__(self, rows: npt.NDArray[np.int64]) -> None:
+        self.rows = rows.reshape(-1, 6)
+        self.ws = self.rows[:, 0]
+        self.starts = self.rows[:, 1]
+
+    @classmethod
+    def of(cls, infos: Sequence[WindowInfo]) -> WindowList:
+        """Return the list of some :class:`WindowInfo`."""
+        return cls(
+            np.array(
+                [(i.w, *i.window, int(i.closed), i.version, i.devices) for i in infos],
+                dtype=np.int64,
+            )
+        )
 
     def __len__(self) -> int:
-        return len(self.infos)
+        return int(self.rows.shape[0])
+
+    def info(self, i: int) -> WindowInfo:
+        """Return the ``i``-th window (oldest first; negative counts from the newest)."""
+        w, a, b, c, v, d = (int(x) for x in self.rows[i])
+        return WindowInfo(w, Window(a, b), bool(c), v, d)
+
+    def infos(self, lo: int = 0, hi: int | None = None) -> list[WindowInfo]:
+        """Return the windows ``lo:hi`` as :class:`WindowInfo`, oldest first."""
+        return [self.info(i) for i in range(*slice(lo, hi).indices(len(self)))]
+
+    def first(self) -> WindowInfo | None:
+        """Return the oldest window, or None without data."""
+        return self.info(0) if len(self) else None
 
     def latest(self) -> WindowInfo | None:
         """Return the newest window, or None without data."""
-        return self.infos[-1] if self.infos else None
+        return self.info(-1) if len(self) else None
+
+    def latest_closed(self) -> WindowInfo | None:
+        """Return the newest closed window, or None."""
+        idx = np.flatnonzero(self.rows[:, 3])
+        return self.info(int(idx[-1])) if idx.size else None
 
     def get(self, w: int) -> WindowInfo | None:
         """Return window number ``w`` if the store has it."""
         i = int(np.searchsorted(self.ws, w))
-        if i < len(self.infos) and self.infos[i].w == w:
-            return self.infos[i]
+        if i < len(self) and int(self.ws[i]) == w:
+            return self.info(i)
         return None
 
     def between(self, start_ts: int, end_ts: int) -> list[WindowInfo]:
         """Return the windows whose start lies in ``[start_ts, end_ts)``, oldest first."""
-        if not self.infos:
-            return []
-        n = self.infos[0].window.end - self.infos[0].window.start
-        lo = int(np.searchsorted(self.ws, -(-start_ts // n)))
-        hi = int(np.searchsorted(self.ws, -(-end_ts // n)))
-        return self.infos[lo:hi]
+        lo = int(np.searchsorted(self.starts, start_ts, side="left"))
+        hi = int(np.searchsorted(self.starts, end_ts, side="left"))
+        return self.infos(lo, hi)
 
     def page(self, limit: int, before_ts: int | None = None) -> list[WindowInfo]:
-        """Return up to ``limit`` windows starting before ``before_ts`` newest first."""
-        if before_ts is None:
-            hi = len(self.infos)
-        else:
-            hi = bisect.bisect_left(self.infos, before_ts, key=lambda i: i.window.start)
-        lo = max(0, hi - limit)
-        return self.infos[lo:hi][::-1]
+        """Return up to ``limit`` windows starting before ``before_ts``, newest first."""
+        hi = len(self) if before_ts is None else int(np.searchsorted(self.starts, before_ts))
+        return self.infos(max(0, hi - limit), hi)[::-1]
+
+    def splice(self, lo_w: int, tail: WindowList) -> WindowList:
+        """Return this list with every window ``w >= lo_w`` replaced by ``tail``."""
+        cut = int(np.searchsorted(self.ws, lo_w))
+        return WindowList(np.concatenate([self.rows[:cut], tail.rows]))
 
 
 class _SqliteWindows:
@@ -131,7 +160,7 @@ class _SqliteWindows:
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def since(self, lo: int | None) -> tuple[list[WindowInfo], int | None]:
+    def since(self, lo: int | None) -> tuple[WindowList, int | None]:
         """Return the windows with ``w >= lo`` (all if None) and the watermark, in one read."""
         sql = 'SELECT w, start, "end", closed, version, devices FROM windows'
         with self._lock:
@@ -144,8 +173,7 @@ class _SqliteWindows:
                 wm = self._conn.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
             finally:
                 self._conn.execute("COMMIT")
-        infos = [WindowInfo(w, Window(a, b), bool(c), v, d) for w, a, b, c, v, d in rows]
-        return infos, None if wm is None else int(wm[0])
+        return WindowList(np.array(rows, dtype=np.int64)), None if wm is None else int(wm[0])
 
     def close(self) -> None:
         """Close the connection."""
@@ -185,7 +213,7 @@ class WindowCatalog:
         self.check_every_s = check_every_s
         self.ttl_s = ttl_s
         self._sql = _SqliteWindows(str(store.path)) if isinstance(store, SQLiteStore) else None
-        self._list = WindowList([])
+        self._list = WindowList(np.zeros((0, 6), dtype=np.int64))
         self._token: int | None = None
         self._watermark: int | None = None
         self._next_check = 0.0
@@ -206,6 +234,10 @@ class WindowCatalog:
         """Return the window list if no check is due (never touches the store), else None."""
         return self._list if time.monotonic() < self._next_check else None
 
+    def cached(self) -> WindowList:
+        """Return the window list as last loaded (never touches the store)."""
+        return self._list
+
     def refresh(self, force: bool = False) -> WindowList:
         """Reload what changed since the last refresh."""
         with self._lock:
@@ -213,7 +245,7 @@ class WindowCatalog:
             if not force and now < self._next_check:
                 return self._list
             if self._sql is None:
-                self._list = WindowList(self.store.windows())
+                self._list = WindowList.of(self.store.windows())
                 self._loaded = True
                 self._next_check = now + self.ttl_s
                 return self._list
@@ -228,13 +260,11 @@ class WindowCatalog:
         assert self._sql is not None
         old = self._list
         if not self._loaded or self._watermark is None or not len(old):
-            infos, wm = self._sql.since(None)
-            self._list = WindowList(infos)
+            self._list, wm = self._sql.since(None)
         else:
             lo = self._watermark // self.window_s - 1
             tail, wm = self._sql.since(lo)
-            cut = int(np.searchsorted(old.ws, lo))
-            self._list = WindowList(old.infos[:cut] + tail)
+            self._list = old.splice(lo, tail)
         self._watermark = wm
         self._loaded = True
 
@@ -291,8 +321,8 @@ class Reader:
         if found is None:
             have = ""
             if len(wl):
-                have = f" (windows run from {wl.infos[0].window.isoformat()} to "
-                have += f"{wl.infos[-1].window.isoformat()})"
+                have = f" (windows run from {wl.info(0).window.isoformat()} to "
+                have += f"{wl.info(-1).window.isoformat()})"
             raise NotFound(f"no window at {when}{have}")
         return found
 
@@ -484,19 +514,21 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def bbox_cell_estimate(bbox: tuple[float, float, float, float], res: int) -> int:
-    """Return about how many H3 cells of ``res`` a bbox covers (its area / the mean cell area).
+    """Return about how many H3 cells of ``res`` a bbox covers.
 
     Notes
     -----
     The area of a lat/lng box on the sphere is ``R^2 (lng2 - lng1) (sin lat2 - sin lat1)``
-    (radians), with R the authalic radius 6371.007 km; the mean cell area is
-    ``h3.average_hexagon_area``. The bound does not depend on the data, so whether a request is
-    accepted never changes as the store fills.
+    (radians, R the authalic radius 6371.007 km), divided by the true area of the ``res`` cell
+    at the box's centre (H3 cell areas vary by up to ~2x over the globe, so the global mean
+    would be off by 20-30 % at Shanghai). The bound does not depend on the data, so whether a
+    request is accepted never changes as the store fills.
     """
     w, s, e, n = bbox
     r = 6371.007180918475
     area = r * r * math.radians(e - w) * (math.sin(math.radians(n)) - math.sin(math.radians(s)))
-    return math.ceil(area / h3.average_hexagon_area(res, "km^2"))
+    centre = h3.latlng_to_cell((s + n) / 2.0, (w + e) / 2.0, res)
+    return math.ceil(area / h3.cell_area(centre, "km^2"))
 
 
 class _Centres:
@@ -555,7 +587,12 @@ def cells_geojson(
     snap = reader.snapshots(info)[res]
     lat, lng = _CENTRES.get(snap)
     w, so, e, n = bbox
-    rows = np.flatnonzero((lng >= w) & (lng <= e) & (lat >= so) & (lat <= n))[: s.max_cells]
+    rows = np.flatnonzero((lng >= w) & (lng <= e) & (lat >= so) & (lat <= n))
+    if len(rows) > s.max_cells:
+        raise BadInput(
+            f"bbox holds {len(rows):,} published cells at res {res}, more than the limit of "
+            f"{s.max_cells:,}: use a smaller bbox or a coarser res"
+        )
     cells = snap.cells[rows]
     verts, nverts = cells_to_boundaries(cells)
     names = snap.band_names
@@ -600,12 +637,13 @@ def windows_json(reader: Reader, limit: int = 100, before: str | None = None) ->
     wl = reader.windows()
     before_ts = None if before is None else when_to_ts(before)
     page = wl.page(limit, before_ts)
-    more = bool(page) and page[-1].w > wl.infos[0].w
+    first, latest = wl.first(), wl.latest()
+    more = bool(page) and first is not None and page[-1].w > first.w
     return {
         "total": len(wl),
         "window_s": reader.settings.window_s,
-        "first": None if not len(wl) else window_json(wl.infos[0]),
-        "latest": None if not len(wl) else window_json(wl.infos[-1]),
+        "first": None if first is None else window_json(first),
+        "latest": None if latest is None else window_json(latest),
         "windows": [window_json(i) for i in page],
         "next_before": page[-1].window.isoformat() if more else None,
     }

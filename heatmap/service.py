@@ -6,10 +6,12 @@ caches the published snapshots per window version.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,8 @@ from heatmap.privacy import DeviceHasher, load_or_create_secret
 from heatmap.publish import Published, counts_to_published, published_to_snapshots, version_of
 from heatmap.store import CommitResult, Store, WindowInfo, open_store
 
-MERGE_EVERY = 8  # chunks: merge partial positions this often to bound memory
+MERGE_EVERY = 16  # chunks: merge partial positions this often to bound memory
+WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -80,27 +83,44 @@ class Heatmap:
     def _positions(
         self, chunks: Iterable[pl.DataFrame], counts: list[int]
     ) -> tuple[pl.DataFrame, int | None]:
-        """Reduce a unit's chunks to positions; ``counts`` gets [accepted, late] pings."""
+        """Reduce a unit's chunks to positions; ``counts`` gets [accepted, late] pings.
+
+        Chunks are reduced on a small thread pool (numpy, polars and h3ronpy release the GIL)
+        while the next chunk is read; at most ``2 * workers`` chunks are in flight.
+        """
         s = self.settings
         hasher = DeviceHasher(self.key)
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
         parts: list[pl.DataFrame] = []
         max_ts: int | None = None
-        for chunk in chunks:
-            if cutoff is not None and chunk.height:
-                n = chunk.height
-                chunk = chunk.filter(pl.col("ts") >= cutoff)
-                counts[1] += n - chunk.height
-            counts[0] += chunk.height
-            if not chunk.height:
-                continue
-            positions = pings_to_positions(chunk, s.window_s, s.base_res)
-            parts.append(hasher.replace_ids(positions))
-            top = int(chunk["ts"].max())  # type: ignore[arg-type]
-            max_ts = top if max_ts is None else max(max_ts, top)
-            if len(parts) >= MERGE_EVERY:
-                parts = [merge_positions(parts)]
+        pending: deque[Future[pl.DataFrame]] = deque()
+
+        def reduce(chunk: pl.DataFrame) -> pl.DataFrame:
+            return pings_to_positions(chunk, s.window_s, s.base_res)
+
+        def collect(block: bool) -> None:
+            while pending and (block or pending[0].done()):
+                parts.append(hasher.replace_ids(pending.popleft().result()))
+
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            for chunk in chunks:
+                if cutoff is not None and chunk.height:
+                    n = chunk.height
+                    chunk = chunk.filter(pl.col("ts") >= cutoff)
+                    counts[1] += n - chunk.height
+                counts[0] += chunk.height
+                if not chunk.height:
+                    continue
+                top = int(chunk["ts"].max())  # type: ignore[arg-type]
+                max_ts = top if max_ts is None else max(max_ts, top)
+                pending.append(pool.submit(reduce, chunk))
+                while len(pending) >= 2 * WORKERS:
+                    parts.append(hasher.replace_ids(pending.popleft().result()))
+                collect(block=False)
+                if len(parts) >= MERGE_EVERY:
+                    parts = [merge_positions(parts)]
+            collect(block=True)
         return merge_positions(parts), max_ts
 
     def ingest_paths(

@@ -258,10 +258,10 @@ def export_pmtiles(
         reader = Reader(hm)
         try:
             if window in ("closed", "latest"):
-                closed = [i for i in reader.windows().infos if i.closed]
-                if not closed:
+                found = reader.windows().latest_closed()
+                if found is None:
                     raise NotFound("no closed window yet: PMTiles exports closed windows only")
-                info = closed[-1]
+                info = found
             else:
                 info = reader.window(window)
                 if not info.closed:

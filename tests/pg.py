@@ -91,7 +91,7 @@ class PgServer:
         """Stop the server and remove its directory."""
         if self.started:
             with contextlib.suppress(Exception):
-                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Vectorised protobuf primitives: zigzag and base-128 varints over whole numpy arrays.
+"""Vectorised protobuf primitives: base-128 varints over whole numpy arrays.
 
 A vector tile is mostly a long run of small varints (geometry commands and deltas, tag indexes,
 lengths). Encoding all of them with a handful of array operations instead of one call per number
@@ -16,12 +16,6 @@ _U8 = npt.NDArray[np.uint8]
 _B7 = np.uint64(1 << 7)
 _B14 = np.uint64(1 << 14)
 _THRESHOLDS = [np.uint64(1 << (7 * k)) for k in range(1, 10)]
-
-
-def zigzag(v: npt.NDArray[np.int64]) -> _U64:
-    """Return the protobuf zigzag encoding ``(v << 1) ^ (v >> 63)`` of signed integers."""
-    v = v.astype(np.int64, copy=False)
-    return ((v << 1) ^ (v >> 63)).astype(np.uint64)
 
 
 def varint_len(v: _U64) -> npt.NDArray[np.intp]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -430,8 +429,3 @@ INDEX_CACHE = IndexCache()
 def get_index(layer: CellLayer) -> CellIndex:
     """Return the (cached) spatial index of ``layer``."""
     return INDEX_CACHE.get(layer)
-
-
-def band_names(bands: Sequence[BandLike]) -> list[str]:
-    """Return the band names in index order."""
-    return [b.name for b in bands]

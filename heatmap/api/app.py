@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,13 +20,9 @@ import heatmap
 from heatmap.api import cells, ingest, ops, places, tiles
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
-from heatmap.api.metrics import Metrics, MetricsMiddleware, SecurityHeadersMiddleware
+from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
 from heatmap.api.pages import include_pages
 from heatmap.config import Settings
-from heatmap.query import Reader
-from heatmap.service import Heatmap
-from heatmap.tiling import TileService
-from tiles.cache import TileCache
 
 DESCRIPTION = """\
 People per H3 hexagon per time window for Shanghai, from anonymised pings, with k-anonymity
@@ -49,30 +44,6 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def build_services(settings: Settings) -> Services:
-    """Open the store and wire the core objects the routes share."""
-    metrics = Metrics()
-    hm = Heatmap(settings)
-    reader = Reader(hm, on_build=metrics.snapshot_build.observe)
-    cache = TileCache(settings.tile_cache_mb << 20)
-    svc = Services(
-        settings=settings,
-        hm=hm,
-        reader=reader,
-        tiles=TileService(reader, cache),
-        metrics=metrics,
-    )
-
-    def latest_age() -> float | None:
-        wl = reader.catalog.peek() or reader.catalog.current()
-        latest = wl.latest()
-        return None if latest is None else time.time() - latest.window.start
-
-    metrics.watch_cache(cache, latest_age)
-    reader.catalog.refresh(force=True)
-    return svc
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return the service's ASGI app for ``settings`` (default: from the environment).
 
@@ -82,10 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()  # type: ignore[call-arg]
     _setup_logging()
-    svc = build_services(settings)
+    svc = Services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(svc.open)
         yield
         await run_in_threadpool(svc.close)
 

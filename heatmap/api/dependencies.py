@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -16,38 +16,86 @@ from starlette.concurrency import run_in_threadpool
 
 from heatmap.api.metrics import Metrics
 from heatmap.config import Settings
+from heatmap.errors import StoreUnavailable
 from heatmap.query import PlaceBook, Reader
 from heatmap.service import Heatmap
 from heatmap.tiling import TileService
+from tiles.cache import TileCache
 
 T = TypeVar("T")
 
 
-@dataclass
 class Services:
     """Everything the routes share: settings, core facade, reader, tiles, places, metrics.
 
+    The store is opened at construction; :meth:`close` (graceful shutdown) waits for an
+    in-flight commit, then closes it; :meth:`open` reopens it if the app is started again.
     ``write_lock`` serialises ingest commits in this process (one writer at a time).
     """
 
-    settings: Settings
-    hm: Heatmap
-    reader: Reader
-    tiles: TileService
-    metrics: Metrics
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
-    started: float = field(default_factory=time.time)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.cache = TileCache(settings.tile_cache_mb << 20)
+        self.write_lock = threading.Lock()
+        self.started = time.time()
+        self.closed = True
+        self.open()
+        self.metrics.watch_cache(self.cache, self._latest_age)
+
+    def open(self) -> None:
+        """Open the store and wire the reader and the tile service on it (if closed)."""
+        with self.write_lock:
+            if not self.closed:
+                return
+            hm = Heatmap(self.settings)
+            reader = Reader(hm, on_build=self.metrics.snapshot_build.observe)
+            reader.catalog.refresh(force=True)
+            self._hm, self._reader = hm, reader
+            self._tiles = TileService(reader, self.cache)
+            self.closed = False
+
+    def close(self) -> None:
+        """Wait for an in-flight commit, then release the store (graceful shutdown)."""
+        with self.write_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._reader.close()
+            self._hm.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreUnavailable("the service is shutting down")
+
+    @property
+    def hm(self) -> Heatmap:
+        """Return the core facade (``StoreUnavailable`` once closed)."""
+        self._check_open()
+        return self._hm
+
+    @property
+    def reader(self) -> Reader:
+        """Return the window/snapshot reader (``StoreUnavailable`` once closed)."""
+        self._check_open()
+        return self._reader
+
+    @property
+    def tiles(self) -> TileService:
+        """Return the tile service (``StoreUnavailable`` once closed)."""
+        self._check_open()
+        return self._tiles
+
+    def _latest_age(self) -> float | None:
+        if self.closed:
+            return None
+        latest = self._reader.catalog.cached().latest()
+        return None if latest is None else time.time() - latest.window.start
 
     @cached_property
     def places(self) -> PlaceBook:
         """Return the named places (loaded on first use)."""
         return PlaceBook.load(self.settings)
-
-    def close(self) -> None:
-        """Wait for an in-flight commit, then release the store (graceful shutdown)."""
-        with self.write_lock:
-            self.reader.close()
-            self.hm.close()
 
 
 def get_services(request: Request) -> Services:

@@ -135,6 +135,10 @@ class PostgresStore(Store):
         self.url = settings.db
         self._local = threading.local()
         try:
+            # One direct connection first: a wrong URL or a server that is down fails at once
+            # with the server's own reason (a pool would retry until its timeout).
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                self._migrate(conn)
             self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                 self.url,
                 min_size=1,
@@ -146,11 +150,7 @@ class PostgresStore(Store):
                 timeout=30,
                 name="heatmap",
             )
-            self.pool.wait(timeout=15)
-            self._migrate()
         except (psycopg.Error, PoolTimeout) as exc:
-            with contextlib.suppress(Exception):
-                self.pool.close()
             raise StoreUnavailable(
                 f"{self._where()}: cannot open the store ({_one_line(exc)})"
             ) from exc
@@ -171,8 +171,8 @@ class PostgresStore(Store):
         for stmt in _STAGING:
             conn.execute(stmt)
 
-    def _migrate(self) -> None:
-        with self.pool.connection() as conn, conn.transaction():
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
             # Two nodes starting together: one migrates, the other waits and finds it done.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             conn.execute(

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from heatmap.places import DEFAULT_OUTLINE
+
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = PACKAGE_DIR / "static"
 NODE_MODULES: Final = PACKAGE_DIR.parent.parent / "node_modules"
@@ -23,10 +25,11 @@ ROOTS: Final[dict[str, Path]] = {
     "web": STATIC_DIR,
     "vendor/leaflet": NODE_MODULES / "leaflet" / "dist",
     "vendor/leaflet.vectorgrid": NODE_MODULES / "leaflet.vectorgrid" / "dist",
+    "data": DEFAULT_OUTLINE.parent,
 }
 """URL prefix under ``/assets/`` -> directory it serves."""
 
-SERVED_SUFFIXES: Final = {".js", ".css", ".png", ".svg", ".map"}
+SERVED_SUFFIXES: Final = {".js", ".css", ".png", ".svg", ".map", ".geojson"}
 """Only these file types are served from the asset roots."""
 
 GZIP_MIN_BYTES: Final = 1024
@@ -82,6 +85,8 @@ class AssetStore:
         file = self._resolve(path)
         data = file.read_bytes()
         media = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if file.suffix == ".geojson":
+            media = "application/geo+json"
         if media.startswith("text/") or media.endswith("javascript"):
             media += "; charset=utf-8"
         packed = None

@@ -32,6 +32,7 @@ STRINGS: Final[dict[str, dict[Lang, str]]] = {
     "export_too_big": {"zh": "范围过大，请放大地图", "en": "Too many cells: zoom in"},
     "cell": {"zh": "网格", "en": "Cell"},
     "people": {"zh": "人数", "en": "People"},
+    "people_unit": {"zh": "人", "en": "people"},
     "density": {"zh": "密度", "en": "Density"},
     "per_km2": {"zh": "人/平方公里", "en": "people/km²"},
     "band": {"zh": "拥挤程度", "en": "Crowding"},

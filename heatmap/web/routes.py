@@ -20,7 +20,7 @@ from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
 from starlette.responses import HTMLResponse, Response
 
 from heatmap.config import Settings
-from heatmap.places import Place, find_place, load_places
+from heatmap.places import DEFAULT_OUTLINE, Place, find_place, load_places
 from heatmap.publish import make_bands
 from heatmap.web.assets import AssetNotFound
 from heatmap.web.i18n import Lang, parse_lang
@@ -193,6 +193,7 @@ class Pages:
         root = _root(request)
         cfg = {
             "tilejson": {f: f"{root}/tiles.json?format={f}" for f in ("png", "mvt")},
+            "outline": asset_store().url(root, "data/" + DEFAULT_OUTLINE.name),
             "api": api_urls(root),
             "zoomToRes": self.zoom_to_res,
             "fillOpacity": self.fill_opacity,

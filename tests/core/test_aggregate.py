@@ -29,13 +29,16 @@ pings_strategy = st.lists(
 )
 
 
-def _frame(rows: list[tuple[str, int, float, float]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=["device_id", "ts", "lat", "lng"], orient="row")
+def _frame(rows: list[tuple[str, int, float, float]], categorical: bool = False) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema=["device_id", "ts", "lat", "lng"], orient="row")
+    if categorical:  # the dense path taken by dictionary-encoded files
+        frame = frame.with_columns(pl.col("device_id").cast(pl.Categorical))
+    return frame
 
 
 def _kernel_counts(frame: pl.DataFrame, window_s: int, base: int, low: int) -> dict:
     pos = pings_to_positions(frame, window_s, base).rename({"device_id": "device"})
-    pos = pos.with_columns(pl.col("device").hash(1).reinterpret(signed=True))
+    pos = pos.with_columns(pl.col("device").cast(pl.String).hash(1).reinterpret(signed=True))
     rolled = rollup(cells_to_counts(pos), base, low)
     return {
         (w, r, h3.int_to_str(c)): d
@@ -53,9 +56,9 @@ def test_cells_to_parent_matches_h3() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(pings_strategy)
-def test_counts_equal_plain_h3_reference(rows: list[tuple[str, int, float, float]]) -> None:
-    got = _kernel_counts(_frame(rows), 300, 10, 7)
+@given(pings_strategy, st.booleans())
+def test_counts_equal_plain_h3_reference(rows: list, categorical: bool) -> None:
+    got = _kernel_counts(_frame(rows, categorical), 300, 10, 7)
     assert got == reference_counts(rows, 300, 10, 7)
 
 
@@ -108,7 +111,9 @@ def test_latest_ping_wins_and_ties_take_the_larger_cell() -> None:
     assert pos["cell"].to_list() == [h3.str_to_int(h3.latlng_to_cell(*b, 10))]
     tie = [("e", 1000, *a), ("e", 1000, *b)]
     cells = sorted(h3.str_to_int(h3.latlng_to_cell(*p, 10)) for p in (a, b))
-    assert pings_to_positions(_frame(tie), 300, 10)["cell"].to_list() == [cells[-1]]
+    for categorical in (False, True):
+        pos = pings_to_positions(_frame(tie, categorical), 300, 10)
+        assert pos["cell"].to_list() == [cells[-1]]
 
 
 @settings(max_examples=40, deadline=None)

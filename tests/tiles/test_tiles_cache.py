@@ -103,7 +103,7 @@ def test_warm_hit_is_fast() -> None:
 
 def test_etag_is_strong_stable_and_distinct() -> None:
     a = etag("v1", "png", 12, 1, 2)
-    assert a.startswith('"') and a.endswith('"') and not a.startswith('W/')
+    assert a.startswith('"') and a.endswith('"') and not a.startswith("W/")
     assert a == etag("v1", "png", 12, 1, 2)
     others = {
         etag("v2", "png", 12, 1, 2),

@@ -166,7 +166,7 @@ def test_bad_scale_raises(snap9: Snapshot) -> None:
         snapshot_to_png(snap9, *tile_at(12), scale=3)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     z=st.integers(12, 18),
     dlat=st.floats(-0.07, 0.07),

@@ -188,9 +188,9 @@ def test_huge_tile_takes_the_general_encoder() -> None:
         assert f["properties"]["cell"] == h3.int_to_str(f["id"])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    z=st.integers(11, 17),
+    z=st.integers(12, 18),
     dlat=st.floats(-0.09, 0.09),
     dlng=st.floats(-0.11, 0.11),
 )

@@ -88,7 +88,7 @@
       ul.append(
         H.el("li", { "data-band": b.band }, H.swatch(b.color),
           H.el("span", { class: "words", text: H.label(b.label, lang) }),
-          H.el("span", { class: "range", text: range + " " + t.per_km2 }))
+          H.el("span", { class: "range", text: range }))
       );
     }
   };

@@ -30,6 +30,14 @@
     map.getPane("density").style.zIndex = 350; // above a basemap, below popups
     map.getPane("density").style.pointerEvents = "none"; // clicks go to the map (popup)
 
+    // The city outline, for orientation when there is no basemap.
+    map.createPane("outline").style.zIndex = 360;
+    map.getPane("outline").style.pointerEvents = "none";
+    H.getJSON(cfg.outline).then((geo) => L.geoJSON(geo, {
+      pane: "outline", interactive: false,
+      style: { color: "#4a4a4a", weight: 1.2, opacity: 0.7, fill: false },
+    }).addTo(map), () => {});
+
     const current = () => S.windows[S.index] || null;
     const resAtZoom = () => cfg.zoomToRes[Math.round(map.getZoom())];
     const colour = (band) => (S.bands[band] ? S.bands[band].color : "#888");
@@ -197,7 +205,7 @@
           onclick: () => { map.setView([p.lat, p.lng], Math.max(map.getZoom(), 14)); openPopup(L.latLng(p.lat, p.lng)); },
         }, H.swatch(colour(p.band)),
         H.el("span", { class: "name", text: name }),
-        H.el("span", { class: "meta", text: H.label(p.label, lang) + " · " + H.num(lang, p.people) + " " + t.people }));
+        H.el("span", { class: "meta", text: H.label(p.label, lang) + " · " + H.num(lang, p.people) + " " + t.people_unit }));
         ol.append(H.el("li", {}, btn));
       }
     }
@@ -334,6 +342,8 @@
         const checked = document.querySelector('input[name="format"]:checked');
         await setFormat(checked ? checked.value : "png");
         select(S.windows.length - 1);
+        clearTimeout(panelTimer);
+        await loadPanel();
         await poll();
         setInterval(poll, cfg.pollMs);
         document.body.dataset.ready = "true";

@@ -43,7 +43,7 @@
       const card = $("card");
       const usual = d.usual || {};
       const bits = [];
-      if (!d.now.suppressed) bits.push("≈ " + H.num(lang, d.now.people) + " " + t.people);
+      if (!d.now.suppressed) bits.push("≈ " + H.num(lang, d.now.people) + " " + t.people_unit);
       bits.push(t.trend + ": " + H.trendText(d.trend, t));
       if (usual.busier_than_usual !== null && usual.busier_than_usual !== undefined) {
         bits.push(usual.busier_than_usual ? t.vs_usual_busier : t.vs_usual_not);
@@ -76,7 +76,7 @@
       $("card").replaceChildren(
         H.el("h2", { text: title }),
         bandLine(d.label, d.band),
-        H.el("p", { class: "facts", text: (d.suppressed ? "" : "≈ " + H.num(lang, d.people) + " " + t.people + " · ") + t.trend + ": " + H.trendText(d.trend, t) }),
+        H.el("p", { class: "facts", text: (d.suppressed ? "" : "≈ " + H.num(lang, d.people) + " " + t.people_unit + " · ") + t.trend + ": " + H.trendText(d.trend, t) }),
         H.el("p", { class: "small", text: t.updated + " " + fmtClock(d.window.end) }));
       delete $("card").dataset.place;
       showTiles(d.window);
@@ -113,7 +113,15 @@
     function matches(q) {
       const f = fold(q);
       if (!f) return S.places.slice(0, cfg.suggestions);
-      return S.places.filter((p) => [p.id, p.name.zh, p.name.en].some((k) => fold(k).includes(f)));
+      // Exact names first, then prefixes, then substrings; busiest first within each.
+      const rank = (p) => {
+        const keys = [p.id, p.name.zh, p.name.en].map(fold);
+        if (keys.includes(f)) return 0;
+        if (keys.some((k) => k.startsWith(f))) return 1;
+        return keys.some((k) => k.includes(f)) ? 2 : 3;
+      };
+      return S.places.map((p) => [rank(p), p]).filter((x) => x[0] < 3)
+        .sort((a, b) => a[0] - b[0]).map((x) => x[1]);
     }
 
     function showResults(list, q) {

@@ -1,0 +1,255 @@
+"""The PostgreSQL store on a real server: migrations, the store contract, concurrency, COPY.
+
+The same unit semantics as the SQLite store (A then B == A and B together, late rows, windows
+close and lose their device state, idempotent batch ids), checked against the SQLite store on the
+same input, plus what only a shared store needs: commits from several connections serialise.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import psycopg
+import pytest
+
+from heatmap.errors import StoreUnavailable
+from heatmap.ingest import ParseOptions
+from heatmap.service import Heatmap
+from heatmap.store.postgres import (
+    NOTIFY_CHANNEL,
+    PostgresStore,
+    copy_to_int64_columns,
+    int64_columns_to_copy,
+)
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_764_000_000 // 300 * 300  # a window boundary
+OPTS = ParseOptions(now=T0 + 86_400.0)
+
+
+def _pings(n_dev: int, t0: int, t1: int, seed: int, step: int = 40) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for d in range(n_dev):
+        ts = np.arange(t0 + rng.integers(0, step), t1, step)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "device_id": f"dev{d:04d}",
+                    "ts": ts,
+                    "lat": 31.22 + rng.normal(0, 0.004, len(ts)),
+                    "lng": 121.47 + rng.normal(0, 0.004, len(ts)),
+                }
+            )
+        )
+    return pl.concat(frames)
+
+
+def _csv(frame: pl.DataFrame, path: Path) -> Path:
+    frame.write_csv(path)
+    return path
+
+
+def _published(hm: Heatmap) -> dict:
+    out = {}
+    for info in hm.windows():
+        for res, snap in hm.snapshots(info).items():
+            out[(info.w, res)] = (snap.cells.tolist(), snap.people.tolist(), info.closed)
+    return out
+
+
+def _sql(url: str, query: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+
+def test_migrations_run_once_and_record_their_version(pg_url: str, make_settings) -> None:
+    Heatmap(make_settings(db=pg_url)).close()
+    Heatmap(make_settings(db=pg_url)).close()  # a second node: nothing to do
+    assert _sql(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
+    meta = dict(_sql(pg_url, "SELECT key, value FROM meta"))
+    assert meta["schema_version"] == "1" and meta["window_s"] == "300"
+    tables = {
+        r[0] for r in _sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    assert tables >= {"meta", "windows", "device_state", "base_counts", "published", "batches"}
+
+
+def test_a_newer_schema_is_refused(pg_url: str, make_settings) -> None:
+    Heatmap(make_settings(db=pg_url)).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations(version) VALUES (99)")
+    with pytest.raises(StoreUnavailable, match="newer than this heatmap"):
+        PostgresStore(make_settings(db=pg_url))
+
+
+def test_window_length_is_fixed_per_store(pg_url: str, make_settings) -> None:
+    Heatmap(make_settings(db=pg_url, window_s=300)).close()
+    with pytest.raises(StoreUnavailable, match="window_s=300"):
+        Heatmap(make_settings(db=pg_url, window_s=600))
+
+
+def test_a_shared_store_needs_the_shared_secret(pg_url: str, make_settings) -> None:
+    with pytest.raises(StoreUnavailable, match="HEATMAP_SECRET"):
+        PostgresStore(make_settings(db=pg_url, secret=None))
+
+
+def test_unreachable_server_is_a_one_line_store_error(make_settings) -> None:
+    url = "postgresql://postgres@127.0.0.1:9/nothing"  # port 9 (discard): nobody listens
+    with pytest.raises(StoreUnavailable, match="cannot open the store"):
+        PostgresStore(make_settings(db=url))
+
+
+def test_a_then_b_equals_a_and_b_together_and_sqlite(
+    pg_url: str, pg_server, make_settings, tmp_path: Path
+) -> None:
+    a = _pings(40, T0, T0 + 900, seed=1)
+    b = _pings(40, T0 + 600, T0 + 1500, seed=2)  # overlaps A's last open window
+    pa_, pb = _csv(a, tmp_path / "a.csv"), _csv(b, tmp_path / "b.csv")
+    both = _csv(pl.concat([a, b]), tmp_path / "ab.csv")
+    kw = {"k_min": 3, "allowed_lateness_s": 400}
+    one = Heatmap(make_settings(db=pg_url, **kw))
+    two = Heatmap(make_settings(db=pg_server.create_database(), **kw))
+    lite = Heatmap(make_settings(db=str(tmp_path / "lite" / "h.db"), **kw))
+    r1, r2 = one.ingest_paths([pa_], OPTS), one.ingest_paths([pb], OPTS)
+    r3 = two.ingest_paths([both], OPTS)
+    lite.ingest_paths([pa_], OPTS)
+    lite.ingest_paths([pb], OPTS)
+    assert r1.late == r2.late == r3.late == 0
+    assert r1.accepted + r2.accepted == r3.accepted == a.height + b.height
+    got = _published(one)
+    assert got == _published(two) == _published(lite)
+    assert any(closed for *_, closed in got.values()) and any(not c for *_, c in got.values())
+    for hm in (one, two, lite):
+        hm.close()
+
+
+def test_late_rows_of_a_closed_window_are_rejected(pg_url: str, make_settings, tmp_path) -> None:
+    hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=0))
+    hm.ingest_paths([_csv(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
+    assert [w.w for w in hm.windows() if w.closed]
+    late = _pings(5, T0, T0 + 100, seed=4)
+    report = hm.ingest_paths([_csv(late, tmp_path / "late.csv")], OPTS)
+    assert report.late == late.height and report.accepted == 0
+    hm.close()
+
+
+def test_closed_windows_lose_their_device_state(pg_url: str, make_settings, tmp_path) -> None:
+    hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=60))
+    hm.ingest_paths([_csv(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
+    first = T0 // 300
+    assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(15,)]
+    assert hm.windows()[0].devices == 15 and not hm.windows()[0].closed
+    hm.ingest_paths([_csv(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
+    assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(0,)]
+    info = next(w for w in hm.windows() if w.w == first)
+    assert info.closed and info.devices == 15
+    assert hm.store.read_base_counts([first])[first][1].sum() == 15
+    hm.close()
+
+
+def test_duplicate_batch_id_is_counted_once_across_nodes(pg_url: str, make_settings) -> None:
+    s = make_settings(db=pg_url, k_min=2)
+    node1, node2 = Heatmap(s), Heatmap(s)
+    frame = _pings(5, T0, T0 + 200, seed=10).with_columns(pl.col("ts").cast(pl.String))
+    one = node1.ingest_frame(frame, OPTS, batch_id="b-1")
+    two = node2.ingest_frame(frame, OPTS, batch_id="b-1")
+    assert two.duplicate and not one.duplicate and one.accepted == two.accepted
+    assert node1.windows()[-1].devices == node2.windows()[-1].devices == 5
+    node1.close()
+    node2.close()
+
+
+def test_concurrent_commits_from_many_connections_serialise(
+    pg_url: str, make_settings, tmp_path: Path
+) -> None:
+    # Lateness covers the whole stream, so the arrival order cannot change the result.
+    kw = {"k_min": 2, "allowed_lateness_s": 7200}
+    stream = _pings(60, T0, T0 + 1800, seed=11, step=20).sample(fraction=1.0, seed=1, shuffle=True)
+    batches = [stream[i::12].with_columns(pl.col("ts").cast(pl.String)) for i in range(12)]
+    nodes = [Heatmap(make_settings(db=pg_url, **kw)) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def send(node: Heatmap, mine: list[int]) -> None:
+        try:
+            for i in mine:
+                node.ingest_frame(batches[i], OPTS, batch_id=f"batch-{i}")
+                node.ingest_frame(batches[i], OPTS, batch_id=f"batch-{i}")  # a retry
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=send, args=(nodes[k % 3], list(range(k, 12, 4)))) for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    flush = _pings(1, T0 + 20_000, T0 + 20_050, seed=12).with_columns(pl.col("ts").cast(pl.String))
+    nodes[0].ingest_frame(flush, OPTS, batch_id="flush")
+    single = Heatmap(make_settings(db=str(tmp_path / "single" / "h.db"), **kw))
+    for i, batch in enumerate(batches):
+        single.ingest_frame(batch, OPTS, batch_id=f"batch-{i}")
+    single.ingest_frame(flush, OPTS, batch_id="flush")
+    assert _published(nodes[1]) == _published(single)
+    assert _sql(pg_url, "SELECT count(*) FROM batches") == [(13,)]
+    for hm in (*nodes, single):
+        hm.close()
+
+
+def test_device_state_upsert_keeps_latest_then_larger_cell(pg_url: str, make_settings) -> None:
+    store = PostgresStore(make_settings(db=pg_url))
+    big = np.uint64(0x8AFFFFFFFFFFFFF)  # a large H3-like index: bit 63 stays clear
+    first = pl.DataFrame(
+        {
+            "w": [1, 1, 2, -(2**40)],
+            "device": [-(2**63), 2**63 - 1, 7, 0],
+            "ts": [100, 100, 650, -5],
+            "cell": pl.Series([5, big, 9, 1], dtype=pl.UInt64),
+        }
+    )
+    second = pl.DataFrame(
+        {
+            "w": [1, 1, 2],
+            "device": [-(2**63), 2**63 - 1, 7],
+            "ts": [100, 99, 651],  # tie -> larger cell; older -> ignored; newer -> wins
+            "cell": pl.Series([6, 1, 3], dtype=pl.UInt64),
+        }
+    )
+    with store.transaction():
+        store.upsert_state(first)
+    with store.transaction():
+        store.upsert_state(second)
+    got = store.load_state([1, 2, -(2**40)]).sort("w", "device")
+    assert got.rows() == [
+        (-(2**40), 0, -5, 1),
+        (1, -(2**63), 100, 6),
+        (1, 2**63 - 1, 100, int(big)),
+        (2, 7, 651, 3),
+    ]
+    store.close()
+
+
+def test_binary_copy_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    cols = [rng.integers(-(2**63), 2**63 - 1, 1000, dtype=np.int64) for _ in range(3)]
+    data = int64_columns_to_copy(cols)
+    back = copy_to_int64_columns(data, 3)
+    for a, b in zip(cols, back, strict=True):
+        assert np.array_equal(a, b)
+    assert [len(c) for c in copy_to_int64_columns(int64_columns_to_copy([[], []]), 2)] == [0, 0]
+
+
+def test_commits_notify_listeners(pg_url: str, make_settings) -> None:
+    hm = Heatmap(make_settings(db=pg_url, k_min=2))
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        hm.ingest_frame(_pings(3, T0, T0 + 100, seed=13), OPTS)
+        got = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in got] == [NOTIFY_CHANNEL]
+    hm.close()

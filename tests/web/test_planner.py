@@ -1,0 +1,133 @@
+"""The planner map in headless Chromium: offline, painted, time slider, popup with API numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from web_harness import Site, Watch, wait_ready
+from web_pixels import band_masks, interior_point
+
+pytestmark = pytest.mark.browser
+
+MAP_CLIP = {"x": 0, "y": 0, "width": 930, "height": 800}  # left of the side panel
+
+
+def tile_window(url: str) -> str | None:
+    """Return the ``window`` parameter of a tile URL (None without one)."""
+    return parse_qs(urlsplit(url).query).get("window", [None])[0]
+
+
+def tile_requests(watch: Watch, fmt: str) -> list[str]:
+    """Return the density tile URLs of a format requested so far."""
+    return [u for u in watch.requests if "/tiles/" in u and urlsplit(u).path.endswith("." + fmt)]
+
+
+def paint(page: Any, site: Site) -> dict[str, Any]:
+    """Return the band masks of a screenshot of the map area."""
+    cfg = json.loads(page.text_content("#heatmap-config"))
+    bg = page.eval_on_selector(".leaflet-container", "e => getComputedStyle(e).backgroundColor")
+    rgb = [int(v) for v in bg[bg.index("(") + 1 : bg.index(")")].split(",")[:3]]
+    colors = {b["band"]: b["color"] for b in site.get_json("/api/v1/legend")["bands"]}
+    background = "#" + "".join(f"{v:02x}" for v in rgb)
+    return band_masks(page.screenshot(clip=MAP_CLIP), colors, background, cfg["fillOpacity"])
+
+
+def test_planner_loads_offline_without_console_errors(site: Site, desktop: Any) -> None:
+    page, watch = desktop
+    resp = page.goto(site.base + "/")
+    assert resp.status == 200
+    csp = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert f"frame-ancestors {' '.join(site.settings.frame_ancestors)}" in csp
+    wait_ready(page)
+
+    assert not watch.console_errors, watch.console_errors
+    assert not watch.page_errors, watch.page_errors
+    assert all(urlsplit(u).hostname == "127.0.0.1" for u in watch.requests if u.startswith("http"))
+    assert page.context.cookies() == []
+    # The legend: every colour with its words in both languages and its thresholds.
+    legend = site.get_json("/api/v1/legend")
+    items = page.locator("#legend li")
+    assert items.count() == len(legend["bands"]) == 4
+    for li, band in zip(items.all(), legend["bands"], strict=True):
+        text = li.inner_text()
+        assert band["label"]["zh"] in text and band["label"]["en"] in text
+        assert f"{band['min_km2']:,.0f}" in text
+    windows = site.get_json("/api/v1/windows")
+    assert page.get_attribute("#slider", "max") == str(windows["total"] - 1)
+    stats = site.get_json("/api/v1/stats")
+    assert f"{stats['people']:,.0f}" in page.inner_text("#totals")
+    assert page.locator("#places li").count() >= 3
+
+
+def test_density_tiles_are_painted_in_the_four_band_colours(site: Site, desktop: Any) -> None:
+    page, watch = desktop
+    page.goto(site.base + "/")
+    wait_ready(page)
+    assert tile_requests(watch, "png"), "no PNG density tile requested"
+    counts = {band: int(m.sum()) for band, m in paint(page, site).items()}
+    assert min(counts.values()) >= 30, f"pixels per band colour (PNG): {counts}"
+
+    with page.expect_request(lambda r: "/tiles/" in r.url and ".mvt" in r.url):
+        page.check("input[name=format][value=mvt]")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(300)  # the PNG layer leaves once the MVT layer has loaded
+    assert tile_requests(watch, "mvt")
+    counts = {band: int(m.sum()) for band, m in paint(page, site).items()}
+    assert min(counts.values()) >= 30, f"pixels per band colour (MVT): {counts}"
+
+
+def test_time_slider_changes_the_tiles_window(site: Site, desktop: Any) -> None:
+    page, watch = desktop
+    page.goto(site.base + "/")
+    wait_ready(page)
+    windows = [w["start"] for w in site.get_json("/api/v1/windows")["windows"]]  # newest first
+    assert len(windows) >= 3
+    assert {tile_window(u) for u in tile_requests(watch, "png")} == {windows[0]}
+    label = page.inner_text("#window-label")
+
+    with page.expect_request(lambda r: "/tiles/" in r.url and tile_window(r.url) == windows[-1]):
+        page.focus("#slider")
+        page.keyboard.press("Home")  # keyboard: the slider is a native range input
+    assert page.input_value("#slider") == "0"
+    assert page.inner_text("#window-label") != label
+
+    with page.expect_request(lambda r: "/tiles/" in r.url and tile_window(r.url) == windows[-2]):
+        page.click("#play")
+    assert page.get_attribute("#play", "aria-pressed") == "true"
+    page.click("#play")
+    assert page.get_attribute("#play", "aria-pressed") == "false"
+
+
+def test_click_on_a_hexagon_opens_its_popup_with_the_api_numbers(site: Site, desktop: Any) -> None:
+    page, _ = desktop
+    page.goto(site.base + "/")
+    wait_ready(page)
+    point = interior_point(paint(page, site)["red"])
+    assert point is not None, "no red hexagon on screen"
+
+    with page.expect_response(lambda r: "/api/v1/density" in r.url) as info:
+        page.mouse.click(*point)
+    resp = info.value
+    answer = resp.json()
+    popup = page.locator(".leaflet-popup .popup")
+    popup.wait_for()
+    text = popup.inner_text()
+
+    assert answer["band"] == "red" and not answer["suppressed"]
+    assert popup.get_attribute("data-cell") == answer["cell"]
+    assert f"{answer['people']:,.0f}" in text
+    assert f"{answer['density_km2']:,.0f}" in text
+    assert answer["label"]["zh"] in text and answer["label"]["en"] in text
+    assert answer["cell"] in text
+    # The popup asked for the painted hexagon: the resolution drawn at this zoom, this window.
+    query = parse_qs(urlsplit(resp.url).query)
+    cfg = json.loads(page.text_content("#heatmap-config"))
+    zoom = 10  # the planner opens at city zoom and the test did not zoom
+    assert query["res"] == [str(cfg["zoomToRes"][zoom])]
+    assert query["window"] == [site.get_json("/api/v1/windows")["latest"]["start"]]
+    # ... and what it shows is the API's answer, unchanged.
+    assert site.get_json(resp.url[len(site.base) :]) == answer

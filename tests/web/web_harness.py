@@ -1,0 +1,127 @@
+"""Helpers of the browser tests: the app's data, the parent pages, request watching.
+
+The app runs in-process (uvicorn in a thread) on a free 127.0.0.1 port, on a temporary store
+filled with simulated pings at a busy hour (14:00 Shanghai), scaled to 24 million people so the
+four bands all appear at city zoom. Every browser request is checked: anything not addressed to
+127.0.0.1 is aborted and recorded, and the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from heatmap.config import Settings
+
+CHROMIUM = os.environ.get("HEATMAP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SIM_START = datetime(2026, 11, 27, 5, 40, tzinfo=UTC)  # 13:40 in Shanghai: a busy afternoon
+SIM_DEVICES = 30_000
+SIM_HOURS = 0.4  # five 5-minute windows, the last one still open
+EXPANSION = 800.0  # 30,000 devices x 800 = 24 million people
+
+
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Site:
+    """The running app and the two parent-page origins (allowed and refused as frame parents)."""
+
+    base: str
+    settings: Settings
+    allowed_parent: str
+    refused_parent: str
+
+    def get_json(self, path: str) -> Any:
+        """Return the JSON answer of the running app at ``path``."""
+        with urllib.request.urlopen(self.base + path, timeout=10) as r:
+            return orjson.loads(r.read())
+
+
+def parent_server(port: int, widget_url: str) -> ThreadingHTTPServer:
+    """Serve one page that embeds the widget in an iframe."""
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>parent</title></head><body>"
+        f"<h1>Gov app</h1><iframe id='w' src='{widget_url}' width='360' height='640'></iframe>"
+        "</body></html>"
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/" else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@dataclass
+class Watch:
+    """What a page did: console errors, page errors, requests, refused foreign requests."""
+
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    cookies_set: list[str] = field(default_factory=list)
+    bytes_in: dict[str, int] = field(default_factory=dict)
+
+
+def open_page(browser: Any, width: int, height: int) -> tuple[Any, Any, Watch]:
+    """Return ``(context, page, watch)``: a fresh context that lets only 127.0.0.1 through."""
+    ctx = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
+    watch = Watch()
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            watch.foreign.append(url)
+            route.abort()
+
+    def on_response(resp: Any) -> None:
+        if resp.header_value("set-cookie"):
+            watch.cookies_set.append(resp.url)
+
+    def on_finished(req: Any) -> None:
+        try:
+            watch.bytes_in[req.url] = int(req.sizes()["responseBodySize"])
+        except Exception:  # a request torn down with its page has no sizes
+            pass
+
+    ctx.route("**/*", guard)
+    page = ctx.new_page()
+    page.on("console", lambda m: m.type == "error" and watch.console_errors.append(m.text))
+    page.on("pageerror", lambda e: watch.page_errors.append(str(e)))
+    page.on("request", lambda r: watch.requests.append(r.url))
+    page.on("response", on_response)
+    page.on("requestfinished", on_finished)
+    return ctx, page, watch
+
+
+def wait_ready(page: Any, timeout_ms: int = 20_000) -> None:
+    """Wait until the page's script has loaded its data (``body[data-ready]``) and tiles."""
+    page.wait_for_selector("body[data-ready=true]", state="attached", timeout=timeout_ms)
+    page.wait_for_load_state("networkidle", timeout=timeout_ms)
