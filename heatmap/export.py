@@ -49,7 +49,7 @@ def cells_to_polygons(cells: pl.Series) -> np.ndarray:
     padded = np.array([r + [r[-1]] * (6 - len(r)) for r in rings], dtype=np.float64).reshape(
         -1, 6, 2
     )
-    return shapely.polygons(padded[:, :, ::-1])
+    return np.asarray(shapely.polygons(padded[:, :, ::-1]), dtype=object)
 
 
 def check_format(out: Path) -> None:
@@ -70,7 +70,7 @@ def write_cells(df: pl.DataFrame, out: Path) -> int:
     else:
         import geopandas as gpd
 
-        geom = cells_to_polygons(df["cell"]) if df.height else []
+        geom = cells_to_polygons(df["cell"]) if df.height else np.zeros(0, dtype=object)
         gdf = gpd.GeoDataFrame(df.to_pandas(), geometry=list(geom), crs="EPSG:4326")
         if suffix == ".geojson":
             gdf.to_file(out, driver="GeoJSON")

@@ -26,11 +26,6 @@ class Window(NamedTuple):
         start = (ts // window_s) * window_s
         return cls(start, start + window_s)
 
-    @property
-    def index(self) -> int:
-        """Return ``start // length``, the window number used as a key in the store."""
-        return self.start // (self.end - self.start)
-
     def isoformat(self) -> str:
         """Return the start as ISO-8601 UTC (``2026-11-28T09:00:00Z``)."""
         return epoch_to_iso(self.start)

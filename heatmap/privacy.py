@@ -73,8 +73,9 @@ class DeviceHasher:
         hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
         if isinstance(ids.dtype, pl.Categorical):
             # Map through the integer codes: no string is materialised per row.
-            table = np.zeros(int(uniq.to_physical().max()) + 1, dtype=np.int64)
-            table[uniq.to_physical().to_numpy()] = hashes
+            codes = uniq.to_physical().to_numpy()
+            table = np.zeros(int(codes.max()) + 1, dtype=np.int64)
+            table[codes] = hashes
             device = pl.Series("device", table[ids.to_physical().to_numpy()])
             out = frame.with_columns(device=device).drop("device_id")
         else:
