@@ -13,9 +13,10 @@ sent and whichever node receives it.
 
 Readers (API threads) never take the lock: each read is one statement on a pooled autocommit
 connection and sees the last committed state. The ``windows`` table carries a ``version`` per
-window, bumped by every commit that changes it; the service reads it per request, so a node sees
-another node's commits at once. Commits also ``NOTIFY heatmap_windows`` for listeners that prefer
-to be told.
+window, bumped by every commit that changes it; the service re-reads it (per request or on a
+short TTL), so a node sees another node's commits. For cheaper polling, ``change_token()`` reads
+one sequence that every such commit bumps; commits also ``NOTIFY heatmap_windows`` for listeners
+that prefer to be told.
 
 Bulk data moves with binary ``COPY`` built and parsed by numpy (no Python loop per row).
 """
@@ -37,7 +38,15 @@ from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
 from heatmap.model import Window
 from heatmap.publish import Published
-from heatmap.store.base import I64, U64, Store, WindowInfo, blob_to_arrays, window_blobs
+from heatmap.store.base import (
+    I64,
+    U64,
+    CommitResult,
+    Store,
+    WindowInfo,
+    blob_to_arrays,
+    window_blobs,
+)
 
 # Advisory lock keys (64-bit, arbitrary but fixed): ASCII "HEATMAP" + a role byte.
 COMMIT_LOCK = 0x484541544D415001
@@ -64,6 +73,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             batch_id text PRIMARY KEY, result text NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now()
         )""",
+        # Bumped by every commit that changes a window: a change token readers poll cheaply.
+        "CREATE SEQUENCE window_changes",
     ),
 }
 
@@ -326,7 +337,7 @@ class PostgresStore(Store):
                 ") AS c WHERE x.w = c.w",
                 (ws,),
             )
-        self._q("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        self._q("SELECT nextval('window_changes'), pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
     def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
         """Store raw base counts and published values of closing windows, one blob each."""
@@ -367,7 +378,37 @@ class PostgresStore(Store):
         """Remember a committed batch id (same transaction as its effects)."""
         self._q("INSERT INTO batches(batch_id, result) VALUES (%s, %s)", (batch_id, result))
 
+    def commit_unit(
+        self,
+        positions: pl.DataFrame,
+        max_ts: int | None,
+        batch_id: str | None = None,
+        accepted: int = 0,
+    ) -> CommitResult:
+        """Commit a unit, then vacuum device state if windows closed (see ``_vacuum_state``)."""
+        result = super().commit_unit(positions, max_ts, batch_id, accepted)
+        if result.windows_closed and not result.duplicate:
+            self._vacuum_state()
+        return result
+
+    def _vacuum_state(self) -> None:
+        # Deleted rows stay in their heap pages until vacuumed; VACUUM prunes them so closed
+        # windows' hashes stop being readable rows. PostgreSQL does not zero freed page space or
+        # old WAL segments, so this is best effort (docs/scale.md, privacy). SKIP_LOCKED: when
+        # another node is vacuuming already, do not wait for it.
+        with contextlib.suppress(psycopg.Error, StoreUnavailable), self._conn() as conn:
+            conn.execute("VACUUM (SKIP_LOCKED) device_state")
+
     # -- reads -------------------------------------------------------------------------------
+    def change_token(self) -> int:
+        """Return a number that changes whenever a commit changed a window (any process).
+
+        One row read: poll it and reload ``windows()`` only when it moved. (A rolled-back
+        commit may move it too: sequences are not transactional; that only costs a reload.)
+        """
+        # last_value is 1 both before and after the first nextval; is_called tells them apart.
+        return int(self._q("SELECT last_value + is_called::int FROM window_changes")[0][0])
+
     def windows(self) -> list[WindowInfo]:
         """Return every window, oldest first."""
         rows = self._q('SELECT w, start, "end", closed, version, devices FROM windows ORDER BY w')

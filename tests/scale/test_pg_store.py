@@ -245,11 +245,16 @@ def test_binary_copy_round_trip() -> None:
     assert [len(c) for c in copy_to_int64_columns(int64_columns_to_copy([[], []]), 2)] == [0, 0]
 
 
-def test_commits_notify_listeners(pg_url: str, make_settings) -> None:
+def test_commits_notify_listeners_and_move_the_change_token(pg_url: str, make_settings) -> None:
     hm = Heatmap(make_settings(db=pg_url, k_min=2))
+    other = PostgresStore(make_settings(db=pg_url))  # another node's view
+    before = other.change_token()
     with psycopg.connect(pg_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         hm.ingest_frame(_pings(3, T0, T0 + 100, seed=13), OPTS)
         got = list(listener.notifies(timeout=5, stop_after=1))
     assert [n.channel for n in got] == [NOTIFY_CHANNEL]
+    assert other.change_token() > before
+    assert [w.version for w in other.windows()] == [1]
     hm.close()
+    other.close()
