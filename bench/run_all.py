@@ -61,8 +61,8 @@ def write_benchmarks() -> None:
         "with `.venv/bin/python bench/<name>.py`; each script prints its table and writes",
         "`bench/out/<name>.md`, and `python bench/run_all.py` (no argument) rebuilds this page.",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" page built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, page built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
     ]
     for name, (title, _args) in SCRIPTS.items():
