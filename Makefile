@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DB ?= var/heatmap.db
-DEMO_DEVICES ?= 30000
-DEMO_INTERVAL ?= 90
+DEMO_DEVICES ?= 40000
+DEMO_INTERVAL ?= 120
+# The demo's 40,000 simulated devices stand for Shanghai's 24 million people.
+DEMO_EXPANSION ?= 600
 APT_STAMP := $(VENV)/.apt-stamp
 ASSETS_STAMP := node_modules/.installed-stamp
 
@@ -49,11 +51,11 @@ demo: setup
 	  start=$$($(BIN)/python -c 'import time; print(int(time.time()) // 300 * 300 - 86400 + 600)'); \
 	  HEATMAP_DB=$(DB) $(BIN)/heatmap simulate --out var/demo.parquet --devices $(DEMO_DEVICES) \
 	    --hours 24 --interval-s $(DEMO_INTERVAL) --start $$start --seed 7 && \
-	  HEATMAP_DB=$(DB) $(BIN)/heatmap ingest var/demo.parquet && rm -f var/demo.parquet; \
+	  HEATMAP_DB=$(DB) HEATMAP_EXPANSION=$(DEMO_EXPANSION) $(BIN)/heatmap ingest var/demo.parquet && rm -f var/demo.parquet; \
 	fi
 
 run: demo
-	HEATMAP_DB=$(DB) $(BIN)/heatmap serve --host 127.0.0.1 --port 8000
+	HEATMAP_DB=$(DB) HEATMAP_EXPANSION=$${HEATMAP_EXPANSION:-$(DEMO_EXPANSION)} $(BIN)/heatmap serve --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check heatmap tiles tests bench

@@ -152,6 +152,36 @@ def test_closed_windows_lose_their_device_state(pg_url: str, make_settings, tmp_
     hm.close()
 
 
+def test_no_page_holds_a_hash_of_a_closed_window(pg_url: str, make_settings, tmp_path) -> None:
+    from heatmap.privacy import DeviceHasher
+
+    hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=0))
+    first = _pings(12, T0, T0 + 299, seed=8)
+    hm.ingest_paths([_csv(first, tmp_path / "a.csv")], OPTS)
+    hasher = DeviceHasher(hm.key)
+    hashes = [hasher.hash_one(d).to_bytes(8, "little", signed=True) for d in first["device_id"]]
+    assert _raw_pages(pg_url).count(hashes[0]) >= 1  # the probe sees live state
+    later = _pings(3, T0 + 900, T0 + 1000, seed=9).with_columns(device_id=pl.lit("other"))
+    hm.ingest_paths([_csv(later, tmp_path / "b.csv")], OPTS)  # closes the first window
+    pages = _raw_pages(pg_url)
+    assert not any(h in pages for h in set(hashes))
+    assert not any(d.encode() in pages for d in first["device_id"].unique())
+    hm.close()
+
+
+def _raw_pages(url: str) -> bytes:
+    """Every page of device_state and its index, as bytes (pageinspect)."""
+    out = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        for rel in ("device_state", "device_state_pkey"):
+            n = conn.execute("SELECT pg_relation_size(%s) / 8192", (rel,)).fetchone()[0]  # type: ignore[index]
+            for i in range(int(n)):
+                page = conn.execute("SELECT get_raw_page(%s, %s)", (rel, i)).fetchone()[0]  # type: ignore[index]
+                out.append(bytes(page))
+    return b"".join(out)
+
+
 def test_duplicate_batch_id_is_counted_once_across_nodes(pg_url: str, make_settings) -> None:
     s = make_settings(db=pg_url, k_min=2)
     node1, node2 = Heatmap(s), Heatmap(s)
