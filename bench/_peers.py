@@ -33,7 +33,7 @@ PEOPLES_SQUARE = (31.2335, 121.4755)
 
 BANDS = (
     Band("blue", "#3b6fd4", 180, 0.0, "Quiet", "宽松"),
-    Band("green", "#4dac26", 180, 5_000.0, "Moderate", "适中"),
+    Band("green", "#5cd699", 180, 5_000.0, "Moderate", "适中"),
     Band("yellow", "#fde725", 180, 15_000.0, "Busy", "较挤"),
     Band("red", "#d7191c", 180, 30_000.0, "Crowded", "拥挤"),
 )

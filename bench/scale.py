@@ -94,18 +94,23 @@ def generate(root: Path, devices: int, hours: float, interval_s: int, files: int
 # One run (in a child process)
 
 
-def child(engine_name: str, workers: int, data: Path, commit: bool) -> dict:
-    """Run one engine over the dataset; return timings and memory as a dict."""
+def child(engine_name: str, workers: int, data: Path, extra: str) -> dict:
+    """Run one engine over the dataset; return timings and memory as a dict.
+
+    ``extra``: ``commit`` also commits the positions to SQLite; ``pg`` upserts the busiest
+    window's positions into PostgreSQL device state.
+    """
     t0 = time.perf_counter()
     engine: Engine = DaskEngine(workers=workers) if engine_name == "dask" else LocalEngine()
     startup = time.perf_counter() - t0
     parts = plan_partitions(expand_paths([str(data)]), 1 << 21)
     cfg = KernelConfig(window_s=300, base_res=10, key=KEY, opts=ParseOptions(now=2e9))
+    dask = engine if isinstance(engine, DaskEngine) else None
     try:
+        cpu0 = _cpu_s() + (sum(dask.client.run(_cpu_s).values()) if dask else 0.0)
         agg = partitions_to_positions(parts, cfg, engine)
-        worker_rss = (
-            sorted(engine.worker_peak_rss().values()) if isinstance(engine, DaskEngine) else []
-        )
+        cpu = _cpu_s() + (sum(dask.client.run(_cpu_s).values()) if dask else 0.0) - cpu0
+        worker_rss = sorted(dask.worker_peak_rss().values()) if dask else []
     finally:
         engine.close()
     out = {
@@ -113,16 +118,27 @@ def child(engine_name: str, workers: int, data: Path, commit: bool) -> dict:
         "workers": workers,
         "startup_s": startup,
         "seconds": agg.seconds,
+        "cpu_s": cpu,  # user + system, client and workers: what the run cost, whatever the load
         "pings": agg.stats.accepted,
         "positions": agg.positions.height,
         "partitions": agg.partitions,
         "windows": agg.positions["w"].n_unique(),
         "worker_rss": worker_rss,
     }
-    if commit:
+    if extra == "commit":
         out.update(_commit(agg.positions, agg.stats.max_ts))
+    elif extra == "pg":
+        out.update(_pg_upsert(agg.positions))
     out["client_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
+
+
+def _cpu_s() -> float:
+    """Return this process's user + system CPU seconds (all threads)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _commit(positions: object, max_ts: int | None) -> dict:
@@ -136,16 +152,43 @@ def _commit(positions: object, max_ts: int | None) -> dict:
     assert isinstance(positions, pl.DataFrame)
     with tempfile.TemporaryDirectory(prefix="bench-scale-store-") as tmp:
         store = SQLiteStore(Settings(db=f"{tmp}/h.db", secret="bench", basemap_url=""))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         result = store.commit_unit(positions, max_ts, accepted=positions.height)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
         store.close()
     counts = cells_to_counts(positions)
     return {
         "commit_s": seconds,
+        "commit_cpu_s": cpu,
         "windows_closed": len(result.windows_closed),
         "cells_per_window": counts.height / max(1, counts["w"].n_unique()),
     }
+
+
+def _pg_upsert(positions: object) -> dict:
+    """Time binary-COPY upserts of one window's positions into PostgreSQL device state."""
+    import polars as pl
+
+    from heatmap.config import Settings
+    from heatmap.store.postgres import PostgresStore
+    from tests.pg import PgServer
+
+    assert isinstance(positions, pl.DataFrame)
+    busiest = positions["w"].value_counts(sort=True)["w"][0]
+    window = positions.filter(pl.col("w") == busiest)
+    server = PgServer().start()
+    try:
+        store = PostgresStore(Settings(db=server.create_database(), secret="bench"))
+        times = []
+        for shift in (0, 1):  # inserts, then every row conflicts and updates (newer ts)
+            t0 = time.perf_counter()
+            with store.transaction():
+                store.upsert_state(window.with_columns(pl.col("ts") + shift))
+            times.append(time.perf_counter() - t0)
+        store.close()
+    finally:
+        server.stop()
+    return {"pg_rows": window.height, "pg_insert_s": times[0], "pg_update_s": times[1]}
 
 
 def run_child(args: list[str]) -> dict:
@@ -176,64 +219,80 @@ def report(data: dict, runs: list[dict], per_pos: dict, load: tuple[float, float
         f"~{data['interval_s']} s for {data['hours']} h; {data['files']} Parquet files, zstd, "
         f"{data['bytes'] / 2**30:.2f} GiB) reduced to {local['positions'] / 1e6:.2f} M exact "
         f"positions in {local['windows']} windows, {local['partitions']} partitions of <= 2 M "
-        "rows. Machine: "
-        f"{os.cpu_count()} cores ({platform.machine()}), shared: load average {load[0]:.1f} "
-        f"before, {load[1]:.1f} after. Times exclude cluster start-up (shown apart).",
+        f"rows. Machine: {os.cpu_count()} cores ({platform.machine()}), shared with other jobs: "
+        f"load average {load[0]:.1f} before, {load[1]:.1f} after, so wall times and speed-ups "
+        "depend on them; CPU seconds (user + system of the client and every worker) do not. "
+        "Wall times exclude cluster start-up (shown apart).",
         "",
-        "| engine | speed vs local | pings/s | positions/s | wall s | start-up s | "
-        "peak RSS per worker (MB) | client peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| engine | speed vs local (wall) | CPU vs local | pings/s (wall) | "
+        "M pings per CPU-s | wall s | CPU s | start-up s | peak RSS per worker (MB) | "
+        "client peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in runs:
         name = "local" if r["engine"] == "local" else f"dask, {r['workers']} worker(s)"
         rss = ", ".join(_mb(x) for x in r["worker_rss"]) or "(in client)"
         lines.append(
             f"| {name} | {local['seconds'] / r['seconds']:.2f}x | "
-            f"{r['pings'] / r['seconds'] / 1e6:.2f} M | "
-            f"{r['positions'] / r['seconds'] / 1e6:.2f} M | {r['seconds']:.1f} | "
+            f"{r['cpu_s'] / local['cpu_s']:.2f}x | {r['pings'] / r['seconds'] / 1e6:.2f} M | "
+            f"{r['pings'] / r['cpu_s'] / 1e6:.2f} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | "
             f"{r['startup_s']:.1f} | {rss} | {_mb(r['client_rss'])} |"
         )
     lines += [
         "",
-        f"Client commit of the local run's positions to SQLite (counts, roll-up to res 5, "
+        f"- Client commit of the local run's positions to SQLite (counts, roll-up to res 5, "
         f"suppression, blobs; {local['windows_closed']} windows closed, "
-        f"{local['cells_per_window']:,.0f} base cells per window): {local['commit_s']:.1f} s.",
-        "",
-        f"One ping per device per window ({per_pos['pings'] / 1e6:.1f} M pings of "
-        f"{per_pos['devices']:,} devices every ~300 s; local engine): "
-        f"{per_pos['pings'] / per_pos['seconds'] / 1e6:.2f} M pings/s, "
+        f"{local['cells_per_window']:,.0f} base cells per window): {local['commit_s']:.1f} s "
+        f"wall, {local['commit_cpu_s']:.1f} CPU s.",
+        f"- One ping per device per window ({per_pos['pings'] / 1e6:.1f} M pings of "
+        f"{per_pos['devices']:,} devices every ~300 s, local engine): "
+        f"{per_pos['pings'] / per_pos['cpu_s'] / 1e6:.2f} M pings per CPU-s, "
         f"{per_pos['positions'] / per_pos['pings']:.2f} positions per ping.",
+        f"- PostgreSQL device state (binary COPY + upsert, one window of "
+        f"{per_pos['pg_rows']:,} devices; test server with fsync off): "
+        f"{per_pos['pg_rows'] / per_pos['pg_insert_s'] / 1e3:,.0f} k rows/s inserted, "
+        f"{per_pos['pg_rows'] / per_pos['pg_update_s'] / 1e3:,.0f} k rows/s updated.",
         "",
         projection(runs, per_pos),
     ]
     return "\n".join(lines) + "\n"
 
 
+# Assumption of the projection (not measured): built-up land of China ~250,000 km2, over the
+# mean res-10 cell area of 0.0150 km2, bounds the occupied base cells of a national window.
+NATION_CELLS = 250_000 / 0.0150
+
+
 def projection(runs: list[dict], per_pos: dict) -> str:
     """Return the national-deployment paragraph computed from the measured figures."""
     local = next(r for r in runs if r["engine"] == "local")
-    cores = os.cpu_count() or 1
     two = max((r for r in runs if r["engine"] == "dask"), key=lambda r: r["workers"])
-    # Per-core rate at a 5-minute ping interval (every ping is a position): the local engine
-    # used all cores of this machine, so divide by them.
-    rate_core = per_pos["pings"] / per_pos["seconds"] / cores
     need = NATION_PEOPLE / NATION_INTERVAL_S  # pings per second, sustained
-    day = need * 86_400
-    kernel_cores = need / rate_core
-    scaling = (local["seconds"] / two["seconds"]) / two["workers"]
-    commit_rate = local["positions"] / local["commit_s"]
+    per_cpu = per_pos["pings"] / per_pos["cpu_s"]  # at one ping per device-window
+    overhead = two["cpu_s"] / local["cpu_s"]  # Dask's serialisation, transfers, scheduling
+    kernel_cores = need / per_cpu * overhead
+    cell_cpu = local["commit_cpu_s"] / (local["windows_closed"] * local["cells_per_window"])
+    window_cpu = NATION_CELLS * cell_cpu  # CPU-s to count, roll up, suppress one window
+    upsert = per_pos["pg_rows"] / per_pos["pg_update_s"]
     return (
         "## Projection\n\n"
-        f"National: {NATION_PEOPLE / 1e9:.1f} billion people, a ping every "
-        f"{NATION_INTERVAL_S} s = {need / 1e6:.2f} M pings/s sustained, {day / 1e9:.0f} billion "
-        "pings a day, and one position per ping (one ping per device per window). "
-        f"Measured kernel rate at that ping rate: {rate_core / 1e6:.2f} M pings/s per core, so "
-        f"the kernel alone needs ~{kernel_cores:.0f} cores busy; at the measured Dask efficiency "
-        f"on {two['workers']} workers ({scaling:.0%} of linear) and a 2x margin for peaks and "
-        f"parsing request bodies, ~{2 * kernel_cores / max(scaling, 0.1):.0f} cores. The client "
-        f"commit ran at {commit_rate / 1e6:.2f} M positions/s on one core: a single committer "
-        f"would need {need / commit_rate:.0f}x that, so the open-window state and the commit "
-        "must be sharded by region (see docs/scale.md)."
+        f"Cost grows linearly: the workers pay per ping (parse, validate, hash-group) and per "
+        f"position (H3 index, keyed hash, merge); at one ping per device per window every ping "
+        f"is a position, {per_cpu / 1e6:.2f} M pings per CPU-s, against "
+        f"{local['pings'] / local['cpu_s'] / 1e6:.2f} M at ~5 pings per position. The client "
+        f"pays per base cell per window: {cell_cpu * 1e6:.1f} CPU-us. A national deployment, "
+        f"{NATION_PEOPLE / 1e9:.1f} billion people pinging every {NATION_INTERVAL_S} s, is "
+        f"{need / 1e6:.2f} M pings/s sustained ({need * 86_400 / 1e9:.0f} billion a day), so "
+        f"the kernel needs ~{kernel_cores:.0f} cores busy (Dask costs {overhead:.2f}x the "
+        f"local CPU here); with 2x headroom for peaks and request parsing, "
+        f"~{2 * kernel_cores:.0f} cores, i.e. {2 * kernel_cores / 32:.0f} machines of 32 cores. "
+        f"Publishing one national window (~{NATION_CELLS / 1e6:.0f} M occupied base cells, an "
+        f"assumption) costs ~{window_cpu:.0f} CPU-s every {NATION_INTERVAL_S} s: "
+        f"~{window_cpu / NATION_INTERVAL_S:.1f} core(s) if spread over regional shards. The "
+        f"open-window state is {NATION_PEOPLE / 1e9:.1f} billion rows per window, upserted at "
+        f"{need / 1e6:.2f} M rows/s; one PostgreSQL took {upsert / 1e3:,.0f} k rows/s here, so "
+        f"~{need / upsert:.0f}x that: shard the store by region (one PostgreSQL per province "
+        "group), each with its own API nodes and committer."
     )
 
 
@@ -241,11 +300,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="5 M pings (smoke test)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/scale.md"))
-    ap.add_argument("--child", nargs=4, metavar=("ENGINE", "WORKERS", "DATA", "COMMIT"))
+    ap.add_argument("--child", nargs=4, metavar=("ENGINE", "WORKERS", "DATA", "EXTRA"))
     args = ap.parse_args()
     if args.child:
-        engine, workers, data, commit = args.child
-        print(json.dumps(child(engine, int(workers), Path(data), commit == "1")))
+        engine, workers, data, extra = args.child
+        print(json.dumps(child(engine, int(workers), Path(data), extra)))
         return
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -254,16 +313,16 @@ def main() -> None:
         data = generate(tmp / "city", devices, hours, 60, files=8)
         print(f"generated {data['rows']:,} pings in {data['seconds']:.0f} s", flush=True)
         runs = []
-        for engine, workers, commit in (("local", 0, "1"), ("dask", 1, "0"), ("dask", 2, "0")):
-            r = run_child([engine, str(workers), str(tmp / "city"), commit])
+        for engine, workers, extra in (("local", 0, "commit"), ("dask", 1, "-"), ("dask", 2, "-")):
+            r = run_child([engine, str(workers), str(tmp / "city"), extra])
             print(
                 f"{engine} {workers}: {r['pings'] / r['seconds'] / 1e6:.2f} M pings/s", flush=True
             )
             runs.append(r)
         shutil.rmtree(tmp / "city")
         n = 200_000 if args.quick else 700_000
-        generate(tmp / "sparse", n, 2.0 if args.quick else 1.5, 300, files=4)
-        per_pos = run_child(["local", "0", str(tmp / "sparse"), "0"]) | {"devices": n}
+        generate(tmp / "sparse", n, 2.0 if args.quick else 1.0, 300, files=4)
+        per_pos = run_child(["local", "0", str(tmp / "sparse"), "pg"]) | {"devices": n}
         text = report(data, runs, per_pos, (load0, os.getloadavg()[0]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ F64 = npt.NDArray[np.float64]
 # and protanopes (checked with a CVD simulation, see README "Accessibility").
 _PALETTE = (
     ("blue", "#3b6fd4", "Quiet", "稀疏"),
-    ("green", "#4dac26", "Moderate", "适中"),
+    ("green", "#5cd699", "Moderate", "适中"),
     ("yellow", "#fde725", "Busy", "较拥挤"),
     ("red", "#d7191c", "Crowded", "拥挤"),
 )

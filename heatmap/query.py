@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,6 +83,7 @@ class WindowList:
         self.rows = rows.reshape(-1, 6)
         self.ws = self.rows[:, 0]
         self.starts = self.rows[:, 1]
+        self._latest = self.info(-1) if len(self.rows) else None
 
     @classmethod
     def of(cls, infos: Sequence[WindowInfo]) -> WindowList:
@@ -98,7 +100,7 @@ class WindowList:
 
     def info(self, i: int) -> WindowInfo:
         """Return the ``i``-th window (oldest first; negative counts from the newest)."""
-        w, a, b, c, v, d = (int(x) for x in self.rows[i])
+        w, a, b, c, v, d = self.rows[i].tolist()
         return WindowInfo(w, Window(a, b), bool(c), v, d)
 
     def infos(self, lo: int = 0, hi: int | None = None) -> list[WindowInfo]:
@@ -111,7 +113,7 @@ class WindowList:
 
     def latest(self) -> WindowInfo | None:
         """Return the newest window, or None without data."""
-        return self.info(-1) if len(self) else None
+        return self._latest
 
     def latest_closed(self) -> WindowInfo | None:
         """Return the newest closed window, or None."""
@@ -219,9 +221,13 @@ class WindowCatalog:
         self._next_check = 0.0
         self._loaded = False
         self._lock = threading.Lock()
+        self._gen = 0
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def invalidate(self) -> None:
         """Make the next access check the store (call after committing a batch)."""
+        self._gen += 1
         self._next_check = 0.0
 
     def current(self) -> WindowList:
@@ -239,22 +245,49 @@ class WindowCatalog:
         return self._list
 
     def refresh(self, force: bool = False) -> WindowList:
-        """Reload what changed since the last refresh."""
+        """Check the change token and reload what changed (everything with ``force``)."""
         with self._lock:
-            now = time.monotonic()
-            if not force and now < self._next_check:
-                return self._list
+            gen = self._gen
             if self._sql is None:
                 self._list = WindowList.of(self.store.windows())
                 self._loaded = True
-                self._next_check = now + self.ttl_s
-                return self._list
-            token = self._sql.token()
-            if force or not self._loaded or token != self._token:
-                self._reload()
-                self._token = token
-            self._next_check = time.monotonic() + self.check_every_s
+                valid = self.ttl_s
+            else:
+                token = self._sql.token()
+                if force or not self._loaded or token != self._token:
+                    self._reload()
+                    self._token = token
+                valid = self.check_every_s
+            if self._gen == gen:  # no commit was announced meanwhile
+                # With a background refresher the list stays valid for two of its periods, so
+                # requests do not fall due between two of its runs.
+                scale = 2.0 if self._refresher is not None else 1.0
+                self._next_check = time.monotonic() + valid * scale
             return self._list
+
+    def start_refresher(self) -> None:
+        """Refresh in a daemon thread, so requests never wait on the change check."""
+        if self._refresher is not None:
+            return
+        self._stop.clear()
+        period = self.check_every_s if self._sql is not None else self.ttl_s
+
+        def run() -> None:
+            while not self._stop.wait(period):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - requests refresh themselves and report
+                    self._next_check = 0.0
+
+        self._refresher = threading.Thread(target=run, name="window-catalog", daemon=True)
+        self._refresher.start()
+
+    def stop_refresher(self) -> None:
+        """Stop the background refresher (if running)."""
+        if self._refresher is not None:
+            self._stop.set()
+            self._refresher.join(5)
+            self._refresher = None
 
     def _reload(self) -> None:
         assert self._sql is not None
@@ -269,7 +302,8 @@ class WindowCatalog:
         self._loaded = True
 
     def close(self) -> None:
-        """Release the read connection."""
+        """Stop refreshing and release the read connection."""
+        self.stop_refresher()
         if self._sql is not None:
             self._sql.close()
 
@@ -385,13 +419,14 @@ def when_to_ts(when: str) -> int:
 # -- JSON pieces ----------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
+def _iso(ts: int) -> str:
+    return epoch_to_iso(ts)
+
+
 def window_json(info: WindowInfo) -> dict[str, Any]:
     """Return ``{start, end, complete}`` of a window (ISO-8601 UTC)."""
-    return {
-        "start": info.window.isoformat(),
-        "end": epoch_to_iso(info.window.end),
-        "complete": info.closed,
-    }
+    return {"start": _iso(info.window.start), "end": _iso(info.window.end), "complete": info.closed}
 
 
 def _label(snap: Snapshot, band: int) -> dict[str, str]:

@@ -20,6 +20,7 @@ import heatmap
 from heatmap.api import cells, ingest, ops, places, tiles
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
+from heatmap.api.fastpath import TileFastPath
 from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
 from heatmap.api.pages import include_pages
 from heatmap.config import Settings
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=heatmap.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Prometheus (/metrics) is the telemetry here; FastAPI's native OpenTelemetry hook would
+        # otherwise cost tens of microseconds per request checking for providers.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = svc
     add_exception_handlers(app)
@@ -75,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(ops.router)
     include_pages(app, settings)
-    # Added innermost first: metrics wrap everything, CORS answers preflights.
+    # Added innermost first: metrics wrap the app, CORS answers preflights.
     app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
     app.add_middleware(
         CORSMiddleware,
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
+    app.add_middleware(TileFastPath, services=svc)  # outermost: cached tiles skip the rest
     return app
 
 

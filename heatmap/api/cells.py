@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from heatmap import query
 from heatmap.api.caching import json_response
-from heatmap.api.dependencies import (
-    BBoxParams,
-    PageParams,
-    PointParams,
-    Svc,
-    WindowParam,
-    call_core,
-)
+from heatmap.api.dependencies import BBox, Page, Point, WindowParam, call_core, context
 from heatmap.api.schemas import (
     CellCollection,
     DensityAnswer,
@@ -28,8 +21,6 @@ from heatmap.api.schemas import (
 
 router = APIRouter(prefix="/api/v1", tags=["cells"])
 
-IfNoneMatch = Annotated[str | None, Header(include_in_schema=False)]
-AcceptEncoding = Annotated[str | None, Header(include_in_schema=False)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (If-None-Match)"},
     404: {"description": "No data yet, or no such window"},
@@ -49,17 +40,16 @@ def _pinned_closed(answer: dict[str, Any], window: str | None) -> bool:
     response_class=Response,
 )
 async def density(
-    svc: Svc,
-    point: Annotated[PointParams, Depends()],
+    request: Request,
+    point: Point,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return the published people and density of the cell at a point, and the trend.
 
     Without ``res`` the finest resolution at which the point's cell is published answers.
     A withheld cell answers ``people: null, suppressed: true``.
     """
+    svc, if_none_match, accept_encoding = context(request)
     answer = await call_core(
         svc, window, query.density_at, svc.reader, point.lat, point.lng, point.res, window
     )
@@ -78,17 +68,16 @@ async def density(
     response_class=Response,
 )
 async def cells(
-    svc: Svc,
-    box: Annotated[BBoxParams, Depends()],
+    request: Request,
+    box: BBox,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return the published cells of a resolution whose centre lies in a bbox.
 
     Bounded: a bbox covering more than ``HEATMAP_MAX_CELLS`` cells of that resolution is a 422
     naming the limit.
     """
+    svc, if_none_match, accept_encoding = context(request)
     answer = await run_in_threadpool(query.cells_geojson, svc.reader, box.bbox, box.res, window)
     return json_response(
         answer,
@@ -105,12 +94,11 @@ async def cells(
     response_class=Response,
 )
 async def windows(
-    svc: Svc,
-    page: Annotated[PageParams, Depends()],
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
+    request: Request,
+    page: Page,
 ) -> Response:
     """Return a page of windows (``limit``, newest first; ``before`` for older pages)."""
+    svc, if_none_match, accept_encoding = context(request)
     answer = await call_core(svc, None, query.windows_json, svc.reader, page.limit, page.before)
     return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)
 
@@ -122,11 +110,10 @@ async def windows(
     response_class=Response,
 )
 async def legend(
-    svc: Svc,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
+    request: Request,
 ) -> Response:
     """Return the bands (colours, zh/en labels, thresholds) and the privacy parameters."""
+    svc, if_none_match, accept_encoding = context(request)
     return json_response(
         query.legend_json(svc.settings),
         if_none_match=if_none_match,
@@ -142,12 +129,11 @@ async def legend(
     response_class=Response,
 )
 async def stats(
-    svc: Svc,
+    request: Request,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return people seen and published cells by band, per resolution."""
+    svc, if_none_match, accept_encoding = context(request)
     answer = await call_core(svc, window, query.stats_json, svc.reader, window)
     return json_response(
         answer,

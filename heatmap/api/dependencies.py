@@ -51,6 +51,7 @@ class Services:
             hm = Heatmap(self.settings)
             reader = Reader(hm, on_build=self.metrics.snapshot_build.observe)
             reader.catalog.refresh(force=True)
+            reader.catalog.start_refresher()
             self._hm, self._reader = hm, reader
             self._tiles = TileService(reader, self.cache)
             self.closed = False
@@ -98,13 +99,24 @@ class Services:
         return PlaceBook.load(self.settings)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """Return the app's services."""
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 Svc = Annotated[Services, Depends(get_services)]
 """Handler parameter giving the app's services."""
+
+
+def context(request: Request) -> tuple[Services, str | None, str | None]:
+    """Return the services, ``If-None-Match`` and ``Accept-Encoding`` of a request.
+
+    Read here rather than declared as parameters: every declared parameter costs FastAPI's
+    dependency resolver time on each request, and these are not part of the API's schema.
+    """
+    h = request.headers
+    svc: Services = request.app.state.services
+    return svc, h.get("if-none-match"), h.get("accept-encoding")
 
 
 async def call_core(svc: Services, when: str | None, fn: Any, *args: Any) -> Any:
@@ -132,62 +144,102 @@ ResParam = Annotated[int | None, Query(description=_RES_DOC, ge=0, le=15)]
 """Optional ``?res=``."""
 
 
+Lat = Annotated[float, Query(description="Latitude, WGS-84 degrees", ge=-90, le=90)]
+Lng = Annotated[float, Query(description="Longitude, WGS-84 degrees", ge=-180, le=180)]
+BBoxText = Annotated[
+    str,
+    Query(
+        description="west,south,east,north in WGS-84 degrees",
+        max_length=200,
+        examples=["121.45,31.22,121.50,31.25"],
+    ),
+]
+Res = Annotated[int, Query(description=_RES_DOC, ge=0, le=15)]
+Limit = Annotated[int, Query(description="How many windows (newest first)", ge=1, le=1000)]
+Before = Annotated[
+    str | None,
+    Query(
+        description="Only windows starting before this time (ISO-8601 or epoch s); "
+        "pass the previous page's `next_before`",
+        max_length=64,
+    ),
+]
+BatchId = Annotated[
+    str | None,
+    Query(
+        description="Idempotency key: a batch id seen before is not applied twice "
+        "(also accepted as the Idempotency-Key header)",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+    ),
+]
+Crs = Annotated[
+    Literal["wgs84", "gcj02", "bd09"], Query(description="Coordinate system of lat/lng")
+]
+Strict = Annotated[bool, Query(description="Any bad row fails the whole batch (nothing written)")]
+
+# The parameter objects are built by ``async`` factories: FastAPI runs a plain class or ``def``
+# dependency in a worker thread, which would cost a thread hop per request.
+
+
 @dataclass(frozen=True)
 class PointParams:
     """A WGS-84 point and an optional resolution (``/api/v1/density``)."""
 
-    lat: Annotated[float, Query(description="Latitude, WGS-84 degrees", ge=-90, le=90)]
-    lng: Annotated[float, Query(description="Longitude, WGS-84 degrees", ge=-180, le=180)]
-    res: ResParam = None
+    lat: float
+    lng: float
+    res: int | None = None
+
+
+async def point_params(lat: Lat, lng: Lng, res: ResParam = None) -> PointParams:
+    """Return the point of a request."""
+    return PointParams(lat, lng, res)
 
 
 @dataclass(frozen=True)
 class BBoxParams:
     """A bbox and a resolution (``/api/v1/cells``)."""
 
-    bbox: Annotated[
-        str,
-        Query(
-            description="west,south,east,north in WGS-84 degrees",
-            max_length=200,
-            examples=["121.45,31.22,121.50,31.25"],
-        ),
-    ]
-    res: Annotated[int, Query(description=_RES_DOC, ge=0, le=15)]
+    bbox: str
+    res: int
+
+
+async def bbox_params(bbox: BBoxText, res: Res) -> BBoxParams:
+    """Return the bbox and resolution of a request."""
+    return BBoxParams(bbox, res)
 
 
 @dataclass(frozen=True)
 class PageParams:
     """Paging of ``/api/v1/windows``: newest first."""
 
-    limit: Annotated[int, Query(description="How many windows (newest first)", ge=1, le=1000)] = 100
-    before: Annotated[
-        str | None,
-        Query(
-            description="Only windows starting before this time (ISO-8601 or epoch s); "
-            "pass the previous page's `next_before`",
-            max_length=64,
-        ),
-    ] = None
+    limit: int = 100
+    before: str | None = None
+
+
+async def page_params(limit: Limit = 100, before: Before = None) -> PageParams:
+    """Return the page a request asks for."""
+    return PageParams(limit, before)
 
 
 @dataclass(frozen=True)
 class IngestParams:
     """Options of ``POST /api/v1/pings``."""
 
-    batch_id: Annotated[
-        str | None,
-        Query(
-            description="Idempotency key: a batch id seen before is not applied twice "
-            "(also accepted as the Idempotency-Key header)",
-            min_length=1,
-            max_length=128,
-            pattern=r"^[\x21-\x7e]+$",
-        ),
-    ] = None
-    crs: Annotated[
-        Literal["wgs84", "gcj02", "bd09"], Query(description="Coordinate system of lat/lng")
-    ] = "wgs84"
-    strict: Annotated[
-        bool, Query(description="Any bad row fails the whole batch (nothing written)")
-    ] = False
+    batch_id: str | None = None
+    crs: Literal["wgs84", "gcj02", "bd09"] = "wgs84"
+    strict: bool = False
+
+
+async def ingest_params(
+    batch_id: BatchId = None, crs: Crs = "wgs84", strict: Strict = False
+) -> IngestParams:
+    """Return the ingest options of a request."""
+    return IngestParams(batch_id, crs, strict)
+
+
+Point = Annotated[PointParams, Depends(point_params)]
+BBox = Annotated[BBoxParams, Depends(bbox_params)]
+Page = Annotated[PageParams, Depends(page_params)]
+Ingest = Annotated[IngestParams, Depends(ingest_params)]

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from heatmap.api.caching import NO_STORE
-from heatmap.api.dependencies import IngestParams, Services, Svc
+from heatmap.api.dependencies import Ingest, IngestParams, Services, Svc
 from heatmap.api.errors import IngestDisabled, UnsupportedMediaType
 from heatmap.api.schemas import IngestAnswer
 from heatmap.errors import BadInput, TooLarge, Unauthorized
@@ -166,7 +166,7 @@ def report_json(report: IngestReport, batch_id: str | None) -> dict[str, Any]:
 async def post_pings(
     request: Request,
     svc: Svc,
-    params: Annotated[IngestParams, Depends()],
+    params: Ingest,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
     content_length: Annotated[str | None, Header(include_in_schema=False)] = None,

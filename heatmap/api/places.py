@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from heatmap import query
 from heatmap.api.caching import json_response
-from heatmap.api.dependencies import Svc, WindowParam
+from heatmap.api.dependencies import WindowParam, context
 from heatmap.api.schemas import PlaceDetail, PlacesAnswer
 
 router = APIRouter(prefix="/api/v1", tags=["places"])
 
-IfNoneMatch = Annotated[str | None, Header(include_in_schema=False)]
-AcceptEncoding = Annotated[str | None, Header(include_in_schema=False)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (If-None-Match)"},
     404: {"description": "No data yet, no such window, or no such place"},
@@ -32,12 +30,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     response_class=Response,
 )
 async def places(
-    svc: Svc,
+    request: Request,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return the named places, busiest first, with people, band and trend."""
+    svc, if_none_match, accept_encoding = context(request)
 
     def run() -> dict[str, Any]:
         return query.places_ranking(svc.reader, svc.places, window)
@@ -53,16 +50,15 @@ async def places(
     response_class=Response,
 )
 async def place(
-    svc: Svc,
+    request: Request,
     place_id: Annotated[
         str, PathParam(description="Place id (e.g. the-bund) or name", max_length=100)
     ],
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return a place now, its trend, its usual level for this hour of the week, a forecast
     for the next two hours and the best time to go today."""
+    svc, if_none_match, accept_encoding = context(request)
 
     def run() -> dict[str, Any]:
         return query.place_detail(svc.reader, svc.places, place_id, window)

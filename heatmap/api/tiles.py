@@ -5,9 +5,10 @@ A cached tile is answered on the event loop (no thread hop); a miss renders in a
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -17,18 +18,16 @@ from heatmap.api.caching import (
     etag_matches,
     gzip_etag,
     json_response,
-    not_modified,
 )
-from heatmap.api.dependencies import Svc, WindowParam, call_core
-from heatmap.tiling import Tile, TileRequest
+from heatmap.api.dependencies import Svc, WindowParam, call_core, context
+from heatmap.model import epoch_to_iso
+from heatmap.tiling import Tile, TileRequest, TileService
 
 router = APIRouter(tags=["tiles"])
 
 Z = Annotated[int, Path(description="Zoom level (0-18)")]
 X = Annotated[int, Path(description="Tile column, 0 .. 2^z - 1")]
 Y = Annotated[int, Path(description="Tile row from the north, 0 .. 2^z - 1")]
-IfNoneMatch = Annotated[str | None, Header(include_in_schema=False)]
-AcceptEncoding = Annotated[str | None, Header(include_in_schema=False)]
 
 _EMPTY: dict[int | str, dict[str, Any]] = {204: {"description": "No published cell in this tile"}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,34 +37,47 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _headers(tile: Tile) -> dict[str, str]:
-    return {
+@lru_cache(maxsize=1024)
+def _iso(ts: int) -> str:
+    return epoch_to_iso(ts)
+
+
+def tile_answer(
+    service: TileService, tile: Tile, if_none_match: str | None, accept_encoding: str | None
+) -> tuple[int, dict[str, str], bytes]:
+    """Return status, headers and body of a tile answer (200, 204 empty, 304 not modified).
+
+    Shared by the routes and :mod:`heatmap.api.fastpath`, so both answer byte for byte alike.
+    """
+    headers = {
         "Cache-Control": cache_control(tile.immutable),
         "Vary": "Accept-Encoding",
-        "X-Heatmap-Window": tile.window.isoformat(),
+        "X-Heatmap-Window": _iso(tile.window.start),
         "X-Heatmap-Complete": "true" if tile.complete else "false",
     }
+    is_mvt = tile.key.fmt == "mvt"
+    compress = is_mvt and bool(tile.data) and accepts_gzip(accept_encoding)
+    headers["ETag"] = gzip_etag(tile.etag) if compress else tile.etag
+    if etag_matches(if_none_match, tile.etag, gzip_etag(tile.etag)):
+        return 304, headers, b""
+    if not tile.data:
+        return 204, headers, b""
+    headers["Content-Type"] = tile.media_type
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+        return 200, headers, service.gzipped(tile)
+    return 200, headers, tile.data
 
 
 async def _serve(
     svc: Svc, req: TileRequest, if_none_match: str | None, accept_encoding: str | None
 ) -> Response:
-    tile = svc.tiles.lookup(req)
+    tiles = svc.tiles
+    tile = tiles.lookup(req)
     if tile is None:
-        tile = await run_in_threadpool(svc.tiles.tile, req)
-    headers = _headers(tile)
-    compress = req.fmt == "mvt" and bool(tile.data) and accepts_gzip(accept_encoding)
-    tag = gzip_etag(tile.etag) if compress else tile.etag
-    if etag_matches(if_none_match, tile.etag, gzip_etag(tile.etag)):
-        return not_modified(tag, headers.pop("Cache-Control"), headers)
-    headers["ETag"] = tag
-    if not tile.data:
-        return Response(status_code=204, headers=headers)
-    body = tile.data
-    if compress:
-        body = svc.tiles.gzipped(tile)
-        headers["Content-Encoding"] = "gzip"
-    return Response(body, headers=headers, media_type=tile.media_type)
+        tile = await run_in_threadpool(tiles.tile, req)
+    status, headers, body = tile_answer(tiles, tile, if_none_match, accept_encoding)
+    return Response(body, status_code=status, headers=headers)
 
 
 @router.get(
@@ -75,15 +87,14 @@ async def _serve(
     responses={200: {"content": {"image/png": {}}}, **_EMPTY, **_ERRORS},
 )
 async def png_tile_2x(
-    svc: Svc,
+    request: Request,
     z: Z,
     x: X,
     y: Y,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return a 512 px PNG tile of the density bands (same area as the 256 px tile)."""
+    svc, if_none_match, accept_encoding = context(request)
     return await _serve(svc, TileRequest("png", z, x, y, 2, window), if_none_match, None)
 
 
@@ -94,15 +105,14 @@ async def png_tile_2x(
     responses={200: {"content": {"image/png": {}}}, **_EMPTY, **_ERRORS},
 )
 async def png_tile(
-    svc: Svc,
+    request: Request,
     z: Z,
     x: X,
     y: Y,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return a 256 px PNG tile of the density bands (never re-compressed)."""
+    svc, if_none_match, accept_encoding = context(request)
     return await _serve(svc, TileRequest("png", z, x, y, 1, window), if_none_match, None)
 
 
@@ -117,15 +127,14 @@ async def png_tile(
     },
 )
 async def mvt_tile(
-    svc: Svc,
+    request: Request,
     z: Z,
     x: X,
     y: Y,
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return an MVT tile: layer ``density``, one hexagon per published cell (gzip if accepted)."""
+    svc, if_none_match, accept_encoding = context(request)
     req = TileRequest("mvt", z, x, y, 1, window)
     return await _serve(svc, req, if_none_match, accept_encoding)
 
@@ -133,13 +142,11 @@ async def mvt_tile(
 @router.get("/tiles.json", summary="TileJSON 3.0.0")
 async def tilejson(
     request: Request,
-    svc: Svc,
     format: Annotated[Literal["mvt", "png"], Query(description="Tile format")] = "mvt",
     window: WindowParam = None,
-    if_none_match: IfNoneMatch = None,
-    accept_encoding: AcceptEncoding = None,
 ) -> Response:
     """Return the TileJSON of the density tiles (URL template, bounds, zooms, legend)."""
+    svc, if_none_match, accept_encoding = context(request)
     doc = await call_core(svc, window, svc.tiles.tilejson, format, str(request.base_url), window)
     pinned = window is not None and window.strip() not in ("", "latest")
     complete = bool(doc.get("window", {}).get("complete")) if doc.get("window") else False

@@ -49,6 +49,7 @@ STRINGS: Final[dict[str, dict[Lang, str]]] = {
     "forecast": {"zh": "未来两小时", "en": "Next two hours"},
     "search": {"zh": "搜索地点", "en": "Search a place"},
     "search_hint": {"zh": "例如：外滩", "en": "e.g. The Bund"},
+    "search_go": {"zh": "搜索", "en": "Search"},
     "no_match": {"zh": "没有找到该地点", "en": "No place found"},
     "locate": {"zh": "我的位置", "en": "Locate me"},
     "locating": {"zh": "正在定位…", "en": "Locating…"},

@@ -102,7 +102,7 @@ def content_security_policy(html: str, settings: Settings) -> str:
         [
             "default-src 'none'",
             "script-src 'self' " + " ".join(hashes),
-            "style-src 'self' 'unsafe-inline'",
+            "style-src 'self'",
             "img-src " + " ".join(img),
             "connect-src 'self'",
             "base-uri 'none'",

@@ -212,3 +212,36 @@ def test_metrics_count_requests_pings_cache_and_builds(loaded: Loaded) -> None:
     assert values["heatmap_tile_cache_misses_total"] >= 1
     assert values["heatmap_snapshot_build_seconds_count"] >= 1
     assert values['heatmap_ingest_batches_total{outcome="committed"}'] >= 4
+
+
+def test_fast_path_answers_exactly_like_the_route(loaded: Loaded) -> None:
+    for suffix, enc in ((".mvt", "gzip"), (".mvt", "identity"), (".png", "gzip")):
+        url = tile_url(11, suffix)
+        loaded.client.get(url)  # render and cache
+        fast = raw_get(loaded, url, **{"Accept-Encoding": enc})
+        # An Origin header sends the request through the app (CORS), i.e. the route.
+        routed = raw_get(loaded, url, **{"Accept-Encoding": enc, "Origin": "https://x.example"})
+        assert fast.status_code == routed.status_code == 200
+        assert fast.raw == routed.raw  # type: ignore[attr-defined]
+        skip = {"access-control-allow-origin", "vary", "access-control-expose-headers"}
+        assert {k: v for k, v in fast.headers.items() if k not in skip} == {
+            k: v for k, v in routed.headers.items() if k not in skip
+        }
+        tag = fast.headers["etag"]
+        assert loaded.client.get(url, headers={"If-None-Match": tag}).status_code == 304
+
+
+def test_a_memoised_fast_tile_follows_a_new_batch(loaded: Loaded) -> None:
+    at = (31.30, 121.52)
+    url = tile_url(14, at=at)
+    first = [loaded.client.get(url) for _ in range(3)][-1]  # rendered, cached, memoised
+    ts = int(loaded.frame["ts"].max())  # type: ignore[arg-type]
+    n = 7
+    batch = pl.DataFrame(
+        {"device_id": [f"memo-{i}" for i in range(n)], "ts": [ts] * n, "lat": [at[0]] * n,
+         "lng": [at[1]] * n}
+    )  # fmt: skip
+    assert post(loaded.client, batch).status_code == 200
+    after = loaded.client.get(url)
+    assert after.status_code == 200 and after.headers["etag"] != first.headers.get("etag")
+    assert after.content != first.content

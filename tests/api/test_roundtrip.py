@@ -203,3 +203,22 @@ def test_places_rank_and_detail(loaded: Loaded) -> None:
     assert d["name"]["zh"] and d["name"]["en"]
     # Lookup by name works too.
     assert loaded.client.get("/api/v1/places/The Bund").json()["id"] == "the-bund"
+
+
+def test_pmtiles_export_holds_the_served_tiles_of_a_closed_window(loaded: Loaded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    from pmtiles.reader import MmapSource, all_tiles
+
+    from heatmap.tiling import export_pmtiles
+
+    when = closed_window(loaded)
+    svc = services(loaded.client)
+    out = tmp_path / "closed.pmtiles"
+    info = export_pmtiles(svc.settings, out, when, "mvt", 10, 12)
+    assert info["tiles"] > 5 and info["window"]["start"] == when and out.stat().st_size > 0
+    with out.open("rb") as fh:
+        tiles = dict(all_tiles(MmapSource(fh)))
+    for (z, x, y), data in list(tiles.items())[:5]:
+        r = loaded.client.get(f"/tiles/{z}/{x}/{y}.mvt", params={"window": when})
+        assert r.status_code == 200 and gzip.decompress(data) == r.content

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from web_harness import Site, Watch, wait_ready
+from web_harness import Site, Watch, add_pings, wait_ready
 from web_pixels import band_masks, interior_point
 
 pytestmark = pytest.mark.browser
@@ -61,6 +62,14 @@ def test_planner_loads_offline_without_console_errors(site: Site, desktop: Any) 
     stats = site.get_json("/api/v1/stats")
     assert f"{stats['people']:,.0f}" in page.inner_text("#totals")
     assert page.locator("#places li").count() >= 3
+    # A top place opens its own popup with the place's numbers from the API.
+    with page.expect_response(lambda r: "/api/v1/places/" in r.url) as info:
+        page.click("#places li:first-child button")
+    place = info.value.json()
+    popup = page.locator(f".leaflet-popup .popup[data-place='{place['id']}']")
+    popup.wait_for()
+    assert f"{place['now']['people']:,.0f}" in popup.inner_text()
+    assert not watch.console_errors and not watch.page_errors
 
 
 def test_density_tiles_are_painted_in_the_four_band_colours(site: Site, desktop: Any) -> None:
@@ -78,6 +87,7 @@ def test_density_tiles_are_painted_in_the_four_band_colours(site: Site, desktop:
     assert tile_requests(watch, "mvt")
     counts = {band: int(m.sum()) for band, m in paint(page, site).items()}
     assert min(counts.values()) >= 30, f"pixels per band colour (MVT): {counts}"
+    assert not watch.console_errors and not watch.page_errors
 
 
 def test_time_slider_changes_the_tiles_window(site: Site, desktop: Any) -> None:
@@ -131,3 +141,32 @@ def test_click_on_a_hexagon_opens_its_popup_with_the_api_numbers(site: Site, des
     assert query["window"] == [site.get_json("/api/v1/windows")["latest"]["start"]]
     # ... and what it shows is the API's answer, unchanged.
     assert site.get_json(resp.url[len(site.base) :]) == answer
+
+    # Without a mouse: Enter on the focused map opens the popup of the hexagon at the centre.
+    page.keyboard.press("Escape")
+    page.focus(".map")
+    with page.expect_response(lambda r: "/api/v1/density" in r.url) as info:
+        page.keyboard.press("Enter")
+    centre = info.value.json()
+    page.wait_for_selector(f".leaflet-popup .popup[data-cell='{centre['cell']}']")
+
+
+def test_live_window_refreshes_without_reload(site: Site, desktop: Any) -> None:
+    page, watch = desktop
+    page.clock.install()  # real time flows; fast_forward fires the refresh timer at once
+    page.goto(site.base + "/")
+    wait_ready(page)
+    latest = site.get_json("/api/v1/windows")["latest"]
+    assert not latest["complete"], "the newest simulated window should still be open"
+    before = site.get_json("/api/v1/stats")["people"]
+    loads = len(watch.requests)
+
+    # More people arrive in the open window (another writer on the same store).
+    start = datetime.fromisoformat(latest["start"].replace("Z", "+00:00"))
+    add_pings(site, int(start.timestamp()) + 200, devices=400)
+    assert site.get_json("/api/v1/stats")["people"] > before
+
+    with page.expect_request(lambda r: "/tiles/" in r.url and "v=1" in r.url):
+        page.clock.fast_forward(json.loads(page.text_content("#heatmap-config"))["pollMs"] + 1)
+    assert all(tile_window(u) == latest["start"] for u in tile_requests(watch, "png")[loads:])
+    assert page.url == site.base + "/"  # no reload

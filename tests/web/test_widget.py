@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from web_harness import Site, wait_ready
+from web_harness import Site, open_page, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -68,6 +68,23 @@ def test_widget_search_works_from_the_keyboard(site: Site, phone: Any) -> None:
     page.keyboard.press("Enter")
     page.wait_for_selector("#card[data-place=nanjing-road]")
     assert page.inner_text("#card .band-label")
+
+
+def test_widget_locate_me_shows_the_crowding_here(site: Site, browser: Any) -> None:
+    here = {"latitude": 31.2397, "longitude": 121.4905}  # on the Bund
+    ctx, page, watch = open_page(browser, 360, 640, geolocation=here, permissions=["geolocation"])
+    try:
+        page.goto(site.base + "/widget?lang=en")
+        wait_ready(page)
+        with page.expect_response(lambda r: "/api/v1/density" in r.url) as info:
+            page.click("#locate")
+        answer = info.value.json()
+        page.wait_for_selector("#card .now")
+        assert page.inner_text("#card h2") == "Near you"
+        assert page.inner_text("#card .band-label") == answer["label"]["en"]
+        assert not watch.foreign
+    finally:
+        ctx.close()
 
 
 def test_widget_frames_only_in_allowed_origins(site: Site, desktop: Any) -> None:

@@ -17,7 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
-PALETTE = {"blue": "#3b6fd4", "green": "#4dac26", "yellow": "#fde725", "red": "#d7191c"}
+PALETTE = {"blue": "#3b6fd4", "green": "#5cd699", "yellow": "#fde725", "red": "#d7191c"}
 """The band colours of ``heatmap.publish`` (kept in sync by the test)."""
 
 MACHADO = {

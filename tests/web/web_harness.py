@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,9 +89,14 @@ class Watch:
     bytes_in: dict[str, int] = field(default_factory=dict)
 
 
-def open_page(browser: Any, width: int, height: int) -> tuple[Any, Any, Watch]:
-    """Return ``(context, page, watch)``: a fresh context that lets only 127.0.0.1 through."""
-    ctx = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
+def open_page(browser: Any, width: int, height: int, **options: Any) -> tuple[Any, Any, Watch]:
+    """Return ``(context, page, watch)``: a fresh context that lets only 127.0.0.1 through.
+
+    ``options`` go to ``browser.new_context`` (e.g. ``geolocation`` and ``permissions``).
+    """
+    ctx = browser.new_context(
+        viewport={"width": width, "height": height}, locale="zh-CN", **options
+    )
     watch = Watch()
 
     def guard(route: Any) -> None:
@@ -125,3 +131,29 @@ def wait_ready(page: Any, timeout_ms: int = 20_000) -> None:
     """Wait until the page's script has loaded its data (``body[data-ready]``) and tiles."""
     page.wait_for_selector("body[data-ready=true]", state="attached", timeout=timeout_ms)
     page.wait_for_load_state("networkidle", timeout=timeout_ms)
+
+
+def add_pings(site: Site, ts: int, devices: int) -> None:
+    """Ingest ``devices`` new devices around People's Square at epoch ``ts`` into the store."""
+    import numpy as np
+    import polars as pl
+
+    from heatmap.ingest import ParseOptions
+    from heatmap.service import Heatmap
+
+    rng = np.random.default_rng(5)
+    frame = pl.DataFrame(
+        {
+            "device_id": [f"late-arrival-{i}" for i in range(devices)],
+            "ts": np.full(devices, ts, dtype=np.int64),
+            "lat": 31.2304 + rng.normal(0, 0.003, devices),
+            "lng": 121.4737 + rng.normal(0, 0.003, devices),
+        }
+    )
+    path = Path(site.settings.db).parent / f"more-{ts}.parquet"
+    frame.write_parquet(path)
+    hm = Heatmap(site.settings)
+    try:
+        hm.ingest_paths([path], ParseOptions())
+    finally:
+        hm.close()

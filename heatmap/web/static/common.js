@@ -17,10 +17,13 @@
     return s ? base + "?" + s : base;
   };
 
-  /* GET a JSON document; a non-2xx answer throws an Error carrying the API's reason. */
-  H.getJSON = async function (url, params) {
+  /* GET a JSON document; a non-2xx answer throws an Error carrying the API's reason.
+     fresh: revalidate with the server (ETag, usually a 304) instead of trusting the HTTP cache;
+     for polling the live window. */
+  H.getJSON = async function (url, params, fresh) {
     const r = await fetch(params ? H.withQuery(url, params) : url, {
       credentials: "omit",
+      cache: fresh ? "no-cache" : "default",
       headers: { Accept: "application/json" },
     });
     const body = await r.json().catch(() => null);

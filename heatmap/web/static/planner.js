@@ -86,7 +86,7 @@
     /* Show the tiles of the selected window; the old layer stays until the new one has loaded,
        so playing through history does not flash. */
     function showTiles() {
-      if (!S.tj[S.fmt] || S.index < 0) return;
+      if (!S.tj[S.fmt] || !current()) return;
       const url = tileUrl();
       if (url === S.layerUrl && S.layer) return;
       const old = S.layer;
@@ -97,7 +97,6 @@
       layer.once("load", drop);
       setTimeout(drop, 5000);
       layer.addTo(map);
-      $("map-state").dataset.tiles = url;
     }
 
     async function setFormat(fmt) {
@@ -111,13 +110,15 @@
     const slider = $("slider");
 
     function mergeWindows(list) {
+      const shown = current();
       const byStart = new Map(S.windows.map((w) => [w.start, w]));
       for (const w of list) byStart.set(w.start, w);
       const all = [...byStart.values()].sort((a, b) => (a.start < b.start ? -1 : 1));
       const grew = all.length !== S.windows.length;
       S.windows = all.slice(-cfg.maxWindows);
       slider.max = String(Math.max(S.windows.length - 1, 0));
-      if (S.follow || S.index < 0) S.index = S.windows.length - 1;
+      if (S.follow || !shown) S.index = S.windows.length - 1;
+      else S.index = Math.max(0, S.windows.findIndex((w) => w.start === shown.start));
       return grew;
     }
 
@@ -162,9 +163,9 @@
     // -- live refresh: new windows, and new numbers in the open one ----------------------------
     async function poll() {
       try {
-        const page = await H.getJSON(cfg.api.windows, { limit: 3 });
+        const page = await H.getJSON(cfg.api.windows, { limit: 3 }, true);
         const grew = mergeWindows(page.windows);
-        const stats = await H.getJSON(cfg.api.stats);
+        const stats = await H.getJSON(cfg.api.stats, null, true);
         const sig = [stats.window.start, stats.people, stats.published_cells].join("|");
         const changed = S.liveSig && sig !== S.liveSig;
         S.liveSig = sig;
@@ -202,7 +203,10 @@
         const name = lang === "en" ? p.name.en : p.name.zh;
         const btn = H.el("button", {
           type: "button", class: "place",
-          onclick: () => { map.setView([p.lat, p.lng], Math.max(map.getZoom(), 14)); openPopup(L.latLng(p.lat, p.lng)); },
+          onclick: () => {
+            map.setView([p.lat, p.lng], Math.max(map.getZoom(), 14));
+            openPlacePopup(p);
+          },
         }, H.swatch(colour(p.band)),
         H.el("span", { class: "name", text: name }),
         H.el("span", { class: "meta", text: H.label(p.label, lang) + " · " + H.num(lang, p.people) + " " + t.people_unit }));
@@ -247,15 +251,46 @@
       return dl;
     }
 
-    async function openPopup(latlng) {
+    /* Open the popup of the hexagon drawn at a point (at ``zoom``: the map may still be
+       animating towards it). */
+    async function openPopup(latlng, zoom) {
       const w = current();
+      const res = cfg.zoomToRes[Math.round(zoom === undefined ? map.getZoom() : zoom)];
       const popup = L.popup({ maxWidth: 320 }).setLatLng(latlng).setContent(t.loading).openOn(map);
       try {
         const d = await H.getJSON(cfg.api.density, {
-          lat: latlng.lat.toFixed(6), lng: latlng.lng.toFixed(6), res: resAtZoom(),
+          lat: latlng.lat.toFixed(6), lng: latlng.lng.toFixed(6), res: res,
           window: w ? w.start : null,
         });
         popup.setContent(popupContent(d));
+      } catch (err) {
+        popup.setContent(t.error + ": " + err.message);
+      }
+    }
+
+    /* Open the popup of a named place: its own numbers (all its cells), trend, usual level and
+       best time today, from /api/v1/places/{id}. */
+    async function openPlacePopup(p) {
+      const w = current();
+      const popup = L.popup({ maxWidth: 320 }).setLatLng([p.lat, p.lng]).setContent(t.loading).openOn(map);
+      try {
+        const d = await H.getJSON(cfg.api.place + encodeURIComponent(p.id), { window: w ? w.start : null });
+        const band = d.now.band ? S.bands[d.now.band] : null;
+        const best = d.best_time_today;
+        const usual = d.usual && d.usual.busier_than_usual;
+        const rows = [
+          [t.band, H.el("span", {}, band ? H.swatch(band.color) : null, H.label(d.now.label, lang))],
+          [t.people, d.now.suppressed ? "–" : H.num(lang, d.now.people)],
+          [t.trend, H.trendText(d.trend, t) +
+            (usual === null || usual === undefined ? "" : " · " + (usual ? t.vs_usual_busier : t.vs_usual_not))],
+          [t.best_time, best ? fmtClock(best.start) + "–" + fmtClock(best.end) + " · " + H.label(best.label, lang) : "–"],
+          [t.window, fmtTime(d.window.start) + "–" + fmtClock(d.window.end)],
+        ];
+        const dl = H.el("dl", { class: "popup", "data-place": d.id, "data-people": d.now.people });
+        for (const [k, v] of rows) dl.append(H.el("dt", { text: k }), H.el("dd", {}, v));
+        const names = lang === "en" ? [d.name.en, d.name.zh] : [d.name.zh, d.name.en];
+        popup.setContent(H.el("div", {}, H.el("strong", { text: names[0] }),
+          H.el("span", { class: "sub", text: " " + names[1] }), dl));
       } catch (err) {
         popup.setContent(t.error + ": " + err.message);
       }

@@ -169,9 +169,10 @@
       if (!s) return;
       const done = (d) => showTiles(d.window, true);
       if (s.place) {
-        H.getJSON(cfg.api.place + encodeURIComponent(s.place)).then((d) => { showPlace(d); done(d); }, () => {});
+        H.getJSON(cfg.api.place + encodeURIComponent(s.place), null, true)
+          .then((d) => { showPlace(d); done(d); }, () => {});
       } else {
-        H.getJSON(cfg.api.density, { lat: s.lat.toFixed(6), lng: s.lng.toFixed(6) })
+        H.getJSON(cfg.api.density, { lat: s.lat.toFixed(6), lng: s.lng.toFixed(6) }, true)
           .then((d) => { showPoint(d, s.title); done(d); }, () => {});
       }
     }
