@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -285,14 +286,15 @@ def projection(runs: list[dict], per_pos: dict) -> str:
         f"{need / 1e6:.2f} M pings/s sustained ({need * 86_400 / 1e9:.0f} billion a day), so "
         f"the kernel needs ~{kernel_cores:.0f} cores busy (Dask costs {overhead:.2f}x the "
         f"local CPU here); with 2x headroom for peaks and request parsing, "
-        f"~{2 * kernel_cores:.0f} cores, i.e. {2 * kernel_cores / 32:.0f} machines of 32 cores. "
+        f"~{2 * kernel_cores:.0f} cores ({math.ceil(2 * kernel_cores / 32)} machine(s) of 32 "
+        "cores). "
         f"Publishing one national window (~{NATION_CELLS / 1e6:.0f} M occupied base cells, an "
         f"assumption) costs ~{window_cpu:.0f} CPU-s every {NATION_INTERVAL_S} s: "
         f"~{window_cpu / NATION_INTERVAL_S:.1f} core(s) if spread over regional shards. The "
         f"open-window state is {NATION_PEOPLE / 1e9:.1f} billion rows per window, upserted at "
         f"{need / 1e6:.2f} M rows/s; one PostgreSQL took {upsert / 1e3:,.0f} k rows/s here, so "
-        f"~{need / upsert:.0f}x that: shard the store by region (one PostgreSQL per province "
-        "group), each with its own API nodes and committer."
+        f"~{math.ceil(need / upsert)} such servers: the device state must be sharded by device "
+        "hash (see docs/scale.md)."
     )
 
 

@@ -253,13 +253,34 @@ def export_pmtiles(
 def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
+    server: Annotated[str, typer.Option(help="uvicorn | granian (faster, see BENCHMARKS.md)")] = (
+        "uvicorn"
+    ),
 ) -> None:
-    """Serve tiles, JSON and pages over HTTP (uvicorn)."""
+    """Serve tiles, JSON and pages over HTTP.
+
+    No access log: request lines of ``/api/v1/density?lat=&lng=`` are citizens' locations.
+    """
+    s = _settings()
+    if server == "granian":
+        from granian import Granian  # type: ignore[attr-defined]
+
+        Granian(
+            "heatmap.api.app:app_from_env",
+            address=host,
+            port=port,
+            interface="asgi",  # type: ignore[arg-type]
+            factory=True,
+            log_access=False,
+        ).serve()
+        return
+    if server != "uvicorn":
+        raise BadInput(f"--server {server!r}: use uvicorn or granian")
     import uvicorn
 
     from heatmap.api import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(s), host=host, port=port, log_level="info", access_log=False)
 
 
 def main() -> None:

@@ -354,6 +354,16 @@ class DaskEngine(Engine):
             raise EngineUnavailable(f"cannot reach Dask at {where}: {exc}") from exc
         # One bucket per worker thread lets the last merge level use the whole cluster.
         self.buckets = max(1, sum(self.client.nthreads().values()))
+        try:
+            # Import the kernel on every worker now (not inside the first tasks' time), and
+            # find out here if a worker lacks it.
+            self.client.run(_warm_up)
+        except ImportError as exc:
+            self.close()
+            raise EngineUnavailable(
+                f"a Dask worker cannot import heatmap ({exc}): install the same heatmap "
+                "version on every worker"
+            ) from exc
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Submit a task (futures in ``args`` become dependencies)."""
@@ -386,6 +396,10 @@ class DaskEngine(Engine):
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
+
+
+def _warm_up() -> None:
+    import heatmap.engines  # noqa: F401 - the import is the point
 
 
 def _peak_rss() -> int:

@@ -382,10 +382,10 @@ class Reader:
             snaps = self.hm.snapshots(info)
             if self.on_build is not None:
                 self.on_build(time.perf_counter() - t0)
-        with self._memo_lock:
-            self._memo[key] = snaps
-            while len(self._memo) > self.MEMO:
-                self._memo.popitem(last=False)
+            with self._memo_lock:
+                self._memo[key] = snaps
+                while len(self._memo) > self.MEMO:
+                    self._memo.popitem(last=False)
         return snaps
 
     def warm(self, when: str | None) -> bool:

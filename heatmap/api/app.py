@@ -1,8 +1,10 @@
 """``create_app(settings)``: the FastAPI app assembled from one router per concern.
 
-The store is opened here (so a ``TestClient`` without a lifespan works); the lifespan only
-warms up and, on shutdown, waits for an in-flight commit before closing the store, so no
-acknowledged batch is lost and none is half-written.
+The store is opened here (so a ``TestClient`` without a lifespan works). On shutdown the
+lifespan waits for an in-flight commit before closing the store, so no acknowledged batch is
+lost and none is half-written (a batch is acknowledged only once durable); a restarted
+lifespan reopens it. Cached tiles are answered by :class:`~heatmap.api.fastpath.TileFastPath`
+before routing.
 """
 
 from __future__ import annotations

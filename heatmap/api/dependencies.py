@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -21,8 +21,6 @@ from heatmap.query import PlaceBook, Reader
 from heatmap.service import Heatmap
 from heatmap.tiling import TileService
 from tiles.cache import TileCache
-
-T = TypeVar("T")
 
 
 class Services:

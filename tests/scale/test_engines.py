@@ -213,6 +213,19 @@ def test_bad_rows_are_counted_alike_by_both_engines(dask_engine, tmp_path: Path)
     assert_frame_equal(a.positions.sort("device"), b.positions.sort("device"))
 
 
+def test_strict_bad_row_on_a_worker_fails_the_whole_backfill(
+    dask_engine, make_settings, tmp_path: Path
+) -> None:
+    (tmp_path / "ok.csv").write_text("device_id,ts,lat,lng\na,1772434800,31.2,121.4\n")
+    (tmp_path / "bad.csv").write_text("device_id,ts,lat,lng\nb,1772434800,95,121.4\n")
+    hm = Heatmap(make_settings())
+    strict = ParseOptions(now=OPTS.now, strict=True)
+    with pytest.raises(BadInput, match="row 1: lat out of range"):
+        aggregate_paths(hm, [str(tmp_path / "*.csv")], strict, dask_engine)
+    assert hm.windows() == []  # nothing written
+    hm.close()
+
+
 def test_paths_expand_globs_and_directories(tmp_path: Path) -> None:
     (tmp_path / "d" / "x=1").mkdir(parents=True)
     for name in ("d/x=1/a.parquet", "d/b.csv", "d/notes.txt", "c.csv.gz"):
