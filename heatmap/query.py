@@ -16,7 +16,6 @@ count (0 or a few), so the answer never tells one from the other.
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -144,45 +143,6 @@ class WindowList:
         return WindowList(np.concatenate([self.rows[:cut], tail.rows]))
 
 
-class _SqliteWindows:
-    """Cheap reads of the embedded store's window table on a private read-only connection.
-
-    ``PRAGMA data_version`` changes whenever another connection (the store's writer in this
-    process, or a ``heatmap ingest`` in another) commits: a change token for a few microseconds.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA query_only=1")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._lock = threading.Lock()
-
-    def token(self) -> int:
-        """Return the change counter of the database file."""
-        with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-
-    def since(self, lo: int | None) -> tuple[WindowList, int | None]:
-        """Return the windows with ``w >= lo`` (all if None) and the watermark, in one read."""
-        sql = 'SELECT w, start, "end", closed, version, devices FROM windows'
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                if lo is None:
-                    rows = self._conn.execute(sql + " ORDER BY w").fetchall()
-                else:
-                    rows = self._conn.execute(sql + " WHERE w >= ? ORDER BY w", (lo,)).fetchall()
-                wm = self._conn.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
-            finally:
-                self._conn.execute("COMMIT")
-        return WindowList(np.array(rows, dtype=np.int64)), None if wm is None else int(wm[0])
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
-
-
 class WindowCatalog:
     """The store's windows kept in memory, refreshed incrementally when the store changes.
 
@@ -208,13 +168,11 @@ class WindowCatalog:
     def __init__(
         self, store: Store, window_s: int, check_every_s: float = 0.05, ttl_s: float = 1.0
     ) -> None:
-        from heatmap.store.sqlite import SQLiteStore
-
         self.store = store
         self.window_s = window_s
         self.check_every_s = check_every_s
         self.ttl_s = ttl_s
-        self._sql = _SqliteWindows(str(store.path)) if isinstance(store, SQLiteStore) else None
+        self._incremental = store.change_token() is not None
         self._list = WindowList(np.zeros((0, 6), dtype=np.int64))
         self._token: int | None = None
         self._watermark: int | None = None
@@ -248,12 +206,12 @@ class WindowCatalog:
         """Check the change token and reload what changed (everything with ``force``)."""
         with self._lock:
             gen = self._gen
-            if self._sql is None:
-                self._list = WindowList.of(self.store.windows())
+            if not self._incremental:
+                self._list = WindowList(self.store.window_rows_since(None)[0])
                 self._loaded = True
                 valid = self.ttl_s
             else:
-                token = self._sql.token()
+                token = self.store.change_token()
                 if force or not self._loaded or token != self._token:
                     self._reload()
                     self._token = token
@@ -270,7 +228,7 @@ class WindowCatalog:
         if self._refresher is not None:
             return
         self._stop.clear()
-        period = self.check_every_s if self._sql is not None else self.ttl_s
+        period = self.check_every_s if self._incremental else self.ttl_s
 
         def run() -> None:
             while not self._stop.wait(period):
@@ -290,22 +248,20 @@ class WindowCatalog:
             self._refresher = None
 
     def _reload(self) -> None:
-        assert self._sql is not None
         old = self._list
         if not self._loaded or self._watermark is None or not len(old):
-            self._list, wm = self._sql.since(None)
+            rows, wm = self.store.window_rows_since(None)
+            self._list = WindowList(rows)
         else:
             lo = self._watermark // self.window_s - 1
-            tail, wm = self._sql.since(lo)
-            self._list = old.splice(lo, tail)
+            rows, wm = self.store.window_rows_since(lo)
+            self._list = old.splice(lo, WindowList(rows))
         self._watermark = wm
         self._loaded = True
 
     def close(self) -> None:
-        """Stop refreshing and release the read connection."""
+        """Stop refreshing."""
         self.stop_refresher()
-        if self._sql is not None:
-            self._sql.close()
 
 
 # -- reader ---------------------------------------------------------------------------------------

@@ -124,6 +124,26 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def change_token(self) -> int | None:
+        """Return a value that changes whenever any process commits, or None if there is none.
+
+        With a token, readers refresh incrementally when it changes; without one they reload
+        the window list on a timer.
+        """
+        return None
+
+    def window_rows_since(self, lo: int | None) -> tuple[I64, int | None]:
+        """Return windows ``w >= lo`` (all if None) and the watermark, read consistently.
+
+        Rows are int64 ``(w, start, end, closed, version, devices)``, oldest first.
+        """
+        rows = [
+            (i.w, i.window.start, i.window.end, int(i.closed), i.version, i.devices)
+            for i in self.windows()
+            if lo is None or i.w >= lo
+        ]
+        return np.array(rows, dtype=np.int64).reshape(-1, 6), self.watermark()
+
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be read."""
         self.get_meta("schema_version")

@@ -71,6 +71,8 @@ class SQLiteStore(Store):
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
             self._lock = threading.RLock()
+            self._read_lock = threading.Lock()
+            self._read: sqlite3.Connection | None = None
             for pragma in (
                 "journal_mode=WAL",
                 "synchronous=FULL",
@@ -133,8 +135,13 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(f"{self.path}: store is not writable ({exc})") from exc
             try:
                 yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite may already have rolled back (I/O error, disk full): keep the cause.
+                with contextlib.suppress(sqlite3.Error):
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise StoreUnavailable(f"{self.path}: write failed ({exc})") from exc
                 raise
             try:
                 self._conn.execute("COMMIT")
@@ -147,7 +154,7 @@ class SQLiteStore(Store):
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # also "database disk image is malformed"
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
     def get_meta(self, key: str) -> str | None:
@@ -302,7 +309,47 @@ class SQLiteStore(Store):
                 out[w] = (cells.view(np.uint64), dev)
         return out
 
+    def _reader(self) -> sqlite3.Connection:
+        # A private read-only connection: reads of the window list never queue behind the
+        # writer's lock, and ``data_version`` moves when *another* connection commits.
+        if self._read is None:
+            self._read = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=5
+            )
+            self._read.execute("PRAGMA query_only=1")
+        return self._read
+
+    def change_token(self) -> int | None:
+        """Return ``PRAGMA data_version`` of the read connection (moves on every commit)."""
+        with self._read_lock:
+            try:
+                return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    def window_rows_since(self, lo: int | None) -> tuple[I64, int | None]:
+        """Return windows ``w >= lo`` and the watermark in one read transaction."""
+        sql = 'SELECT w, start, "end", closed, version, devices FROM windows'
+        with self._read_lock:
+            con = self._reader()
+            try:
+                con.execute("BEGIN")
+                try:
+                    if lo is None:
+                        rows = con.execute(sql + " ORDER BY w").fetchall()
+                    else:
+                        rows = con.execute(sql + " WHERE w >= ? ORDER BY w", (lo,)).fetchall()
+                    wm = con.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
+                finally:
+                    con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{self.path}: {exc}") from exc
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 6)
+        return arr, None if wm is None else int(wm[0])
+
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
+        """Close the connections."""
+        with self._lock, self._read_lock:
             self._conn.close()
+            if self._read is not None:
+                self._read.close()

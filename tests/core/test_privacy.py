@@ -93,7 +93,7 @@ def test_published_numbers_are_exact_without_dp() -> None:
 
 
 def test_dp_noise_is_reproducible_for_a_seed_and_never_negative() -> None:
-    base = {c: 12 for c in BASE_CELLS[:80]}
+    base = dict.fromkeys(BASE_CELLS[:80], 12)
     s = Settings(db="/nonexistent/x.db", k_min=10, base_res=10, min_res=8, dp_epsilon=0.5)
     a = counts_to_published(_counts(base), s, noise_seed=b"seed")
     b = counts_to_published(_counts(base), s, noise_seed=b"seed")

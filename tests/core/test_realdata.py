@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import h3
+import numpy as np
 import polars as pl
 import pytest
 
@@ -37,13 +38,32 @@ def ingested(geolife: Path, tmp_path_factory: pytest.TempPathFactory):
     hm.close()
 
 
+def _blobs(
+    hm: Heatmap, table: str, dtypes: tuple[type, ...], names: tuple[str, ...]
+) -> pl.DataFrame:
+    """Read every stored blob of a table in one query (the embedded store's layout)."""
+    from heatmap.store.base import blob_to_arrays
+
+    con = sqlite3.connect(hm.settings.db)
+    cols: list[list[np.ndarray]] = [[] for _ in names]
+    ws = []
+    for w, data in con.execute(f"SELECT w, data FROM {table}"):  # noqa: S608 - fixed names
+        arrays = list(blob_to_arrays(data, dtypes))
+        ws.append(np.full(len(arrays[0]), w, dtype=np.int64))
+        for col, arr in zip(cols, arrays, strict=True):
+            col.append(arr)
+    frame = pl.DataFrame({"w": np.concatenate(ws)})
+    for name, col in zip(names, cols, strict=True):
+        frame = frame.with_columns(pl.Series(name, np.concatenate(col)))
+    return frame.with_columns(pl.col("cell").cast(pl.Int64).reinterpret(signed=False))
+
+
 def _closed_base_counts(hm: Heatmap) -> pl.DataFrame:
-    closed = [w.w for w in hm.windows() if w.closed]
-    frames = [
-        pl.DataFrame({"w": w, "cell": cells, "devices": dev})
-        for w, (cells, dev) in hm.store.read_base_counts(closed).items()
-    ]
-    return pl.concat(frames)
+    return _blobs(hm, "base_counts", (np.int64, np.int64), ("cell", "devices"))
+
+
+def _stored_published(hm: Heatmap) -> pl.DataFrame:
+    return _blobs(hm, "published", (np.int64, np.int64, np.float64), ("res", "cell", "people"))
 
 
 def test_every_row_is_accounted_for(ingested) -> None:
@@ -89,19 +109,10 @@ def test_published_numbers_are_exact_and_private(ingested, k: int) -> None:
     base_withheld = [key for key in withheld if key[1] == BASE]
     share = len(base_withheld) / max(len(base_eligible), 1)
     print(
-        f"k={k}: {len(base_withheld)} of {len(base_eligible)} base cells withheld for rule 3 ({share:.1%})"
+        f"k={k}: {len(base_withheld)} of {len(base_eligible)} base cells "
+        f"withheld for rule 3 ({share:.1%})"
     )
     assert share < 0.35
-
-
-def _stored_published(hm: Heatmap) -> pl.DataFrame:
-    frames = []
-    for info in hm.windows():
-        if info.closed:
-            pub = hm.store.read_published(info.w)
-            if pub is not None:
-                frames.append(pub.frame.with_columns(w=pl.lit(info.w, pl.Int64)))
-    return pl.concat(frames)
 
 
 def test_nothing_identifying_on_disk(ingested) -> None:
