@@ -292,9 +292,9 @@ def projection(runs: list[dict], per_pos: dict) -> str:
         f"assumption) costs ~{window_cpu:.0f} CPU-s every {NATION_INTERVAL_S} s: "
         f"~{window_cpu / NATION_INTERVAL_S:.1f} core(s) if spread over regional shards. The "
         f"open-window state is {NATION_PEOPLE / 1e9:.1f} billion rows per window, upserted at "
-        f"{need / 1e6:.2f} M rows/s; one PostgreSQL took {upsert / 1e3:,.0f} k rows/s here, so "
-        f"~{math.ceil(need / upsert)} such servers: the device state must be sharded by device "
-        "hash (see docs/scale.md)."
+        f"{need / 1e6:.2f} M rows/s; the test PostgreSQL here (2 shared cores) took "
+        f"{upsert / 1e3:,.0f} k rows/s, ~{math.ceil(need / upsert)}x too few: the device state "
+        "must be sharded by device hash (see docs/scale.md)."
     )
 
 

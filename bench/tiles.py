@@ -113,7 +113,8 @@ def main() -> None:  # noqa: C901 - a linear script
     say()
     say(
         f"Synthetic Shanghai window: {len(base):,} res-10 cells (disc ~25 km around People's "
-        f"Square), rolled up: " + ", ".join(f"res {r}: {len(s):,}" for r, s in sorted(city.items()))
+        f"Square), rolled up: "
+        + ", ".join(f"res {r}: {len(s):,}" for r, s in sorted(city.items()))
         + f". Built in {time.perf_counter() - t0:.1f} s."
     )
 
@@ -247,9 +248,7 @@ def main() -> None:  # noqa: C901 - a linear script
             f"{fmt_us(pct(s['warm'], 50))} | {fmt_us(pct(s['warm'], 99))} |")  # fmt: skip
     say()
     targets = []
-    mvt_ok = [
-        pct(s["mvt"], 50) <= pct(s["pg"], 50) / 4 for _, _, _, s in rows if s["pg"]
-    ]
+    mvt_ok = [pct(s["mvt"], 50) <= pct(s["pg"], 50) / 4 for _, _, _, s in rows if s["pg"]]
     if mvt_ok:
         targets.append(f"cold MVT p50 <= 1/4 of PostGIS: {sum(mvt_ok)}/{len(mvt_ok)} zooms")
     png_ok = [pct(s["png"], 50) < 2000 for z, _, _, s in rows if 12 <= z <= 16]
@@ -259,9 +258,11 @@ def main() -> None:  # noqa: C901 - a linear script
     if pg is not None:
         targets.append(f"tiles whose feature count differs from PostGIS by > 2 %: {mismatch}")
     say("Targets: " + "; ".join(targets) + ".")
-    say("CPU p50 = thread CPU time of our render as the guest kernel counts it. This 2-vCPU VM "
+    say(
+        "CPU p50 = thread CPU time of our render as the guest kernel counts it. This 2-vCPU VM "
         "is shared (steal time), so every contender's figures swing between runs: compare ratios "
-        "from one run.")
+        "from one run."
+    )
     say(f"Total bench time {time.perf_counter() - t0:.0f} s.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

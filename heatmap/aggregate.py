@@ -140,14 +140,16 @@ def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
     if shared.len() == 0:
         return both
     in_shared = pl.col("w").is_in(shared.implode())
-    key = pl.col("device").reinterpret(signed=False) ^ (
-        pl.col("w").cast(pl.UInt64) * pl.lit(_GOLDEN, pl.UInt64)
-    )
-    todo = both.filter(in_shared).with_columns(_k=key)
-    latest = todo.filter(pl.col("ts") == pl.col("ts").max().over("_k"))
-    if latest["_k"].n_unique() < latest.height:
-        latest = _keep_max_cell(latest, "_k")
-    return pl.concat([both.filter(~in_shared), latest.drop("_k")])
+    # Grouped on the exact (w, device) pair: a merged frame can hold billions of positions
+    # (a city-day backfill), where a 64-bit combined key would expect a collision.
+    keys = ["w", "device"]
+    todo = both.filter(in_shared)
+    latest = todo.filter(pl.col("ts") == pl.col("ts").max().over(keys))
+    if latest.select(pl.struct(keys).n_unique()).item() < latest.height:
+        latest = latest.filter(pl.col("cell") == pl.col("cell").max().over(keys)).unique(
+            subset=keys, keep="any"
+        )
+    return pl.concat([both.filter(~in_shared), latest])
 
 
 def empty_positions() -> pl.DataFrame:

@@ -279,8 +279,16 @@ def serve(
     import uvicorn
 
     from heatmap.api import create_app
+    from heatmap.api.shedding import uvicorn_http_protocol
 
-    uvicorn.run(create_app(s), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(s),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        http=uvicorn_http_protocol(s),  # bounded request heads (slow or huge headers)
+    )
 
 
 def main() -> None:

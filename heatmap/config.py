@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     max_rows: int = Field(200_000, ge=1, description="rows per POSTed batch")
     max_cells: int = Field(20_000, ge=1, description="cells per /api/v1/cells answer")
     tile_cache_mb: int = Field(256, ge=0, description="memory bound of the tile cache; 0 = off")
+    max_inflight: int = Field(
+        64, ge=0, description="requests in flight above which 503 + Retry-After; 0 = no limit"
+    )
+    max_inflight_ingest: int = Field(
+        4, ge=0, description="POST /api/v1/pings in flight above which 503; 0 = no limit"
+    )
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After of a shed request, s")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="time to receive a request's headers, then its body"
+    )
 
     @field_validator("cors_origins", "frame_ancestors", "bands_km2", mode="before")
     @classmethod

@@ -274,10 +274,6 @@ class Engine(abc.ABC):
     def as_completed(self, handles: list[Any]) -> Iterator[Any]:
         """Yield the values of ``handles`` as they become ready."""
 
-    @abc.abstractmethod
-    def result(self, handle: Any) -> Any:
-        """Return a handle's value (waits)."""
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
 
@@ -310,10 +306,6 @@ class LocalEngine(Engine):
         """Yield the values in order."""
         for h in handles:
             yield h.value
-
-    def result(self, handle: Any) -> Any:
-        """Return the value."""
-        return handle.value
 
 
 class DaskEngine(Engine):
@@ -379,10 +371,6 @@ class DaskEngine(Engine):
 
         for _fut, value in as_completed(handles, with_results=True):
             yield value
-
-    def result(self, handle: Any) -> Any:
-        """Gather one future's value."""
-        return handle.result()
 
     def worker_peak_rss(self) -> dict[str, int]:
         """Return each worker process's peak resident memory in bytes (Linux ``ru_maxrss``)."""

@@ -64,10 +64,9 @@ class PgServer:
             "-E", "UTF8", "--no-sync",
         )  # fmt: skip
         # Durability settings off: the tests check semantics, not crash safety, on 2 cores.
-        # Autovacuum off: what the store vacuums itself must be seen deterministically.
         opts = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c jit=off -c autovacuum=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c jit=off "
             "-c shared_buffers=128MB -c max_connections=200"
         )
         self._run(

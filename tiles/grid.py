@@ -99,9 +99,7 @@ def zoom_to_res(z: int, min_res: int = 5, base_res: int = 10) -> int:
     return min(base_res, max(min_res, ideal))
 
 
-def check_tile(
-    z: int, x: int, y: int, minzoom: int = MIN_ZOOM, maxzoom: int = MAX_ZOOM
-) -> None:
+def check_tile(z: int, x: int, y: int, minzoom: int = MIN_ZOOM, maxzoom: int = MAX_ZOOM) -> None:
     """Raise :class:`~tiles.errors.TileOutOfRange` unless ``z/x/y`` is a servable tile.
 
     >>> check_tile(1, 2, 0)

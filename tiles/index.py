@@ -308,9 +308,7 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
     )
 
 
-def _mercator_vertices(
-    cells: _U64, reuse: CellIndex | None
-) -> tuple[_F64, npt.NDArray[np.uint8]]:
+def _mercator_vertices(cells: _U64, reuse: CellIndex | None) -> tuple[_F64, npt.NDArray[np.uint8]]:
     """Return Mercator vertices for sorted ``cells``, copying those already in ``reuse``."""
     n = cells.shape[0]
     if reuse is not None and len(reuse) and n:

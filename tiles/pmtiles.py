@@ -79,9 +79,7 @@ def write_pmtiles(
         with open(tmp, "wb") as f:
             written = _write(f, render, todo, fmt, progress, (w, s, e, n), center, minzoom, meta)
         if written == 0:
-            raise TileError(
-                f"no non-empty tile in zoom {minzoom}..{maxzoom} within {list(bounds)}"
-            )
+            raise TileError(f"no non-empty tile in zoom {minzoom}..{maxzoom} within {list(bounds)}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -25,6 +25,7 @@ from heatmap.api.errors import add_exception_handlers
 from heatmap.api.fastpath import TileFastPath
 from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
 from heatmap.api.pages import include_pages
+from heatmap.api.shedding import LoadShedder
 from heatmap.config import Settings
 
 DESCRIPTION = """\
@@ -92,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
-    app.add_middleware(TileFastPath, services=svc)  # outermost: cached tiles skip the rest
+    app.add_middleware(TileFastPath, services=svc)  # cached tiles skip the rest
+    app.add_middleware(LoadShedder, settings=settings, registry=svc.metrics.registry)  # outermost
     return app
 
 

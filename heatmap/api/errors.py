@@ -32,6 +32,12 @@ class UnsupportedMediaType(HeatmapError):
     status = 415
 
 
+class RequestTimeout(HeatmapError):
+    """The request body did not arrive within ``HEATMAP_REQUEST_TIMEOUT_S`` (a slow client)."""
+
+    status = 408
+
+
 class IngestDisabled(NotFound):
     """``POST /api/v1/pings`` without ``HEATMAP_INGEST_TOKEN``: the endpoint does not exist."""
 
@@ -42,6 +48,7 @@ STATUS: dict[type[Exception], int] = {
     TooLarge: 413,
     Unauthorized: 401,
     UnsupportedMediaType: 415,
+    RequestTimeout: 408,
     StoreUnavailable: 503,
     TileOutOfRange: 404,
     TileError: 422,
@@ -67,6 +74,8 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     headers = {"WWW-Authenticate": 'Bearer realm="heatmap"'} if status == 401 else None
+    if status in (408, 413):  # the rest of the body may still be coming: stop reading it
+        headers = {"Connection": "close"}
     if status >= 500:
         log.error("request failed: %s %s: %s", request.method, request.url.path, exc)
     return error_response(status, str(exc) or type(exc).__name__, headers)

@@ -11,9 +11,9 @@ __all__ = ["CommitResult", "Store", "WindowInfo", "open_store"]
 def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store that ``settings.db`` names."""
     if settings.is_postgres:
-        from heatmap.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from heatmap.store.postgres import PostgresStore
 
-        return PostgresStore(settings)  # type: ignore[no-any-return]
+        return PostgresStore(settings)
     from heatmap.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings)

@@ -2,6 +2,9 @@
 
 Same layout as the SQLite store: closed windows keep one ``bytea`` blob of raw base counts and
 one of published values; open windows keep one row per device (keyed hash) in ``device_state``.
+``device_state`` is partitioned by window (one partition per open window): closing a window drops
+its partition, so its hashes leave the table files at once. A DELETE would leave them in the
+pages' free space (PostgreSQL does not zero it, even after VACUUM) and cost a scan besides.
 
 Several processes may commit at once. Every write transaction starts with
 ``pg_advisory_xact_lock``: commits serialise across processes and threads, and because the
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -41,7 +45,6 @@ from heatmap.publish import Published
 from heatmap.store.base import (
     I64,
     U64,
-    CommitResult,
     Store,
     WindowInfo,
     blob_to_arrays,
@@ -66,7 +69,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE device_state (
             w bigint NOT NULL, device bigint NOT NULL, ts bigint NOT NULL, cell bigint NOT NULL,
             PRIMARY KEY (w, device)
-        )""",
+        ) PARTITION BY LIST (w)""",
         "CREATE TABLE base_counts (w bigint PRIMARY KEY, data bytea NOT NULL)",
         "CREATE TABLE published (w bigint PRIMARY KEY, data bytea NOT NULL)",
         """CREATE TABLE batches (
@@ -252,14 +255,14 @@ class PostgresStore(Store):
                     f"{self._where()}: commit failed ({_one_line(exc)})"
                 ) from exc
 
-    def _q(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    def _q(self, query: str | sql.Composed, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._conn() as conn:
-            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
-    def _copy_out(self, sql: str, params: Sequence[object], ncols: int) -> list[np.ndarray]:
+    def _copy_out(self, query: str, params: Sequence[object], ncols: int) -> list[np.ndarray]:
         with self._conn() as conn, conn.cursor() as cur:
-            with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)", params) as copy:
                 data = b"".join(bytes(block) for block in copy)
         return copy_to_int64_columns(data, ncols)
 
@@ -300,6 +303,7 @@ class PostgresStore(Store):
                 _cells(positions["cell"].to_numpy()),
             ]
         )
+        self._add_partitions(positions["w"].unique().to_list())
         with self._conn() as conn, conn.cursor() as cur:
             cur.execute("TRUNCATE state_in")
             with cur.copy("COPY state_in (w, device, ts, cell) FROM STDIN (FORMAT BINARY)") as cp:
@@ -312,10 +316,19 @@ class PostgresStore(Store):
                 "WHERE (excluded.ts, excluded.cell) > (d.ts, d.cell)"
             )
 
+    def _add_partitions(self, ws: list[int]) -> None:
+        # Inside the commit transaction (under the lock): two nodes never race to create one.
+        for w in ws:
+            self._q(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF device_state FOR VALUES IN ({})"
+                ).format(_partition(w), sql.Literal(int(w)))
+            )
+
     def delete_state(self, ws: list[int]) -> None:
-        """Delete device state of closed windows."""
-        if ws:
-            self._q("DELETE FROM device_state WHERE w = ANY(%s)", (ws,))
+        """Drop the device state partitions of closed windows (their files are truncated)."""
+        for w in ws:
+            self._q(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(w)))
 
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
         """Create or bump windows (version += 1); refresh open windows' device counts."""
@@ -378,27 +391,6 @@ class PostgresStore(Store):
         """Remember a committed batch id (same transaction as its effects)."""
         self._q("INSERT INTO batches(batch_id, result) VALUES (%s, %s)", (batch_id, result))
 
-    def commit_unit(
-        self,
-        positions: pl.DataFrame,
-        max_ts: int | None,
-        batch_id: str | None = None,
-        accepted: int = 0,
-    ) -> CommitResult:
-        """Commit a unit, then vacuum device state if windows closed (see ``_vacuum_state``)."""
-        result = super().commit_unit(positions, max_ts, batch_id, accepted)
-        if result.windows_closed and not result.duplicate:
-            self._vacuum_state()
-        return result
-
-    def _vacuum_state(self) -> None:
-        # Deleted rows stay in their heap pages until vacuumed; VACUUM prunes them so closed
-        # windows' hashes stop being readable rows. PostgreSQL does not zero freed page space or
-        # old WAL segments, so this is best effort (docs/scale.md, privacy). SKIP_LOCKED: when
-        # another node is vacuuming already, do not wait for it.
-        with contextlib.suppress(psycopg.Error, StoreUnavailable), self._conn() as conn:
-            conn.execute("VACUUM (SKIP_LOCKED) device_state")
-
     # -- reads -------------------------------------------------------------------------------
     def change_token(self) -> int:
         """Return a number that changes whenever a commit changed a window (any process).
@@ -449,6 +441,10 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Close the pool."""
         self.pool.close()
+
+
+def _partition(w: int) -> sql.Identifier:
+    return sql.Identifier(f"device_state_{int(w)}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -89,9 +89,16 @@ class SQLiteStore(Store):
         self.check_compatible()
 
     def _check_file(self) -> None:
+        if self.path.is_dir():
+            raise StoreUnavailable(f"{self.path}: is a directory, not a store file")
         if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open("rb") as fh:
-                head = fh.read(100)
+            try:
+                with self.path.open("rb") as fh:
+                    head = fh.read(100)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"{self.path}: cannot read the store ({exc.strerror})"
+                ) from exc
             if not head.startswith(_SQLITE_MAGIC):
                 raise StoreUnavailable(f"{self.path}: not a heatmap store (not an SQLite file)")
             app_id = int.from_bytes(head[68:72], "big")
