@@ -57,6 +57,10 @@ class DeviceHasher:
     def __init__(self, key: bytes) -> None:
         self._key = key
         self._cache: dict[str, int] = {}
+        # Hashes by polars' (process-global, stable) categorical code: ids seen in an earlier
+        # chunk cost one numpy gather, not a dictionary lookup each.
+        self._by_code = np.zeros(0, dtype=np.int64)
+        self._known = np.zeros(0, dtype=bool)
 
     def hash_one(self, device_id: str) -> int:
         """Return the keyed hash of one id (signed 64-bit)."""
@@ -70,15 +74,25 @@ class DeviceHasher:
         """Replace the ``device_id`` column (str or Categorical) by ``device`` (keyed hash)."""
         ids = frame["device_id"]
         uniq = ids.unique()
-        hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
         if isinstance(ids.dtype, pl.Categorical):
             # Map through the integer codes: no string is materialised per row.
-            codes = uniq.to_physical().to_numpy()
-            table = np.zeros(int(codes.max()) + 1, dtype=np.int64)
-            table[codes] = hashes
-            device = pl.Series("device", table[ids.to_physical().to_numpy()])
+            codes = uniq.to_physical().to_numpy().astype(np.int64)
+            top = int(codes.max()) + 1 if len(codes) else 0
+            if top > len(self._known):
+                grow = max(top, 2 * len(self._known))
+                self._by_code = np.concatenate(
+                    [self._by_code, np.zeros(grow - len(self._by_code), np.int64)]
+                )
+                self._known = np.concatenate([self._known, np.zeros(grow - len(self._known), bool)])
+            new = ~self._known[codes]
+            if new.any():
+                strings = uniq.filter(pl.Series(new)).cast(pl.String).to_list()
+                self._by_code[codes[new]] = [self.hash_one(u) for u in strings]
+                self._known[codes[new]] = True
+            device = pl.Series("device", self._by_code[ids.to_physical().to_numpy()])
             out = frame.with_columns(device=device).drop("device_id")
         else:
+            hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
             mapping = pl.DataFrame({"device_id": uniq, "device": pl.Series(hashes, dtype=pl.Int64)})
             out = frame.join(mapping, on="device_id", how="left").drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])

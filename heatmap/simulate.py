@@ -940,7 +940,7 @@ def write_pings(path: str | Path, chunks: Iterable[pa.Table]) -> int:
     rows = 0
     if fmt == "parquet":
         with pq.ParquetWriter(
-            p, PING_SCHEMA, compression="zstd", compression_level=1, use_dictionary=False
+            p, PING_SCHEMA, compression="zstd", compression_level=1, use_dictionary=["device_id"]
         ) as pw:
             for table in _prefetch(chunks):
                 pw.write_table(table.cast(PING_SCHEMA))

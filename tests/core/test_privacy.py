@@ -111,3 +111,11 @@ def test_device_hash_is_keyed_and_stable() -> None:
     out = h1.replace_ids(frame)
     assert "device_id" not in out.columns
     assert out["device"].to_list() == [h1.hash_one("x"), h1.hash_one("y")]
+
+
+def test_categorical_ids_hash_like_strings_across_chunks() -> None:
+    hasher = DeviceHasher(b"k" * 32)
+    for chunk in (["a", "b", "a"], ["c", "a", "d"]):
+        cat = pl.DataFrame({"w": [1] * 3, "device_id": pl.Series(chunk).cast(pl.Categorical)})
+        out = hasher.replace_ids(cat)
+        assert out["device"].to_list() == [DeviceHasher(b"k" * 32).hash_one(d) for d in chunk]
