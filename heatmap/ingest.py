@@ -115,6 +115,13 @@ def _parse_ts(values: pl.Series) -> pl.Series:
     """
     if isinstance(values.dtype, pl.Datetime):
         return values.dt.epoch("s").cast(pl.Int64)
+    if values.dtype.is_integer():
+        # The common case (epoch seconds as integers) costs one pass and no float round trip.
+        v = values.cast(pl.Int64)
+        big = v.abs() >= int(_EPOCH_MS)
+        return (
+            v if not big.any() else pl.select(pl.when(big).then(v // 1000).otherwise(v)).to_series()
+        )
     if values.dtype.is_numeric():
         num = values.cast(pl.Float64)
     else:

@@ -6,11 +6,13 @@ caches the published snapshots per window version.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,6 +133,19 @@ class Heatmap:
     ) -> IngestReport:
         """Ingest files, each one unit committed atomically after it has been read whole."""
         report = IngestReport()
+        # The pipeline makes few long-lived Python objects; cyclic GC passes over the big
+        # frames' wrappers only cost time (about 5% of an ingest), so pause it meanwhile.
+        with _gc_paused():
+            self._ingest_each(paths, opts, progress, report)
+        return report
+
+    def _ingest_each(
+        self,
+        paths: list[Path],
+        opts: ParseOptions,
+        progress: Callable[[Path, int], None] | None,
+        report: IngestReport,
+    ) -> None:
         for path in paths:
             rejects = Rejects()
             cb = (lambda n, p=path: progress(p, n)) if progress else None
@@ -140,7 +155,6 @@ class Heatmap:
             report.late += counts[1]
             report.rejects.counts.update(rejects.counts)
             report.rejects.rows.extend(rejects.rows[: 1000 - len(report.rejects.rows)])
-        return report
 
     def ingest_frame(
         self, frame: pl.DataFrame, opts: ParseOptions, batch_id: str | None = None
@@ -212,6 +226,17 @@ class Heatmap:
 
 
 _EMPTY = pl.DataFrame(schema={"res": pl.Int8, "cell": pl.UInt64, "people": pl.Float64})
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_when(when: str) -> int:

@@ -147,6 +147,11 @@ class LoadShedder:
         if self._shed is not None:
             self._shed.labels(kind).inc()
         headers, body = self._answers[kind]
+        if any(
+            k == b"transfer-encoding" or (k == b"content-length" and v != b"0")
+            for k, v in scope["headers"]
+        ):
+            headers = [*headers, (b"connection", b"close")]  # do not wait for an unread body
         origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
         if origin is not None and (self._any_origin or origin in self._origins):
             headers = [
@@ -256,5 +261,13 @@ def uvicorn_http_protocol(settings: Settings) -> type[asyncio.Protocol]:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head, self._head_bytes = True, 0  # what follows is the next request's
+
+        def on_response_complete(self) -> None:
+            cycle = self.cycle
+            super().on_response_complete()
+            if cycle is not None and cycle.more_body and not self.transport.is_closing():
+                # Answered before its body was in (413, 503, 408...): nobody will read the
+                # rest, and a client trickling it must not hold the connection for ever.
+                self.transport.close()
 
     return BoundedHttpToolsProtocol
