@@ -375,7 +375,6 @@ def test_no_generated_request_reaches_a_500_over_tcp(server: Server) -> None:
                 assert mode == GenerationMode.NEGATIVE
                 continue
             tried += 1
-    print("operations x modes tried:", tried)
     assert failures == [] and tried > 15
 
 
