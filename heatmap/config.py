@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_cells: int = Field(20_000, ge=1, description="cells per /api/v1/cells answer")
     tile_cache_mb: int = Field(256, ge=0, description="memory bound of the tile cache; 0 = off")
     max_inflight: int = Field(
-        64, ge=0, description="requests in flight above which 503 + Retry-After; 0 = no limit"
+        64, ge=0, description="reads in flight above which 503 + Retry-After; 0 = no limit"
     )
     max_inflight_ingest: int = Field(
         4, ge=0, description="POST /api/v1/pings in flight above which 503; 0 = no limit"

@@ -244,7 +244,7 @@ def parse_when(when: str) -> int:
     text = when.strip()
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or inf / nan: try ISO-8601
         pass
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))

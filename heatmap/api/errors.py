@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from heatmap.errors import (
     BadInput,
@@ -100,15 +101,24 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    # The client went away mid-body (an aborted upload): not a server error, nothing to log
+    # but one line; 499 (nginx's "client closed request") is what the metrics count.
+    log.info("client closed the request: %s %s", request.method, request.url.path)
+    return error_response(499, "client closed the request")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path)
     return error_response(500, "internal error")
 
 
 def add_exception_handlers(app: FastAPI) -> None:
-    """Register the JSON handlers: domain errors, tile errors, validation, HTTP, the rest."""
+    """Register the JSON handlers: domain errors, tile errors, validation, HTTP, a client gone
+    mid-request, the rest."""
     app.add_exception_handler(HeatmapError, _domain)
     app.add_exception_handler(TileError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,11 +2,12 @@
 
 :class:`LoadShedder` is a pure ASGI middleware (outermost). Above ``HEATMAP_MAX_INFLIGHT``
 requests in flight it answers ``503`` with ``Retry-After`` at once, from prebuilt bytes, instead
-of letting requests queue until clients time out; ``POST /api/v1/pings`` has its own, smaller
-limit (``HEATMAP_MAX_INFLIGHT_INGEST``: each batch holds up to ``HEATMAP_MAX_BODY_BYTES`` in
-memory). ``/healthz`` and ``/metrics`` are never shed, so operators still see an overloaded
-node. It also bounds the time to receive a request body (``HEATMAP_REQUEST_TIMEOUT_S``): a
-client trickling its body gets ``408`` and the connection is closed.
+of letting requests queue until clients time out. ``POST /api/v1/pings`` has its own limit
+instead (``HEATMAP_MAX_INFLIGHT_INGEST``: each batch holds up to ``HEATMAP_MAX_BODY_BYTES`` in
+memory), so a crowd of readers never starves the data path, nor the reverse. ``/healthz`` and
+``/metrics`` are never shed, so operators still see an overloaded node. It also bounds the
+time to receive a request body (``HEATMAP_REQUEST_TIMEOUT_S``): a client trickling its body
+gets ``408`` and the connection is closed.
 
 An ASGI app only sees a request once its headers are in, so a client trickling its headers (or
 sending endless ones) is the server's concern: :func:`uvicorn_http_protocol` gives ``heatmap
@@ -33,12 +34,16 @@ EXEMPT = frozenset({"/healthz", "/metrics"})
 INGEST_PATH = "/api/v1/pings"
 """The path whose POSTs have their own in-flight limit."""
 
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 MAX_HEADER_BYTES = 64 * 1024
 """Bound of a request line plus headers under ``heatmap serve`` (uvicorn): above it, ``431``."""
 
 
 class LoadShedder:
     """Pure ASGI middleware: ``503 + Retry-After`` above the in-flight limits; body deadline.
+
+    Reads and ingest batches are counted apart, each against its own limit.
 
     Parameters
     ----------
@@ -87,7 +92,7 @@ class LoadShedder:
             )
             Gauge(
                 "heatmap_http_inflight", "HTTP requests in flight (shed-able)", registry=registry
-            ).set_function(lambda: self.inflight)
+            ).set_function(lambda: self.inflight + self.ingest_inflight)
 
     @staticmethod
     def _prebuilt(retry: bytes, detail: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -106,20 +111,27 @@ class LoadShedder:
         if scope["type"] != "http" or scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
-        ingest = scope["method"] == "POST" and scope["path"] == INGEST_PATH
+        if scope["method"] == "POST" and scope["path"] == INGEST_PATH:
+            # The data path has its own budget: readers never crowd out a provider's batch.
+            if self.max_ingest and self.ingest_inflight >= self.max_ingest:
+                await self._reject(scope, send, "ingest")
+                return
+            self.ingest_inflight += 1
+            try:
+                await self.app(scope, self._with_deadline(receive), send)
+            finally:
+                self.ingest_inflight -= 1
+            return
         if self.max_inflight and self.inflight >= self.max_inflight:
             await self._reject(scope, send, "busy")
             return
-        if ingest and self.max_ingest and self.ingest_inflight >= self.max_ingest:
-            await self._reject(scope, send, "ingest")
-            return
+        if scope["method"] not in _BODYLESS:  # only a body can be trickled to the app
+            receive = self._with_deadline(receive)
         self.inflight += 1
-        self.ingest_inflight += ingest
         try:
-            await self.app(scope, self._with_deadline(receive), send)
+            await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
-            self.ingest_inflight -= ingest
 
     def _with_deadline(self, receive: Receive) -> Receive:
         """Return ``receive`` raising :class:`RequestTimeout` once the body is overdue."""
@@ -177,16 +189,21 @@ def _raw_response(status: int, reason: bytes, detail: str) -> bytes:
     )
 
 
-def uvicorn_http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+def uvicorn_http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """Return uvicorn's HTTP protocol bounded in header time and size (for ``heatmap serve``).
 
     uvicorn arms a timer only between requests (keep-alive), and its httptools parser accepts
     headers of any size: a client trickling or inflating its headers would hold a connection
     and memory for ever. This protocol answers ``408`` when a request's line and headers are
     not in within ``request_timeout_s`` of its first byte (or of the connection), and ``431``
-    beyond :data:`MAX_HEADER_BYTES`, then closes the connection. Everything else is uvicorn's.
+    beyond :data:`MAX_HEADER_BYTES`, then closes the connection; and it closes a connection
+    whose response went out before the request body was in (nobody will read the rest).
+    Everything else is uvicorn's. Without httptools, uvicorn's h11 (16 KiB heads) is used.
     """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn without httptools: h11 bounds header size
+        return "h11"
 
     timeout = settings.request_timeout_s
     too_slow = _raw_response(
@@ -263,9 +280,10 @@ def uvicorn_http_protocol(settings: Settings) -> type[asyncio.Protocol]:
             self._in_head, self._head_bytes = True, 0  # what follows is the next request's
 
         def on_response_complete(self) -> None:
-            cycle = self.cycle
             super().on_response_complete()
-            if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            cycle = self.cycle  # the latest request: a pipelined one would not be complete yet
+            done = cycle is not None and cycle.response_complete
+            if done and cycle.more_body and not self.transport.is_closing():
                 # Answered before its body was in (413, 503, 408...): nobody will read the
                 # rest, and a client trickling it must not hold the connection for ever.
                 self.transport.close()

@@ -53,6 +53,12 @@ MIGRATIONS: dict[int, str] = {
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def _store_fault(exc: BaseException) -> bool:
+    """Return True for a fault of the file or the disk (I/O, full, read-only, locked,
+    malformed), as opposed to a bug in a statement (integrity, programming errors)."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 def _i64(cells: np.ndarray) -> np.ndarray:
     # H3 indexes keep bit 63 at zero, so they fit SQLite's signed 64-bit INTEGER unchanged.
     return np.asarray(cells, dtype=np.uint64).view(np.int64)
@@ -147,7 +153,7 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.DatabaseError):
+                if _store_fault(exc):
                     raise StoreUnavailable(f"{self.path}: write failed ({exc})") from exc
                 raise
             try:
@@ -161,7 +167,9 @@ class SQLiteStore(Store):
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:  # also "database disk image is malformed"
+            except sqlite3.DatabaseError as exc:
+                if not _store_fault(exc):
+                    raise
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
     def get_meta(self, key: str) -> str | None:

@@ -125,7 +125,11 @@ def test_nothing_identifying_on_disk(ingested) -> None:
     closed_only = [d for d in ids if d not in open_devices]
     blob = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     for d in closed_only:
-        assert hasher.hash_one(d).to_bytes(8, "little", signed=True) not in blob
+        for order in ("big", "little"):  # SQLite records are big-endian, numpy blobs little
+            assert hasher.hash_one(d).to_bytes(8, order, signed=True) not in blob
+    # Positive control: the hashes of the open window's devices are found (the search works).
+    for d in open_devices:
+        assert hasher.hash_one(d).to_bytes(8, "big", signed=True) in blob
     # No text value anywhere in the store is a raw device id.
     con = sqlite3.connect(db)
     tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]

@@ -17,14 +17,18 @@ T0 = 1_764_000_000 // 300 * 300  # a window boundary
 NOW = T0 + 86_400.0
 
 
-def _pings(n_dev: int, t0: int, t1: int, seed: int, step: int = 40) -> pl.DataFrame:
+def _pings(
+    n_dev: int, t0: int, t1: int, seed: int, step: int = 40, prefix: str = "dev"
+) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for d in range(n_dev):
         ts = np.arange(t0 + rng.integers(0, step), t1, step)
         lat = 31.22 + rng.normal(0, 0.004, len(ts))
         lng = 121.47 + rng.normal(0, 0.004, len(ts))
-        rows.append(pl.DataFrame({"device_id": f"dev{d:04d}", "ts": ts, "lat": lat, "lng": lng}))
+        rows.append(
+            pl.DataFrame({"device_id": f"{prefix}{d:04d}", "ts": ts, "lat": lat, "lng": lng})
+        )
     return pl.concat(rows)
 
 
@@ -91,14 +95,22 @@ def test_closed_windows_lose_their_device_state(make_settings, tmp_path) -> None
 
 
 def test_store_files_hold_no_hash_of_a_closed_window(make_settings, tmp_path) -> None:
+    """While a window is open its hashes are on disk; once it closes they are gone."""
     s = make_settings(k_min=2, allowed_lateness_s=0)
     hm = Heatmap(s)
     frame = _pings(12, T0, T0 + 299, seed=8)
     hm.ingest_paths([_write(frame, tmp_path / "a.csv")], OPTS)
-    hashes = [hm_hash.to_bytes(8, "little", signed=True) for hm_hash in _hashes(hm, frame)]
-    hm.ingest_paths([_write(_pings(3, T0 + 900, T0 + 1000, seed=9), tmp_path / "b.csv")], OPTS)
+    # SQLite records store integers big-endian; numpy blobs are little-endian: look for both.
+    hashes = [
+        h.to_bytes(8, order, signed=True) for h in _hashes(hm, frame) for order in ("big", "little")
+    ]
+    files = Path(s.db).parent.glob
+    before = b"".join(p.read_bytes() for p in files("heatmap.db*"))
+    assert sum(h in before for h in hashes) == len(hashes) // 2  # positive control: open, on disk
+    later = _pings(3, T0 + 900, T0 + 1000, seed=9, prefix="other")  # other devices: the same
+    hm.ingest_paths([_write(later, tmp_path / "b.csv")], OPTS)  # device keeps its hash
     hm.close()
-    blobs = b"".join(p.read_bytes() for p in Path(s.db).parent.glob("heatmap.db*"))
+    blobs = b"".join(p.read_bytes() for p in files("heatmap.db*"))
     for h in hashes:
         assert h not in blobs
     for raw in frame["device_id"].unique().to_list():

@@ -121,7 +121,7 @@ def test_zero_means_no_limit(tmp_path: Path) -> None:
     assert shed.shed_total == 0
 
 
-def test_the_real_app_sheds_ingest_first_and_exports_metrics(tmp_path: Path) -> None:
+def test_the_real_app_limits_ingest_on_its_own_and_exports_metrics(tmp_path: Path) -> None:
     app = create_app(_settings(tmp_path, max_inflight=3, max_inflight_ingest=1))
     svc = app.state.services
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/csv"}
@@ -153,7 +153,7 @@ def _inflight(app: object) -> int:
     layer = app.middleware_stack  # type: ignore[attr-defined]
     while layer is not None and not isinstance(layer, LoadShedder):
         layer = getattr(layer, "app", None)
-    return 0 if layer is None else layer.inflight
+    return 0 if layer is None else layer.inflight + layer.ingest_inflight
 
 
 def test_a_trickled_body_gets_408_and_the_connection_closed(tmp_path: Path) -> None:
@@ -205,6 +205,26 @@ def test_a_complete_body_is_not_bounded_afterwards(tmp_path: Path) -> None:
 
     r = asyncio.run(run())
     assert r.status_code == 200 and r.json() == 5
+
+
+def test_readers_at_their_limit_do_not_starve_ingest(tmp_path: Path) -> None:
+    gate = Gate()
+    shed = LoadShedder(gate, _settings(tmp_path, max_inflight=2, max_inflight_ingest=1))
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=shed)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            reads = [asyncio.create_task(c.get(f"/tiles/1/0/{i}.png")) for i in range(2)]
+            await _until(lambda: gate.entered == 2)
+            assert (await c.get("/api/v1/stats")).status_code == 503  # readers are full
+            batch = asyncio.create_task(c.post("/api/v1/pings", content=CSV))
+            await _until(lambda: gate.entered == 3)  # ...yet the batch reached the app
+            again = await c.post("/api/v1/pings", content=CSV)
+            assert again.status_code == 503 and again.headers["connection"] == "close"
+            gate.open.set()
+            assert [(await t).status_code for t in (*reads, batch)] == [200, 200, 200]
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics"])
