@@ -48,7 +48,7 @@ demo: setup
 	@if [ ! -s "$(DB)" ]; then \
 	  echo "building the demo store $(DB): $(DEMO_DEVICES) simulated devices, last 24 h"; \
 	  mkdir -p var; \
-	  start=$$($(BIN)/python -c 'import time; print(int(time.time()) // 300 * 300 - 86400 + 600)'); \
+	  start=$$($(BIN)/python -c 'import time; print(int(time.time()) // 300 * 300 - 86400 + 60)'); \
 	  HEATMAP_DB=$(DB) $(BIN)/heatmap simulate --out var/demo.parquet --devices $(DEMO_DEVICES) \
 	    --hours 24 --interval-s $(DEMO_INTERVAL) --start $$start --seed 7 && \
 	  HEATMAP_DB=$(DB) HEATMAP_EXPANSION=$(DEMO_EXPANSION) $(BIN)/heatmap ingest var/demo.parquet && rm -f var/demo.parquet; \
