@@ -33,8 +33,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,10 +42,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from typing import Any
 
 import morecantile
 import numpy as np
+
+from bench._procs import free_port, stop, wait_up  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -80,38 +82,6 @@ async def tile() -> Response:
 # -- servers -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}{path}", timeout=2).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not come up")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def start_heatmap(
     env: dict[str, str], log: Path, **settings: str
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -122,7 +92,7 @@ def start_heatmap(
         proc = subprocess.Popen(
             cmd, env={**os.environ, **env, **extra}, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
         )
-    wait_up(port, "/healthz", proc)
+    wait_up(f"http://{HOST}:{port}/healthz", proc)
     return proc, port
 
 
@@ -135,7 +105,7 @@ def start_bare(tmp: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     ]  # fmt: skip
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    wait_up(port, "/tile", proc)
+    wait_up(f"http://{HOST}:{port}/tile", proc)
     return proc, port
 
 

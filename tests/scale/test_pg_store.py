@@ -16,7 +16,6 @@ import psycopg
 import pytest
 
 from heatmap.errors import StoreUnavailable
-from heatmap.ingest import ParseOptions
 from heatmap.service import Heatmap
 from heatmap.store.postgres import (
     NOTIFY_CHANNEL,
@@ -25,41 +24,10 @@ from heatmap.store.postgres import (
     int64_columns_to_copy,
 )
 
+# The same data and helpers as the SQLite store's contract tests: results must match.
+from tests.core.test_store import OPTS, T0, _pings, _published, _write  # noqa: E402
+
 pytestmark = pytest.mark.postgres
-
-T0 = 1_764_000_000 // 300 * 300  # a window boundary
-OPTS = ParseOptions(now=T0 + 86_400.0)
-
-
-def _pings(n_dev: int, t0: int, t1: int, seed: int, step: int = 40) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    frames = []
-    for d in range(n_dev):
-        ts = np.arange(t0 + rng.integers(0, step), t1, step)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "device_id": f"dev{d:04d}",
-                    "ts": ts,
-                    "lat": 31.22 + rng.normal(0, 0.004, len(ts)),
-                    "lng": 121.47 + rng.normal(0, 0.004, len(ts)),
-                }
-            )
-        )
-    return pl.concat(frames)
-
-
-def _csv(frame: pl.DataFrame, path: Path) -> Path:
-    frame.write_csv(path)
-    return path
-
-
-def _published(hm: Heatmap) -> dict:
-    out = {}
-    for info in hm.windows():
-        for res, snap in hm.snapshots(info).items():
-            out[(info.w, res)] = (snap.cells.tolist(), snap.people.tolist(), info.closed)
-    return out
 
 
 def _sql(url: str, query: str) -> list[tuple]:
@@ -109,8 +77,8 @@ def test_a_then_b_equals_a_and_b_together_and_sqlite(
 ) -> None:
     a = _pings(40, T0, T0 + 900, seed=1)
     b = _pings(40, T0 + 600, T0 + 1500, seed=2)  # overlaps A's last open window
-    pa_, pb = _csv(a, tmp_path / "a.csv"), _csv(b, tmp_path / "b.csv")
-    both = _csv(pl.concat([a, b]), tmp_path / "ab.csv")
+    pa_, pb = _write(a, tmp_path / "a.csv"), _write(b, tmp_path / "b.csv")
+    both = _write(pl.concat([a, b]), tmp_path / "ab.csv")
     kw = {"k_min": 3, "allowed_lateness_s": 400}
     one = Heatmap(make_settings(db=pg_url, **kw))
     two = Heatmap(make_settings(db=pg_server.create_database(), **kw))
@@ -130,21 +98,21 @@ def test_a_then_b_equals_a_and_b_together_and_sqlite(
 
 def test_late_rows_of_a_closed_window_are_rejected(pg_url: str, make_settings, tmp_path) -> None:
     hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=0))
-    hm.ingest_paths([_csv(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
+    hm.ingest_paths([_write(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
     assert [w.w for w in hm.windows() if w.closed]
     late = _pings(5, T0, T0 + 100, seed=4)
-    report = hm.ingest_paths([_csv(late, tmp_path / "late.csv")], OPTS)
+    report = hm.ingest_paths([_write(late, tmp_path / "late.csv")], OPTS)
     assert report.late == late.height and report.accepted == 0
     hm.close()
 
 
 def test_closed_windows_lose_their_device_state(pg_url: str, make_settings, tmp_path) -> None:
     hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=60))
-    hm.ingest_paths([_csv(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
+    hm.ingest_paths([_write(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
     first = T0 // 300
     assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(15,)]
     assert hm.windows()[0].devices == 15 and not hm.windows()[0].closed
-    hm.ingest_paths([_csv(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
+    hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
     assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(0,)]
     info = next(w for w in hm.windows() if w.w == first)
     assert info.closed and info.devices == 15
@@ -159,12 +127,12 @@ def test_no_table_file_holds_a_hash_of_a_closed_window(
 
     hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=0))
     first = _pings(12, T0, T0 + 299, seed=8)
-    hm.ingest_paths([_csv(first, tmp_path / "a.csv")], OPTS)
+    hm.ingest_paths([_write(first, tmp_path / "a.csv")], OPTS)
     hasher = DeviceHasher(hm.key)
     hashes = {hasher.hash_one(d).to_bytes(8, "little", signed=True) for d in first["device_id"]}
     assert all(h in _database_files(pg_server, pg_url) for h in hashes)  # the probe sees them
     later = _pings(3, T0 + 900, T0 + 1000, seed=9).with_columns(device_id=pl.lit("other"))
-    hm.ingest_paths([_csv(later, tmp_path / "b.csv")], OPTS)  # closes the first window
+    hm.ingest_paths([_write(later, tmp_path / "b.csv")], OPTS)  # closes the first window
     files = _database_files(pg_server, pg_url)
     assert not any(h in files for h in hashes)
     assert not any(d.encode() in files for d in first["device_id"].unique())
