@@ -4,36 +4,95 @@ This is the aggregation kernel shared by the local engine (``heatmap ingest``) a
 (``heatmap aggregate --engine dask``). Everything here is a pure function of DataFrames / arrays.
 
 A device's *position* in a window is its latest ping there. Ties on ``ts`` are broken by the
-larger ``(lat, lng)``, so the rule is associative and commutative: reducing chunks separately
-and then reducing the union gives the same answer as reducing everything at once, whatever the
-row order. Only positions (not pings) are indexed to H3, which is where most of the work is saved.
+larger cell, so the rule is associative and commutative: reducing chunks separately and then
+reducing the union gives the same answer as reducing everything at once, whatever the row order.
+
+The work is split so that only final positions are ever H3-indexed:
+
+1. :func:`latest_candidates` keeps, per chunk, each (window, device)'s rows at its latest ``ts``
+   (coordinates still raw);
+2. :class:`Candidates` gathers the chunks' candidates and reduces them again as they pile up
+   (a device's window split across chunks leaves one candidate per chunk);
+3. :func:`index_candidates` indexes what is left, once, split over worker threads, and breaks
+   the rare ties on ``ts`` by the larger cell.
+
+With a ping every 45 s and 5-minute windows about one ping in seven is indexed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-import polars_h3 as plh3
-import pyarrow as pa
 from h3ronpy.vector import coordinates_to_cells
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+Mapper = Callable[[Callable[[slice], U64], list[slice]], Iterator[U64]]
+"""``map``-like: ``Executor.map`` to index slices on worker threads, or the builtin ``map``."""
 
 # H3 index bit layout (h3geo.org/docs/library/index/cell): 4 bits of resolution at 52..55,
 # then 15 digits of 3 bits each, digit 1 at bits 42..44 and digit 15 at bits 0..2.
 _RES_SHIFT = np.uint64(52)
 _RES_MASK = np.uint64(0xF) << _RES_SHIFT
+_DENSE_LIMIT = 1 << 24  # (window, device) slots of the dense table before falling back
+_INDEX_SLICE = 1 << 18  # positions per indexing task
+_NEVER = np.iinfo(np.int64).min
 
 
-# Seed of the in-memory grouping hash; it never leaves the process (see ``pings_to_positions``).
-_GROUP_SEED = 0x6865617470
-_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads window numbers over the key space
+def _device_col(frame: pl.DataFrame) -> str:
+    return "device_id" if "device_id" in frame.columns else "device"
 
 
-def pings_to_positions(pings: pl.DataFrame, window_s: int, res: int) -> pl.DataFrame:
-    """Reduce pings to each device's position (latest ping) per window, indexed at ``res``.
+def _dense_keys(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int] | None:
+    """Return a dense (window, device) key per row and the key range, for Categorical ids.
+
+    The key is ``(w - w_min) * D + code``; ``None`` for other ids or a range too large to
+    allocate a table for.
+    """
+    if not isinstance(frame.schema[dev], pl.Categorical) or not len(w):
+        return None
+    codes = frame[dev].to_physical().to_numpy()
+    w0 = int(w.min())
+    n_dev = int(codes.max()) + 1
+    size = (int(w.max()) - w0 + 1) * n_dev
+    if size > max(_DENSE_LIMIT, 2 * len(w)):
+        return None
+    return (w - w0) * n_dev + codes, size
+
+
+def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
+    """Return the rows at their (w, device) group's latest ``ts`` (tied rows all kept).
+
+    Dictionary-encoded (Categorical) ids take a dense numpy path: one ``maximum.at`` over the
+    dense keys finds every group's latest ``ts``. Other ids (or a key range too large) are
+    grouped by polars on the exact (w, device) pair.
+    """
+    ts = frame["ts"].to_numpy()
+    dense = _dense_keys(frame, dev, w)
+    if dense is not None:
+        key, size = dense
+        best = np.full(size, _NEVER, dtype=np.int64)
+        np.maximum.at(best, key, ts)
+        return np.flatnonzero(ts == best[key])
+    keyed = pl.DataFrame({"w": w, "d": frame[dev], "ts": ts}).with_row_index("i")
+    latest = keyed.filter(pl.col("ts") == pl.col("ts").max().over("w", "d"))
+    return latest["i"].to_numpy().astype(np.intp)
+
+
+def _has_ties(frame: pl.DataFrame, dev: str) -> bool:
+    """Return whether some (w, device) pair has more than one row."""
+    w = frame["w"].to_numpy()
+    dense = _dense_keys(frame, dev, w)
+    if dense is not None:
+        return bool(np.bincount(dense[0], minlength=dense[1]).max(initial=0) > 1)
+    return bool(frame.select(pl.struct("w", dev).n_unique()).item() < frame.height)
+
+
+def latest_candidates(pings: pl.DataFrame, window_s: int) -> pl.DataFrame:
+    """Return each (window, device)'s pings at its latest ``ts``: the position candidates.
 
     Parameters
     ----------
@@ -42,84 +101,105 @@ def pings_to_positions(pings: pl.DataFrame, window_s: int, res: int) -> pl.DataF
         s), ``lat``, ``lng``.
     window_s
         Window length in seconds; window number ``w = ts // window_s``.
-    res
-        H3 resolution of the ``cell`` column.
 
     Returns
     -------
     DataFrame
-        Columns ``w``, the device column as given, ``ts``, ``cell`` (uint64), one row per
-        (w, device).
-
-    Notes
-    -----
-    Only rows at their group's latest ``ts`` are indexed, so most pings never need an H3 index.
-    Ties on ``ts`` keep the larger cell: the rule is associative and order-independent.
-    Dictionary-encoded (Categorical) ids take a dense numpy path: the key ``w * D + code``
-    indexes an array, and one ``maximum.at`` finds every group's latest ``ts``. Other ids are
-    grouped by one 64-bit key, ``hash(device) XOR w * 0x9E37...``, several times faster than by
-    the pair; a false merge would need a 64-bit collision (about ``n^2 / 2^65`` for ``n`` keys).
+        Columns ``w``, the device column as given, ``ts``, ``lat``, ``lng``; usually one row per
+        (w, device), more where pings tie on the latest ``ts`` (settled by
+        :func:`index_candidates`).
     """
-    dev = "device_id" if "device_id" in pings.columns else "device"
-    if pings.height and isinstance(pings.schema[dev], pl.Categorical):
-        out = _dense_positions(pings, dev, window_s, res)
-        if out is not None:
-            return out
-    w = pl.col("ts") // window_s
-    key = pl.col(dev).hash(_GROUP_SEED) ^ (w.cast(pl.UInt64) * pl.lit(_GOLDEN, pl.UInt64))
-    latest = (
-        pings.lazy()
-        .with_columns(_k=key)
-        .filter(pl.col("ts") == pl.col("ts").max().over("_k"))
-        .with_columns(w=w, cell=plh3.latlng_to_cell("lat", "lng", res, return_dtype=pl.UInt64))
-        .select("_k", "w", dev, "ts", "cell")
-        .collect()
-    )
-    if latest["_k"].n_unique() < latest.height:  # ties on ts: keep the larger cell
-        latest = _keep_max_cell(latest, "_k")
-    return latest.drop("_k")
+    dev = _device_col(pings)
+    if not pings.height:
+        return pings.select(dev, "ts", "lat", "lng").insert_column(0, pl.Series("w", [], pl.Int64))
+    w = pings["ts"].to_numpy() // window_s
+    rows = _latest_rows(pings, dev, w)
+    picked = pings.select(dev, "ts", "lat", "lng")[rows]
+    return picked.insert_column(0, pl.Series("w", w[rows]))
 
 
-_DENSE_LIMIT = 1 << 26  # cells of the dense (window, device) table before falling back
+def reduce_candidates(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Merge candidate frames (of any chunks) into the candidates of their union."""
+    frames = [f for f in frames if f.height]
+    if len(frames) <= 1:
+        return frames[0] if frames else pl.DataFrame()
+    both = pl.concat(frames, how="vertical_relaxed", rechunk=True)
+    return both[_latest_rows(both, _device_col(both), both["w"].to_numpy())]
 
 
-def _dense_positions(pings: pl.DataFrame, dev: str, window_s: int, res: int) -> pl.DataFrame | None:
-    codes = pings[dev].to_physical().to_numpy().astype(np.int64)
-    ts = pings["ts"].to_numpy()
-    w = ts // window_s
-    w0 = int(w.min())
-    n_dev = int(codes.max()) + 1
-    size = (int(w.max()) - w0 + 1) * n_dev
-    if size > max(_DENSE_LIMIT, 4 * len(ts)):
-        return None
-    key = (w - w0) * n_dev + codes
-    best = np.full(size, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(best, key, ts)
-    rows = np.flatnonzero(ts == best[key])
-    lat, lng = pings["lat"].to_numpy()[rows], pings["lng"].to_numpy()[rows]
-    cells = np.asarray(pa.array(coordinates_to_cells(lat, lng, res)).to_numpy(), dtype=np.uint64)
-    out = pl.DataFrame(
-        {
-            "_k": key[rows],
-            "w": w[rows],
-            dev: pings[dev].gather(rows),
-            "ts": ts[rows],
-            "cell": pl.Series(cells, dtype=pl.UInt64),
-        }
-    )
-    if len(rows) > 1 and np.bincount(key[rows] - key[rows].min()).max() > 1:
-        out = _keep_max_cell(out, "_k")
-    return out.drop("_k")
+class Candidates:
+    """Position candidates of a stream of chunks, held until their windows look complete.
+
+    ``add`` takes one chunk's candidates. ``ripe(w)`` hands back, reduced, the candidates of
+    the windows before ``w``: with time-ordered input (the usual case) no later chunk reaches
+    them, so they can be indexed while the rest of the input is still being read. If a later
+    chunk does reach such a window, the window just gets a second set of positions, which
+    :func:`merge_positions` settles by the same rule. ``rest()`` returns what is left.
+    Candidates are also reduced whenever ``bound`` new rows pile up, so memory stays near the
+    number of distinct (window, device) pairs whatever the order of the input.
+    """
+
+    def __init__(self, bound: int = 1 << 23) -> None:
+        self.bound = bound
+        self._parts: list[pl.DataFrame] = []
+        self._fresh = 0
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Add one chunk's candidates (from :func:`latest_candidates`)."""
+        if not frame.height:
+            return
+        self._parts.append(frame)
+        self._fresh += frame.height
+        if self._fresh >= self.bound:
+            self._parts = [reduce_candidates(self._parts)]
+            self._fresh = 0
+
+    def ripe(self, before: int) -> pl.DataFrame:
+        """Remove and return the (reduced) candidates of windows ``w < before``."""
+        old = pl.col("w") < before
+        parts = self._parts
+        self._parts = [f for f in (p.filter(~old) for p in parts) if f.height]
+        return reduce_candidates([p.filter(old) for p in parts])
+
+    def rest(self) -> pl.DataFrame:
+        """Remove and return all remaining candidates, reduced."""
+        parts, self._parts = self._parts, []
+        return reduce_candidates(parts)
 
 
-def _keep_max_cell(df: pl.DataFrame, key: str) -> pl.DataFrame:
-    # Rows left per key share the latest ts; keep the larger cell, then one of identical rows.
-    return (
-        df.lazy()
-        .filter(pl.col("cell") == pl.col("cell").max().over(key))
-        .unique(subset=[key], keep="any")
-        .collect()
-    )
+def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.DataFrame:
+    """Index candidates at ``res`` and keep one position per (w, device).
+
+    Slices of ``_INDEX_SLICE`` rows are indexed through ``mapper`` (h3ronpy releases the GIL,
+    so an executor's ``map`` uses every core). Where candidates tie on ``ts`` the larger cell
+    wins, which makes the rule independent of row order.
+    """
+    dev = _device_col(cands)
+    lat, lng = cands["lat"].to_numpy(), cands["lng"].to_numpy()
+
+    def index(part: slice) -> U64:
+        cells = coordinates_to_cells(lat[part], lng[part], res)
+        return np.asarray(cells, dtype=np.uint64)  # validated coordinates: no nulls
+
+    parts = [slice(i, i + _INDEX_SLICE) for i in range(0, len(lat), _INDEX_SLICE)]
+    cells = np.concatenate(list(mapper(index, parts))) if parts else np.zeros(0, np.uint64)
+    out = cands.select("w", dev, "ts").with_columns(cell=pl.Series(cells, dtype=pl.UInt64))
+    if _has_ties(out, dev):
+        out = out.filter(pl.col("cell") == pl.col("cell").max().over("w", dev)).unique(
+            subset=["w", dev], keep="any"
+        )
+    return out
+
+
+def pings_to_positions(pings: pl.DataFrame, window_s: int, res: int) -> pl.DataFrame:
+    """Reduce pings to each device's position (latest ping) per window, indexed at ``res``.
+
+    Returns columns ``w``, the device column as given, ``ts``, ``cell`` (uint64), one row per
+    (w, device). Only the candidates of :func:`latest_candidates` are indexed.
+    """
+    if not pings.height:
+        return empty_positions()
+    return index_candidates(latest_candidates(pings, window_s), res)
 
 
 def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -160,19 +240,61 @@ def empty_positions() -> pl.DataFrame:
 
 
 def cells_to_counts(cells: pl.DataFrame) -> pl.DataFrame:
-    """Count devices per (w, cell): columns ``w``, ``cell`` (uint64), ``devices``, sorted."""
-    ordered = cells.select("w", "cell").sort("w", "cell")
-    w = ordered["w"].to_numpy()
-    c = ordered["cell"].to_numpy().astype(np.uint64)
-    starts = _run_starts(w, c)
-    devices = np.diff(np.append(starts, len(w)))
+    """Count devices per (w, cell): columns ``w``, ``cell`` (uint64), ``devices``, sorted.
+
+    Cells of one resolution are packed with their window into one 64-bit key (see
+    :func:`_pack`) so that a single ``np.unique`` sorts and counts; other inputs take a
+    two-column sort.
+    """
+    w = cells["w"].to_numpy().astype(np.int64)
+    c = cells["cell"].to_numpy().astype(np.uint64)
+    packed = _pack(w, c)
+    if packed is not None:
+        key, unpack = packed
+        uniq, devices = np.unique(key, return_counts=True)
+        w_out, c_out = unpack(uniq)
+    else:
+        ordered = cells.select("w", "cell").sort("w", "cell")
+        w = ordered["w"].to_numpy()
+        c = ordered["cell"].to_numpy().astype(np.uint64)
+        starts = _run_starts(w, c)
+        devices = np.diff(np.append(starts, len(w)))
+        w_out, c_out = w[starts], c[starts]
     return pl.DataFrame(
         {
-            "w": w[starts].astype(np.int64),
-            "cell": pl.Series(c[starts], dtype=pl.UInt64),
+            "w": w_out.astype(np.int64),
+            "cell": pl.Series(c_out, dtype=pl.UInt64),
             "devices": devices.astype(np.int64),
         }
     )
+
+
+def _pack(w: I64, cells: U64) -> tuple[U64, Callable[[U64], tuple[I64, U64]]] | None:
+    """Pack (w, cell) into one uint64 whose order is the (w, cell) order, with its inverse.
+
+    A resolution-``r`` cell carries information in its base cell and ``r`` digits only: bits
+    ``45 - 3r`` to ``51``, ``7 + 3r`` bits; the other bits (mode, resolution, unused digits)
+    are the same for every cell of that resolution. The window offset goes above them. Returns
+    ``None`` for mixed resolutions or a window range too wide for the spare bits.
+    """
+    if not len(cells):
+        return None
+    res = int((cells[0] & _RES_MASK) >> _RES_SHIFT)
+    shift = 45 - 3 * res
+    width = 7 + 3 * res
+    w0 = int(w.min())
+    if int(w.max()) - w0 >= 1 << (64 - width) or (cell_resolution(cells) != res).any():
+        return None
+    mask = np.uint64((1 << width) - 1)
+    template = cells[0] & ~(mask << np.uint64(shift))
+    key = ((w - w0).astype(np.uint64) << np.uint64(width)) | ((cells >> np.uint64(shift)) & mask)
+
+    def unpack(k: U64) -> tuple[I64, U64]:
+        return (k >> np.uint64(width)).astype(np.int64) + w0, (
+            (k & mask) << np.uint64(shift)
+        ) | template
+
+    return key, unpack
 
 
 def _run_starts(w: npt.NDArray[np.int64], key: U64) -> npt.NDArray[np.intp]:
@@ -183,6 +305,12 @@ def _run_starts(w: npt.NDArray[np.int64], key: U64) -> npt.NDArray[np.intp]:
     change[0] = True
     change[1:] = (w[1:] != w[:-1]) | (key[1:] != key[:-1])
     return np.flatnonzero(change)
+
+
+def _strictly_sorted(w: I64, key: U64) -> bool:
+    """Return whether the pairs (w, key) are strictly increasing."""
+    dw = np.diff(w)
+    return bool(((dw > 0) | ((dw == 0) & (key[1:] > key[:-1]))).all())
 
 
 def parent_index(w: npt.NDArray[np.int64], cells: U64, res: int) -> npt.NDArray[np.intp]:
@@ -229,9 +357,12 @@ def rollup(counts: pl.DataFrame, base_res: int, min_res: int) -> pl.DataFrame:
     ``w``, ``res``, ``cell``, ``devices`` sorted by (res, w, cell), all windows at once. A parent's
     count is the sum of its children's (each device is in exactly one child), so it is exact.
     """
-    counts = counts.sort("w", "cell")
     w = counts["w"].to_numpy().astype(np.int64)
     cells = counts["cell"].to_numpy().astype(np.uint64)
+    if not _strictly_sorted(w, cells):  # cells_to_counts returns them sorted already
+        counts = counts.sort("w", "cell")
+        w = counts["w"].to_numpy().astype(np.int64)
+        cells = counts["cell"].to_numpy().astype(np.uint64)
     dev = counts["devices"].to_numpy().astype(np.int64)
     levels = [(base_res, w, cells, dev)]
     for res in range(base_res - 1, min_res - 1, -1):

@@ -171,9 +171,7 @@ class PartitionStats:
         self.late += other.late
         if other.max_ts is not None:
             self.max_ts = other.max_ts if self.max_ts is None else max(self.max_ts, other.max_ts)
-        self.rejects.counts.update(other.rejects.counts)
-        room = 1000 - len(self.rejects.rows)
-        self.rejects.rows.extend(other.rejects.rows[: max(room, 0)])
+        self.rejects.merge(other.rejects)
 
 
 def _read_partition(

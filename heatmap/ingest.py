@@ -8,6 +8,7 @@ fails the whole input with a one-line reason. Files are read in bounded chunks.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -74,6 +76,13 @@ class Rejects:
         room = MAX_SAMPLES - len(self.rows)
         if room > 0:
             self.rows.extend(zip(rows[:room], reasons[:room], strict=True))
+
+    def merge(self, other: Rejects) -> None:
+        """Add another part's rejected rows (parts merged in input order keep rows in order)."""
+        self.counts.update(other.counts)
+        room = MAX_SAMPLES - len(self.rows)
+        if room > 0:
+            self.rows.extend(other.rows[:room])
 
 
 @dataclass(frozen=True)
@@ -177,14 +186,20 @@ def frame_to_pings(
     *,
     first_row: int = 1,
     source: str = "input",
+    ids_checked: bool = False,
 ) -> pl.DataFrame:
     """Validate one chunk and return the canonical pings (WGS-84); record rejected rows.
 
     ``first_row`` is the 1-based data-row number of the chunk's first row. Device ids are opaque
-    strings (not trimmed); an empty one is rejected.
+    strings (not trimmed); an empty one is rejected. ``ids_checked`` says the caller has
+    already found every id present and 1-256 bytes long.
     """
     cols = resolve_columns(frame.columns)
     now = time.time() if opts.now is None else opts.now
+    newest = int(now) + opts.max_future_s
+    fast = _typed_and_valid(frame, cols, newest, ids_checked)
+    if fast is not None:
+        return _to_wgs84(fast, opts)
     schema = frame.schema
     dev_dtype = schema[cols["device_id"]]
     categorical = isinstance(dev_dtype, pl.Categorical)
@@ -196,7 +211,6 @@ def frame_to_pings(
         lat=_coord(pl.col(cols["lat"]), schema[cols["lat"]]),
         lng=_coord(pl.col(cols["lng"]), schema[cols["lng"]]),
     )
-    newest = int(now) + opts.max_future_s
     dev, ts, lat, lng = pl.col("device_id"), pl.col("ts"), pl.col("lat"), pl.col("lng")
     if categorical:
         # Validate the distinct ids once, then flag rows by their (integer) code.
@@ -241,6 +255,38 @@ def frame_to_pings(
             raise BadInput(f"{source}: row {row}: {why} (--strict: nothing was written)")
         rejects.add(bad["row"].to_list(), bad["reason"].to_list())
         typed = typed.filter(mask)
+    return _to_wgs84(typed, opts)
+
+
+def _typed_and_valid(
+    frame: pl.DataFrame, cols: dict[str, str], newest: int, ids_checked: bool
+) -> pl.DataFrame | None:
+    """The common case in numpy: numeric columns, dictionary-encoded ids, no null, every row
+    valid. Returns the canonical frame, or ``None`` to take the general path (which finds the
+    reasons)."""
+    d, t, la, ln = (frame[cols[c]] for c in COLUMNS)
+    numeric = la.dtype.is_float() and ln.dtype.is_float() and t.dtype.is_integer()
+    if not numeric or not isinstance(d.dtype, pl.Categorical):
+        return None
+    if d.null_count() or t.null_count() or la.null_count() or ln.null_count():
+        return None
+    ts = t.to_numpy().astype(np.int64, copy=False)
+    lat = la.to_numpy().astype(np.float64, copy=False)
+    lng = ln.to_numpy().astype(np.float64, copy=False)
+    ms = np.abs(ts) >= int(_EPOCH_MS)
+    if ms.any():
+        ts = np.where(ms, ts // 1000, ts)
+    ok = (lat >= -90.0) & (lat <= 90.0) & (lng >= -180.0) & (lng <= 180.0)  # False for NaN
+    ok &= (ts >= 0) & (ts <= newest)
+    if not ok.all():
+        return None
+    if not ids_checked and not d.unique().cast(pl.String).str.len_bytes().is_between(1, 256).all():
+        return None
+    lat_s, lng_s = la.cast(pl.Float64).alias("lat"), ln.cast(pl.Float64).alias("lng")
+    return pl.DataFrame([d.alias("device_id"), pl.Series("ts", ts), lat_s, lng_s])
+
+
+def _to_wgs84(typed: pl.DataFrame, opts: ParseOptions) -> pl.DataFrame:
     if opts.crs != "wgs84" and typed.height:
         from heatmap.crs import to_wgs84
 
@@ -282,13 +328,26 @@ def _csv_header(path: Path, compressed: bool) -> list[str]:
     return [c.strip().strip('"') for c in text.split(",")]
 
 
-def _csv_batches(
+@dataclass(frozen=True)
+class ChunkTask:
+    """One chunk of an input file: ``load(rejects)`` reads (if needed) and validates it.
+
+    ``load`` may run on any thread; each task records its rejected rows in the ``Rejects`` it
+    is given, so a consumer running tasks in parallel merges them back in file order.
+    """
+
+    first_row: int  # 1-based data-row number of the chunk's first row
+    rows: int
+    load: Callable[[Rejects], pl.DataFrame]
+
+
+def _csv_tasks(
     path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[ChunkTask]:
     names = _csv_header(path, compressed)
     dev_col = resolve_columns(names)["device_id"]
     # Device ids arrive dictionary-encoded: grouping then works on small integer codes and only
-    # the distinct ids are ever hashed (see aggregate.pings_to_positions).
+    # the distinct ids are ever hashed (see aggregate.latest_candidates).
     types = {
         n: pa.dictionary(pa.int32(), pa.string()) if n == dev_col else pa.string() for n in names
     }
@@ -297,6 +356,13 @@ def _csv_batches(
     def on_bad_row(row: pacsv.InvalidRow) -> str:
         skipped.append(row.number - 1 if row.number else 0)
         return "skip"
+
+    def flush() -> None:
+        if skipped:
+            if opts.strict:
+                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
+            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+            skipped.clear()
 
     stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
     reader = pacsv.open_csv(
@@ -309,54 +375,143 @@ def _csv_batches(
             null_values=[""],
         ),
     )
+    row = 1
     for batch in reader:
-        if skipped:
-            if opts.strict:
-                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
-            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
-            skipped.clear()
-        yield batch
-    if skipped:
-        if opts.strict:
-            raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
-        rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+        flush()
+        yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
+        row += batch.num_rows
+    flush()
 
 
-def _parquet_batches(path: Path, opts: ParseOptions) -> Iterator[pa.RecordBatch]:
-    names = pq.read_schema(path).names
-    cols = resolve_columns(names)
-    pf = pq.ParquetFile(path, read_dictionary=[cols["device_id"]])
-    yield from pf.iter_batches(batch_size=opts.chunk_rows, columns=list(cols.values()))
+def _batch_loader(
+    path: Path, data: pa.RecordBatch | pa.Table, opts: ParseOptions, row: int
+) -> Callable[[Rejects], pl.DataFrame]:
+    def load(rejects: Rejects) -> pl.DataFrame:
+        frame = pl.from_arrow(data)
+        assert isinstance(frame, pl.DataFrame)
+        checked = _ids_look_valid(data, resolve_columns(data.schema.names)["device_id"])
+        return frame_to_pings(
+            frame, opts, rejects, first_row=row, source=str(path), ids_checked=checked
+        )
+
+    return load
+
+
+def _ids_look_valid(data: pa.RecordBatch | pa.Table, name: str) -> bool:
+    """Return whether a dictionary-encoded id column has no null and only ids of 1-256 bytes.
+
+    Checks the dictionaries (the distinct ids), not the rows; ``False`` just means the rows
+    are checked one by one.
+    """
+    col = data.column(name)
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    for chunk in chunks:
+        if not isinstance(chunk, pa.DictionaryArray) or chunk.null_count:
+            return False
+        if len(chunk.dictionary):
+            lo, hi = pc.min_max(pc.binary_length(chunk.dictionary)).values()
+            if lo.as_py() < 1 or hi.as_py() > 256:
+                return False
+    return True
+
+
+def _parquet_tasks(path: Path, opts: ParseOptions) -> Iterator[ChunkTask]:
+    """Row groups up to twice ``chunk_rows`` are read by the task itself (on its thread, so
+    reading runs in parallel); larger ones are read here in ``chunk_rows`` batches."""
+    meta = pq.ParquetFile(path)
+    cols = resolve_columns(meta.schema_arrow.names)
+    columns = list(cols.values())
+    dictionary = [cols["device_id"]]
+    row = 1
+    for i in range(meta.num_row_groups):
+        n = meta.metadata.row_group(i).num_rows
+        if n <= 2 * opts.chunk_rows:
+            yield ChunkTask(row, n, _row_group_loader(path, i, columns, dictionary, opts, row))
+            row += n
+            continue
+        batches = pq.ParquetFile(path, read_dictionary=dictionary).iter_batches(
+            batch_size=opts.chunk_rows, row_groups=[i], columns=columns, use_threads=False
+        )
+        for batch in batches:
+            yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
+            row += batch.num_rows
+
+
+def _row_group_loader(
+    path: Path, group: int, columns: list[str], dictionary: list[str], opts: ParseOptions, row: int
+) -> Callable[[Rejects], pl.DataFrame]:
+    def load(rejects: Rejects) -> pl.DataFrame:
+        with _unreadable(path, row):
+            pf = pq.ParquetFile(path, read_dictionary=dictionary)
+            table = pf.read_row_group(group, columns=columns, use_threads=False)
+        return _batch_loader(path, table, opts, row)(rejects)
+
+    return load
+
+
+@contextlib.contextmanager
+def _unreadable(path: Path, row: int) -> Iterator[None]:
+    """Turn a reader's failure into ``BadInput`` naming the file and the row near it."""
+    try:
+        yield
+    except BadInput:
+        raise
+    except _READ_ERRORS as exc:
+        raise _bad_file(path, row, exc) from exc
+
+
+_READ_ERRORS = (pa.ArrowException, OSError, EOFError, ValueError)
+
+
+def _bad_file(path: Path, row: int, exc: Exception) -> BadInput:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BadInput(f"{path}: unreadable near row {row} ({msg})")
+
+
+def ping_tasks(path: Path, opts: ParseOptions, rejects: Rejects) -> Iterator[ChunkTask]:
+    """Yield the chunks of a CSV, CSV.gz or Parquet file as tasks to load in any thread.
+
+    Malformed CSV lines are recorded in ``rejects`` as the file is read; a task's own rejected
+    rows go to the ``Rejects`` given to its ``load``. Unreadable files and missing columns raise
+    ``BadInput`` with a one-line reason, here or from ``load``.
+    """
+    kind = _sniff(path)
+    row = 1
+    try:
+        tasks = (
+            _parquet_tasks(path, opts)
+            if kind == "parquet"
+            else _csv_tasks(path, kind == "csv.gz", opts, rejects)
+        )
+        for task in tasks:
+            row = task.first_row + task.rows
+            yield _guarded(path, task)
+    except BadInput:
+        raise
+    except _READ_ERRORS as exc:
+        raise _bad_file(path, row, exc) from exc
+
+
+def _guarded(path: Path, task: ChunkTask) -> ChunkTask:
+    def load(rejects: Rejects) -> pl.DataFrame:
+        with _unreadable(path, task.first_row):
+            return task.load(rejects)
+
+    return ChunkTask(task.first_row, task.rows, load)
 
 
 def read_pings(
     path: Path, opts: ParseOptions, rejects: Rejects, progress: Callable[[int], None] | None = None
 ) -> Iterator[pl.DataFrame]:
-    """Yield validated WGS-84 ping chunks from a CSV, CSV.gz or Parquet file.
+    """Yield validated WGS-84 ping chunks from a CSV, CSV.gz or Parquet file, in order.
 
     ``progress`` receives the number of rows read so far after each chunk. Unreadable files,
     missing columns and (with ``opts.strict``) bad rows raise ``BadInput`` with a one-line reason.
     """
-    kind = _sniff(path)
-    row = 1
-    try:
-        batches = (
-            _parquet_batches(path, opts)
-            if kind == "parquet"
-            else _csv_batches(path, kind == "csv.gz", opts, rejects)
-        )
-        for batch in batches:
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            yield frame_to_pings(frame, opts, rejects, first_row=row, source=str(path))
-            row += batch.num_rows
-            if progress:
-                progress(row - 1)
-    except BadInput:
-        raise
-    except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInput(f"{path}: unreadable near row {row} ({msg})") from exc
+    for task in ping_tasks(path, opts, rejects):
+        yield task.load(rejects)
+        if progress:
+            progress(task.first_row + task.rows - 1)
 
 
 # ---------------------------------------------------------------------------------------------

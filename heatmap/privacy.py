@@ -123,13 +123,19 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     which lifts the remainder to ``>= k_min``. Withholding only raises remainders, so it never
     breaks a constraint already met, and finer resolutions never change coarser decisions.
     """
-    order = np.lexsort(
-        (counts["cell"].to_numpy(), counts["w"].to_numpy(), counts["res"].to_numpy())
-    )
-    res_all = counts["res"].to_numpy()[order]
-    w_all = counts["w"].to_numpy()[order].astype(np.int64)
-    cell_all = counts["cell"].to_numpy()[order].astype(np.uint64)
-    dev_all = counts["devices"].to_numpy()[order].astype(np.int64)
+    res_all = counts["res"].to_numpy()
+    w_all = counts["w"].to_numpy().astype(np.int64)
+    cell_all = counts["cell"].to_numpy().astype(np.uint64)
+    dev_all = counts["devices"].to_numpy().astype(np.int64)
+    order = None
+    if not _is_sorted(res_all, w_all, cell_all):  # rollup's output is sorted already
+        order = np.lexsort((cell_all, w_all, res_all))
+        res_all, w_all, cell_all, dev_all = (
+            res_all[order],
+            w_all[order],
+            cell_all[order],
+            dev_all[order],
+        )
     pub_all = dev_all >= k_min
     levels = sorted(int(r) for r in np.unique(res_all))
     span = {
@@ -153,6 +159,8 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
             first = np.ones(len(cand), dtype=bool)
             first[1:] = pidx[cand][1:] != pidx[cand][:-1]
             pub_s[cand[first]] = False  # a view into pub_all
+    if order is None:
+        return pl.Series("published", pub_all)
     published = np.empty(len(order), dtype=bool)
     published[order] = pub_all
     return pl.Series("published", published)

@@ -11,7 +11,7 @@ import gc
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,17 +21,35 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from heatmap.aggregate import merge_positions, pings_to_positions
+from heatmap.aggregate import Candidates, index_candidates, latest_candidates, merge_positions
 from heatmap.config import Settings
 from heatmap.errors import BadInput, NotFound
-from heatmap.ingest import ParseOptions, Rejects, frame_to_pings, read_pings
+from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
 from heatmap.model import Snapshot
 from heatmap.privacy import DeviceHasher, load_or_create_secret
-from heatmap.publish import Published, counts_to_published, published_to_snapshots, version_of
+from heatmap.publish import (
+    Precomputed,
+    Published,
+    counts_to_published,
+    published_to_snapshots,
+    version_of,
+)
 from heatmap.store import CommitResult, Store, WindowInfo, open_store
 
-MERGE_EVERY = 16  # chunks: merge partial positions this often to bound memory
 WORKERS = min(4, os.cpu_count() or 1)
+
+
+@dataclass
+class _Chunk:
+    """What one chunk task produced (see ``Heatmap._positions``)."""
+
+    rejects: Rejects
+    last_row: int
+    accepted: int = 0
+    late: int = 0
+    max_ts: int | None = None
+    min_w: int = 0
+    candidates: pl.DataFrame | None = None
 
 
 @dataclass
@@ -83,47 +101,83 @@ class Heatmap:
 
     # -- ingest ----------------------------------------------------------------------------------
     def _positions(
-        self, chunks: Iterable[pl.DataFrame], counts: list[int]
-    ) -> tuple[pl.DataFrame, int | None]:
-        """Reduce a unit's chunks to positions; ``counts`` gets [accepted, late] pings.
+        self,
+        tasks: Iterable[ChunkTask],
+        report: IngestReport,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[pl.DataFrame, int | None, Precomputed | None]:
+        """Reduce a unit's chunks to hashed positions (``w``, ``device``, ``ts``, ``cell``).
 
-        Chunks are reduced on a small thread pool (numpy, polars and h3ronpy release the GIL)
-        while the next chunk is read; at most ``2 * workers`` chunks are in flight.
+        Each chunk is read, validated and reduced to position candidates on a small thread pool
+        (pyarrow, numpy, polars and h3ronpy release the GIL) while this thread merges the
+        results in input order; at most ``2 * workers`` chunks are in flight. Windows that the
+        input has moved past are H3-indexed on the same pool meanwhile, and their counts and
+        published values computed ahead of the commit (used if nothing else reaches those
+        windows). Only the distinct device ids are hashed. ``report`` gets the accepted and
+        late pings and the rejected rows.
+
+        Returns the positions, the latest ping time and the values computed ahead.
         """
         s = self.settings
-        hasher = DeviceHasher(self.key)
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
-        parts: list[pl.DataFrame] = []
+        cands = Candidates()
         max_ts: int | None = None
-        pending: deque[Future[pl.DataFrame]] = deque()
+        pending: deque[Future[_Chunk]] = deque()
+        ahead: list[Future[tuple[pl.DataFrame, Precomputed]]] = []
 
-        def reduce(chunk: pl.DataFrame) -> pl.DataFrame:
-            return pings_to_positions(chunk, s.window_s, s.base_res)
+        def work(task: ChunkTask) -> _Chunk:
+            out = _Chunk(Rejects(), task.first_row + task.rows - 1)
+            pings = task.load(out.rejects)
+            if cutoff is not None and pings.height:
+                n = pings.height
+                pings = pings.filter(pl.col("ts") >= cutoff)
+                out.late = n - pings.height
+            out.accepted = pings.height
+            if pings.height:
+                ts = pings["ts"]
+                out.max_ts = int(ts.max())  # type: ignore[arg-type]
+                out.min_w = int(ts.min()) // s.window_s  # type: ignore[arg-type]
+                out.candidates = latest_candidates(pings, s.window_s)
+            return out
 
-        def collect(block: bool) -> None:
-            while pending and (block or pending[0].done()):
-                parts.append(hasher.replace_ids(pending.popleft().result()))
+        def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
+            positions = index_candidates(ripe, s.base_res)
+            return positions, Precomputed.of(positions, s)
+
+        def take(pool: ThreadPoolExecutor) -> None:
+            nonlocal max_ts
+            done = pending.popleft().result()
+            report.accepted += done.accepted
+            report.late += done.late
+            report.rejects.merge(done.rejects)
+            if done.max_ts is not None:
+                max_ts = done.max_ts if max_ts is None else max(max_ts, done.max_ts)
+            if done.candidates is not None:
+                cands.add(done.candidates)
+                ripe = cands.ripe(done.min_w)
+                if ripe.height:
+                    ahead.append(pool.submit(settle, ripe))
+            if progress:
+                progress(done.last_row)
 
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for chunk in chunks:
-                if cutoff is not None and chunk.height:
-                    n = chunk.height
-                    chunk = chunk.filter(pl.col("ts") >= cutoff)
-                    counts[1] += n - chunk.height
-                counts[0] += chunk.height
-                if not chunk.height:
-                    continue
-                top = int(chunk["ts"].max())  # type: ignore[arg-type]
-                max_ts = top if max_ts is None else max(max_ts, top)
-                pending.append(pool.submit(reduce, chunk))
-                while len(pending) >= 2 * WORKERS:
-                    parts.append(hasher.replace_ids(pending.popleft().result()))
-                collect(block=False)
-                if len(parts) >= MERGE_EVERY:
-                    parts = [merge_positions(parts)]
-            collect(block=True)
-        return merge_positions(parts), max_ts
+            for task in tasks:
+                pending.append(pool.submit(work, task))
+                while pending and (len(pending) >= 2 * WORKERS or pending[0].done()):
+                    take(pool)
+            while pending:
+                take(pool)
+            last = cands.rest()
+            parts = [index_candidates(last, s.base_res, pool.map)] if last.height else []
+            settled = [f.result() for f in ahead]
+        parts += [p for p, _ in settled]
+        # Values computed ahead hold for windows that no other part of the unit reaches.
+        seen = Counter(w for p in parts for w in p["w"].unique().to_list())
+        once = {w for w, n in seen.items() if n == 1}
+        pre = Precomputed.combine([a for _, a in settled], once)
+        hasher = DeviceHasher(self.key)
+        return merge_positions([hasher.replace_ids(p) for p in parts]), max_ts, pre
 
     def ingest_paths(
         self,
@@ -147,14 +201,15 @@ class Heatmap:
         report: IngestReport,
     ) -> None:
         for path in paths:
-            rejects = Rejects()
+            unit = IngestReport()
             cb = (lambda n, p=path: progress(p, n)) if progress else None
-            counts = [0, 0]
-            positions, max_ts = self._positions(read_pings(path, opts, rejects, cb), counts)
-            report.add(self.store.commit_unit(positions, max_ts, accepted=counts[0]))
-            report.late += counts[1]
-            report.rejects.counts.update(rejects.counts)
-            report.rejects.rows.extend(rejects.rows[: 1000 - len(report.rejects.rows)])
+            tasks = ping_tasks(path, opts, unit.rejects)
+            positions, max_ts, ahead = self._positions(tasks, unit, cb)
+            report.add(
+                self.store.commit_unit(positions, max_ts, accepted=unit.accepted, ahead=ahead)
+            )
+            report.late += unit.late
+            report.rejects.merge(unit.rejects)
 
     def ingest_frame(
         self, frame: pl.DataFrame, opts: ParseOptions, batch_id: str | None = None
@@ -164,11 +219,12 @@ class Heatmap:
         if frame.height == 0:
             raise BadInput("batch is empty")
         pings = frame_to_pings(frame, opts, report.rejects, source="batch")
-        counts = [0, 0]
-        positions, max_ts = self._positions([pings], counts)
-        report.add(self.store.commit_unit(positions, max_ts, batch_id, accepted=counts[0]))
+        unit = IngestReport()
+        task = ChunkTask(1, pings.height, lambda _: pings)
+        positions, max_ts, _ = self._positions([task], unit)
+        report.add(self.store.commit_unit(positions, max_ts, batch_id, accepted=unit.accepted))
         if not report.duplicate:
-            report.late += counts[1]
+            report.late += unit.late
         return report
 
     # -- windows and snapshots -------------------------------------------------------------------

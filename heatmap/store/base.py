@@ -21,7 +21,7 @@ import polars as pl
 from heatmap.aggregate import cells_to_counts, merge_positions
 from heatmap.config import Settings
 from heatmap.model import Window
-from heatmap.publish import Published, counts_to_published
+from heatmap.publish import Precomputed, Published, counts_to_published
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -160,10 +160,13 @@ class Store(abc.ABC):
         max_ts: int | None,
         batch_id: str | None = None,
         accepted: int = 0,
+        ahead: Precomputed | None = None,
     ) -> CommitResult:
         """Commit one unit's positions (w, device, ts, cell at base_res) atomically.
 
-        ``accepted`` is the number of pings the positions stand for (reported back).
+        ``accepted`` is the number of pings the positions stand for (reported back). ``ahead``
+        holds values computed from these positions for some windows; a closing window without
+        stored state uses them instead of computing them again.
         """
         s = self.settings
         with self.transaction():
@@ -190,7 +193,7 @@ class Store(abc.ABC):
             closing = sorted(w for w in every if wm is not None and (w + 1) * s.window_s <= wm)
             staying = sorted(unit_ws - set(closing))
             if closing:
-                self._close(closing, positions, stored_open)
+                self._close(closing, positions, stored_open, ahead)
             if staying:
                 self.upsert_state(positions.filter(pl.col("w").is_in(staying)))
                 self.touch_windows(self._rows(staying), closed=False)
@@ -206,13 +209,29 @@ class Store(abc.ABC):
         n = self.settings.window_s
         return [(w, w * n, (w + 1) * n) for w in ws]
 
-    def _close(self, closing: list[int], positions: pl.DataFrame, stored_open: set[int]) -> None:
+    def _close(
+        self,
+        closing: list[int],
+        positions: pl.DataFrame,
+        stored_open: set[int],
+        ahead: Precomputed | None,
+    ) -> None:
         with_state = [w for w in closing if w in stored_open]
-        final = merge_positions(
-            [self.load_state(with_state), positions.filter(pl.col("w").is_in(closing))]
-        )
-        counts = cells_to_counts(final)
-        self.write_closed(closing, counts, counts_to_published(counts, self.settings))
+        pre = None
+        if ahead is not None:
+            pre = Precomputed.combine([ahead], set(closing) - stored_open)
+        todo = [w for w in closing if pre is None or w not in pre.windows]
+        counts, published = [], []
+        if todo:
+            final = merge_positions(
+                [self.load_state(with_state), positions.filter(pl.col("w").is_in(todo))]
+            )
+            counts.append(cells_to_counts(final))
+            published.append(counts_to_published(counts[0], self.settings))
+        if pre is not None:
+            counts.append(pre.counts)
+            published.append(pre.published)
+        self.write_closed(closing, pl.concat(counts), pl.concat(published))
         self.delete_state(with_state)
         self.touch_windows(self._rows(closing), closed=True)
 

@@ -20,7 +20,7 @@ import polars as pl
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
 from heatmap.model import Window
-from heatmap.publish import Published
+from heatmap.publish import Precomputed, Published
 from heatmap.store.base import (
     I64,
     SCHEMA_VERSION,
@@ -278,9 +278,10 @@ class SQLiteStore(Store):
         max_ts: int | None,
         batch_id: str | None = None,
         accepted: int = 0,
+        ahead: Precomputed | None = None,
     ) -> CommitResult:
         """Commit a unit, then truncate the WAL if windows closed (no stale hashes on disk)."""
-        result = super().commit_unit(positions, max_ts, batch_id, accepted)
+        result = super().commit_unit(positions, max_ts, batch_id, accepted, ahead)
         if result.windows_closed and not result.duplicate:
             self._q("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
