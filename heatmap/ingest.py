@@ -387,14 +387,41 @@ def _batch_loader(
     path: Path, data: pa.RecordBatch | pa.Table, opts: ParseOptions, row: int
 ) -> Callable[[Rejects], pl.DataFrame]:
     def load(rejects: Rejects) -> pl.DataFrame:
-        frame = pl.from_arrow(data)
+        cols = resolve_columns(data.schema.names)
+        frame = pl.from_arrow(_numbers_as_numbers(data, cols))
         assert isinstance(frame, pl.DataFrame)
-        checked = _ids_look_valid(data, resolve_columns(data.schema.names)["device_id"])
+        checked = _ids_look_valid(data, cols["device_id"])
         return frame_to_pings(
             frame, opts, rejects, first_row=row, source=str(path), ids_checked=checked
         )
 
     return load
+
+
+_NUMBER_TYPES = {"ts": pa.int64(), "lat": pa.float64(), "lng": pa.float64()}
+
+
+def _numbers_as_numbers(
+    data: pa.RecordBatch | pa.Table, cols: dict[str, str]
+) -> pa.RecordBatch | pa.Table:
+    """Convert text ``ts``, ``lat``, ``lng`` columns (CSV) with arrow's strict casts.
+
+    The common case (plain integers and decimals) then takes the numeric fast path; if any
+    value does not convert (spaces, ISO-8601 times, junk), the text is kept and the general
+    path finds each bad row's reason.
+    """
+    out = data
+    for canon, typ in _NUMBER_TYPES.items():
+        name = cols[canon]
+        i = out.schema.get_field_index(name)
+        if not pa.types.is_string(out.schema.field(i).type):
+            continue
+        try:
+            col = pc.cast(out.column(i), typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return data
+        out = out.set_column(i, name, col)
+    return out
 
 
 def _ids_look_valid(data: pa.RecordBatch | pa.Table, name: str) -> bool:
