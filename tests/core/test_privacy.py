@@ -119,3 +119,27 @@ def test_categorical_ids_hash_like_strings_across_chunks() -> None:
         cat = pl.DataFrame({"w": [1] * 3, "device_id": pl.Series(chunk).cast(pl.Categorical)})
         out = hasher.replace_ids(cat)
         assert out["device"].to_list() == [DeviceHasher(b"k" * 32).hash_one(d) for d in chunk]
+
+
+def test_rule3_withholds_few_base_cells_at_city_density() -> None:
+    """At the default k on a simulated Shanghai half hour (60,000 devices), complementary
+    suppression withholds only a few per cent of the base cells that reach k on their own."""
+    from datetime import UTC, datetime
+
+    from heatmap.aggregate import cells_to_counts, pings_to_positions
+    from heatmap.simulate import simulate_pings
+
+    k = Settings().k_min
+    start = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # 18:00 in Shanghai
+    tables = simulate_pings(devices=60_000, start=start, hours=0.5, interval_s=60, seed=5)
+    pings = pl.concat([pl.DataFrame(pl.from_arrow(t)) for t in tables])
+    pings = pings.with_columns(pl.col("device_id").cast(pl.Categorical))
+    pos = pings_to_positions(pings, 300, 10).rename({"device_id": "device"})
+    rolled = rollup(cells_to_counts(pos), 10, 5)
+    published = suppress(rolled, k).to_numpy()
+    base = (rolled["res"].to_numpy() == 10) & (rolled["devices"].to_numpy() >= k)
+    withheld = int((base & ~published).sum())
+    share = withheld / int(base.sum())
+    print(f"k={k}: {withheld} of {int(base.sum())} base cells withheld for rule 3 ({share:.1%})")
+    assert base.sum() > 1000
+    assert share < 0.05
