@@ -34,9 +34,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heatmap.aggregate import empty_positions, merge_positions, pings_to_positions
+from heatmap.aggregate import (
+    Candidates,
+    empty_positions,
+    index_candidates,
+    latest_candidates,
+    merge_positions,
+)
 from heatmap.errors import BadInput, HeatmapError
-from heatmap.ingest import ParseOptions, Rejects, frame_to_pings, read_pings, resolve_columns
+from heatmap.ingest import ParseOptions, Rejects, arrow_to_pings, read_pings, resolve_columns
 from heatmap.privacy import DeviceHasher
 
 if TYPE_CHECKING:
@@ -185,14 +191,13 @@ def _read_partition(
     try:
         pf = pq.ParquetFile(path)
         cols = resolve_columns(pf.schema_arrow.names)
+        pf = pq.ParquetFile(path, read_dictionary=[cols["device_id"]])
         for batch in pf.iter_batches(
             batch_size=opts.chunk_rows,
             row_groups=list(part.row_groups),
             columns=list(cols.values()),
         ):
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            yield frame_to_pings(frame, opts, rejects, first_row=row, source=str(path))
+            yield arrow_to_pings(batch, opts, rejects, first_row=row, source=str(path))
             row += batch.num_rows
     except BadInput:
         raise
@@ -210,8 +215,7 @@ def partition_to_positions(
     bucket ``b`` holds the windows with ``w mod buckets == b``) and the partition's stats.
     """
     stats = PartitionStats()
-    hasher = DeviceHasher(cfg.key)
-    frames: list[pl.DataFrame] = []
+    cands = Candidates()
     for chunk in _read_partition(part, cfg.opts, stats.rejects):
         if cfg.cutoff is not None and chunk.height:
             n = chunk.height
@@ -222,10 +226,12 @@ def partition_to_positions(
         stats.accepted += chunk.height
         top = int(chunk["ts"].max())  # type: ignore[arg-type]
         stats.max_ts = top if stats.max_ts is None else max(stats.max_ts, top)
-        frames.append(hasher.replace_ids(pings_to_positions(chunk, cfg.window_s, cfg.base_res)))
-        if len(frames) >= FAN_IN:  # bound memory on long partitions
-            frames = [merge_positions(frames)]
-    return split_by_window(merge_positions(frames), cfg.buckets), stats
+        cands.add(latest_candidates(chunk, cfg.window_s))
+    last = cands.rest()
+    if not last.height:
+        return split_by_window(empty_positions(), cfg.buckets), stats
+    positions = DeviceHasher(cfg.key).replace_ids(index_candidates(last, cfg.base_res))
+    return split_by_window(positions, cfg.buckets), stats
 
 
 def split_by_window(positions: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:

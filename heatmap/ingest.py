@@ -386,16 +386,29 @@ def _csv_tasks(
 def _batch_loader(
     path: Path, data: pa.RecordBatch | pa.Table, opts: ParseOptions, row: int
 ) -> Callable[[Rejects], pl.DataFrame]:
-    def load(rejects: Rejects) -> pl.DataFrame:
-        cols = resolve_columns(data.schema.names)
-        frame = pl.from_arrow(_numbers_as_numbers(data, cols))
-        assert isinstance(frame, pl.DataFrame)
-        checked = _ids_look_valid(data, cols["device_id"])
-        return frame_to_pings(
-            frame, opts, rejects, first_row=row, source=str(path), ids_checked=checked
-        )
+    return lambda rejects: arrow_to_pings(data, opts, rejects, first_row=row, source=str(path))
 
-    return load
+
+def arrow_to_pings(
+    data: pa.RecordBatch | pa.Table,
+    opts: ParseOptions,
+    rejects: Rejects,
+    *,
+    first_row: int = 1,
+    source: str = "input",
+) -> pl.DataFrame:
+    """Validate one chunk read by arrow (Parquet or CSV) like :func:`frame_to_pings`.
+
+    Text numbers are cast by arrow and dictionary-encoded ids checked once per distinct id, so
+    that a clean chunk takes the numpy fast path.
+    """
+    cols = resolve_columns(data.schema.names)
+    frame = pl.from_arrow(_numbers_as_numbers(data, cols))
+    assert isinstance(frame, pl.DataFrame)
+    checked = _ids_look_valid(data, cols["device_id"])
+    return frame_to_pings(
+        frame, opts, rejects, first_row=first_row, source=source, ids_checked=checked
+    )
 
 
 _NUMBER_TYPES = {"ts": pa.int64(), "lat": pa.float64(), "lng": pa.float64()}
