@@ -2,9 +2,11 @@
 
 A library over published snapshots (anything shaped like :class:`tiles.source.CellLayer`): it
 knows nothing of HTTP. ``heatmap.api`` picks the snapshot with :func:`zoom_to_res`, calls a
-renderer and wraps the bytes.
+renderer and wraps the bytes. The renderers' per-tile work runs in numba kernels; a server calls
+:func:`warmup` once at start-up so no request waits for them to compile or load.
 """
 
+from tiles._jit import warmup
 from tiles.cache import TileCache, TileKey, etag
 from tiles.errors import TileError, TileOutOfRange
 from tiles.grid import (
@@ -39,6 +41,7 @@ __all__ = [
     "snapshot_to_png",
     "tile_bounds_lnglat",
     "tilejson",
+    "warmup",
     "write_pmtiles",
     "zoom_to_res",
 ]

@@ -1,8 +1,8 @@
 """Per-snapshot spatial index: hexagon vertices in Web Mercator, ordered along a Morton curve.
 
 Building it is the once-per-snapshot cost (dominated by H3 boundary computation); afterwards a
-tile finds its cells with a few ``searchsorted`` calls on the Morton keys of the cell centres and
-one bounding-box filter, without touching the rest of the snapshot.
+tile finds its cells with a few binary searches on the Morton keys of the cell centres and one
+bounding-box filter (a compiled kernel), without touching the rest of the snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from tiles._jit import kernel
 from tiles.grid import ABS_MAX_ZOOM, ORIGIN_SHIFT_M, lnglat_to_mercator, tile_size_m
 from tiles.source import BandLike, CellLayer
 
@@ -123,16 +124,6 @@ def _part1by1(v: _U64) -> _U64:
     return v
 
 
-def _spread(v: int) -> int:
-    """Python-int twin of :func:`_part1by1` for the few tiles of one query."""
-    v &= 0xFFFFFFFF
-    v = (v | (v << 16)) & 0x0000FFFF0000FFFF
-    v = (v | (v << 8)) & 0x00FF00FF00FF00FF
-    v = (v | (v << 4)) & 0x0F0F0F0F0F0F0F0F
-    v = (v | (v << 2)) & 0x3333333333333333
-    return (v | (v << 1)) & 0x5555555555555555
-
-
 def morton_keys(x: _F64, y: _F64) -> _U64:
     """Return the Morton (Z-order) key of Web Mercator points on the zoom-24 tile grid.
 
@@ -167,7 +158,7 @@ class CellIndex:
     cells: _U64
     rows: _IDX
     keys: _U64
-    vxy: _F64  # (2, V, n) Web Mercator metres (x then y), rings clockwise seen from above
+    verts: _F64  # (n, V, 2) Web Mercator metres (x, y), rings clockwise seen from above
     nverts: npt.NDArray[np.uint8]
     bounds: _F64  # (4, n): minx, miny, maxx, maxy of each cell in Web Mercator metres
     people: _F64
@@ -183,9 +174,9 @@ class CellIndex:
         return int(self.cells.shape[0])
 
     @property
-    def verts(self) -> _F64:
-        """Return the vertices as an ``(n, V, 2)`` view (``[..., 0]`` is x, ``[..., 1]`` is y)."""
-        return self.vxy.transpose(2, 1, 0)
+    def vxy(self) -> _F64:
+        """Return the vertices as a ``(2, V, n)`` view (``[0]`` is x, ``[1]`` is y)."""
+        return self.verts.transpose(2, 1, 0)
 
     @property
     def bbox(self) -> _F64:
@@ -198,7 +189,7 @@ class CellIndex:
         return sum(
             a.nbytes
             for a in (
-                self.cells, self.rows, self.keys, self.vxy, self.nverts, self.bounds,
+                self.cells, self.rows, self.keys, self.verts, self.nverts, self.bounds,
                 self.people, self.density_km2, self.band, self.sorted_to_index,
             )
         )  # fmt: skip
@@ -221,36 +212,83 @@ class CellIndex:
         A cell is keyed by its bbox centre, so every cell overlapping the box has its key point
         in the box grown by :attr:`half_extent`. That grown box is covered by at most 5 x 5 key
         tiles of a zoom whose tile is at least a quarter of the box's span; each is one
-        contiguous key range, found by ``searchsorted``. Candidates are then filtered exactly
-        by bbox overlap.
+        contiguous key range, found by binary search. Candidates are then filtered exactly by
+        bbox overlap. Both steps are one compiled kernel: a few microseconds per tile.
         """
-        if len(self) == 0:
-            return np.zeros(0, dtype=np.intp)
-        h = self.half_extent
-        qx0, qy0, qx1, qy1 = minx - h, miny - h, maxx + h, maxy + h
-        span = max(qx1 - qx0, qy1 - qy0, 1e-9)
-        zq = int(math.floor(math.log2(2.0 * ORIGIN_SHIFT_M / span))) + 2
-        zq = min(max(zq, 0), KEY_ZOOM)
-        size = tile_size_m(zq)
-        last = (1 << zq) - 1
-        tx0 = min(max(int((qx0 + ORIGIN_SHIFT_M) // size), 0), last)
-        tx1 = min(max(int((qx1 + ORIGIN_SHIFT_M) // size), 0), last)
-        ty0 = min(max(int((ORIGIN_SHIFT_M - qy1) // size), 0), last)
-        ty1 = min(max(int((ORIGIN_SHIFT_M - qy0) // size), 0), last)
-        shift = 2 * (KEY_ZOOM - zq)
-        px = [_spread(t) for t in range(tx0, tx1 + 1)]
-        m = [_spread(t) << 1 | p for t in range(ty0, ty1 + 1) for p in px]
-        bounds = np.array([v << shift for v in m] + [(v + 1) << shift for v in m], dtype=np.uint64)
-        pos = np.searchsorted(self.keys, bounds)
-        lo, hi = pos[: len(m)], pos[len(m) :]
-        lens = hi - lo
-        total = int(lens.sum())
-        if total == 0:
-            return np.zeros(0, dtype=np.intp)
-        cand = np.repeat(lo - _exclusive_cumsum(lens), lens) + np.arange(total)
-        bb = np.take(self.bounds, cand, axis=1)
-        keep = (bb[0] < maxx) & (bb[2] > minx) & (bb[1] < maxy) & (bb[3] > miny)
-        return cand[keep]
+        return _query(
+            self.keys.view(np.int64), self.bounds, self.half_extent,
+            float(minx), float(miny), float(maxx), float(maxy),
+        )  # fmt: skip
+
+
+@kernel
+def _spread(v: int) -> int:
+    """Scalar :func:`_part1by1` for the key tiles of one query (``v < 2**KEY_ZOOM``)."""
+    v = (v | (v << 16)) & 0x0000FFFF0000FFFF
+    v = (v | (v << 8)) & 0x00FF00FF00FF00FF
+    v = (v | (v << 4)) & 0x0F0F0F0F0F0F0F0F
+    v = (v | (v << 2)) & 0x3333333333333333
+    return (v | (v << 1)) & 0x5555555555555555
+
+
+@kernel
+def _lower_bound(keys: npt.NDArray[np.int64], v: int) -> int:
+    """First position in sorted ``keys`` whose key is ``>= v`` (``np.searchsorted``, left)."""
+    a, b = 0, keys.size
+    while a < b:
+        mid = (a + b) >> 1
+        if keys[mid] < v:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@kernel
+def _query(
+    keys: npt.NDArray[np.int64],
+    bounds: _F64,
+    half: float,
+    minx: float,
+    miny: float,
+    maxx: float,
+    maxy: float,
+) -> _IDX:
+    """Kernel of :meth:`CellIndex.query`: key ranges by binary search, then the bbox filter."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    qx0, qy0, qx1, qy1 = minx - half, miny - half, maxx + half, maxy + half
+    span = max(qx1 - qx0, qy1 - qy0, 1e-9)
+    zq = min(max(int(math.floor(math.log2(2.0 * ORIGIN_SHIFT_M / span))) + 2, 0), KEY_ZOOM)
+    size = 2.0 * ORIGIN_SHIFT_M / (1 << zq)
+    last = float((1 << zq) - 1)
+    tx0 = int(min(max((qx0 + ORIGIN_SHIFT_M) // size, 0.0), last))
+    tx1 = int(min(max((qx1 + ORIGIN_SHIFT_M) // size, 0.0), last))
+    ty0 = int(min(max((ORIGIN_SHIFT_M - qy1) // size, 0.0), last))
+    ty1 = int(min(max((ORIGIN_SHIFT_M - qy0) // size, 0.0), last))
+    shift = 2 * (KEY_ZOOM - zq)
+    nt = (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
+    lo = np.empty(nt, dtype=np.intp)
+    hi = np.empty(nt, dtype=np.intp)
+    total = 0
+    t = 0
+    for ty in range(ty0, ty1 + 1):
+        for tx in range(tx0, tx1 + 1):
+            m = _spread(tx) | (_spread(ty) << 1)
+            lo[t] = _lower_bound(keys, m << shift)
+            hi[t] = _lower_bound(keys, (m + 1) << shift)
+            total += hi[t] - lo[t]
+            t += 1
+    out = np.empty(total, dtype=np.intp)
+    k = 0
+    for t in range(nt):
+        for c in range(lo[t], hi[t]):
+            if bounds[0, c] < maxx and bounds[2, c] > minx and bounds[1, c] < maxy:
+                if bounds[3, c] > miny:
+                    out[k] = c
+                    k += 1
+    return out[:k]
 
 
 def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
@@ -294,7 +332,7 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
         cells=cells[perm],
         rows=perm,
         keys=keys[perm],
-        vxy=np.ascontiguousarray(verts[perm].transpose(2, 1, 0)),
+        verts=np.ascontiguousarray(verts[perm]),
         nverts=nverts[perm],
         bounds=np.stack([minx[perm], miny[perm], maxx[perm], maxy[perm]]),
         people=people[perm],
@@ -409,6 +447,13 @@ class IndexCache:
             if idx.res == res:
                 return idx
         return None
+
+    def discard(self, layer: CellLayer) -> None:
+        """Drop the layer's index, if cached."""
+        with self._lock:
+            idx = self._items.pop(self.key(layer), None)
+            if idx is not None:
+                self._bytes -= idx.nbytes
 
     def clear(self) -> None:
         """Drop every index."""

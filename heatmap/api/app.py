@@ -27,6 +27,7 @@ from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
 from heatmap.api.pages import include_pages
 from heatmap.api.shedding import LoadShedder
 from heatmap.config import Settings
+from tiles import warmup as warm_up_tile_kernels
 
 DESCRIPTION = """\
 People per H3 hexagon per time window for Shanghai, from anonymised pings, with k-anonymity
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()  # type: ignore[call-arg]
     _setup_logging()
+    warm_up_tile_kernels()  # compile or load the renderers' kernels now, not on a tile request
     svc = Services(settings)
 
     @asynccontextmanager

@@ -64,15 +64,15 @@ def tile_at(z: int, dlat: float = 0.0, dlng: float = 0.0) -> tuple[int, int, int
     return z, t.x, t.y
 
 
-def check_tile(snap: Snapshot, z: int, x: int, y: int) -> int:
+def check_tile(snap: Snapshot, z: int, x: int, y: int, buffer: int = BUFFER) -> int:
     """Assert the full contract on one tile; return its feature count."""
-    data = snapshot_to_mvt(snap, z, x, y)
+    data = snapshot_to_mvt(snap, z, x, y, buffer=buffer)
     b = TMS.xy_bounds(morecantile.Tile(x, y, z))
     unit = (b.right - b.left) / EXTENT
     box = shapely.box(b.left, b.bottom, b.right, b.top)
     big = shapely.box(
-        b.left - BUFFER * unit, b.bottom - BUFFER * unit,
-        b.right + BUFFER * unit, b.top + BUFFER * unit,
+        b.left - buffer * unit, b.bottom - buffer * unit,
+        b.right + buffer * unit, b.top + buffer * unit,
     )  # fmt: skip
     polys = polygons(snap)
     inter = shapely.area(shapely.intersection(polys, box))
@@ -106,7 +106,8 @@ def check_tile(snap: Snapshot, z: int, x: int, y: int) -> int:
         if np.array_equal(ring[0], ring[-1]):
             ring = ring[:-1]
         assert surveyor_area(ring) > 0, "exterior ring must be clockwise on screen"
-        assert ring.min() >= -BUFFER and ring.max() <= EXTENT + BUFFER
+        assert ring.min() >= -buffer and ring.max() <= EXTENT + buffer
+        assert (ring != np.roll(ring, 1, axis=0)).any(axis=1).all(), "repeated point"
         got = shapely.Polygon(to_mercator(ring.tolist(), frame))
         want = shapely.intersection(polys[i], big)
         assert shapely.hausdorff_distance(got, want) <= unit, f"geometry of {p['cell']}"
@@ -176,7 +177,7 @@ def test_noisy_counts_are_doubles() -> None:
         assert f["properties"]["density_km2"] == snap.density_km2[row[f["id"]]]
 
 
-def test_huge_tile_takes_the_general_encoder() -> None:
+def test_huge_tile_with_three_byte_value_indexes() -> None:
     # 20k+ features: value indexes exceed two varint bytes.
     snap = make_snapshot(10, 85, drop=0.0)
     z, x, y = tile_at(10)
@@ -210,3 +211,82 @@ def test_random_tiles_decode_to_valid_polygons(
         assert poly.is_valid
         assert surveyor_area(ring[:-1] if np.array_equal(ring[0], ring[-1]) else ring) > 0
         assert ring.min() >= -BUFFER and ring.max() <= EXTENT + BUFFER
+
+
+def hexagon_centre_tile(cell: int, z: int) -> tuple[int, int, float, float]:
+    """The zoom-``z`` tile holding a cell's centre, and the centre's fractional tile position."""
+    lat, lng = h3.cell_to_latlng(h3.int_to_str(cell))
+    mx, my = TO_3857.transform(lng, lat)
+    size = 2 * TMS.xy_bbox.right / 2**z
+    fx, fy = (mx - TMS.xy_bbox.left) / size, (TMS.xy_bbox.top - my) / size
+    return int(fx), int(fy), fx, fy
+
+
+@pytest.mark.parametrize("buffer", [0, BUFFER])
+def test_a_tile_corner_inside_a_hexagon_clips_it_in_all_four_tiles(
+    snap10: Snapshot, buffer: int
+) -> None:
+    # At z19 a tile (~65 m) is smaller than a res-10 hexagon (inradius ~65 m): the tile corner
+    # nearest a hexagon's centre lies inside it, so the hexagon crosses two edges of each of
+    # the four tiles meeting there.
+    cell = int(snap10.cells[len(snap10) // 2])
+    _, _, fx, fy = hexagon_centre_tile(cell, 19)
+    cx, cy = round(fx), round(fy)
+    for x, y in [(cx - 1, cy - 1), (cx, cy - 1), (cx - 1, cy), (cx, cy)]:
+        assert check_tile(snap10, 19, x, y, buffer=buffer) > 0
+        ids = {
+            f["id"]
+            for f in decode(snapshot_to_mvt(snap10, 19, x, y, buffer=buffer))["density"]["features"]
+        }
+        assert cell in ids
+
+
+@pytest.mark.parametrize("buffer", [0, BUFFER])
+def test_a_z24_tile_inside_a_hexagon_is_the_buffered_square(snap10: Snapshot, buffer: int) -> None:
+    cell = int(snap10.cells[len(snap10) // 3])
+    x, y, _, _ = hexagon_centre_tile(cell, 24)
+    feats = decode(snapshot_to_mvt(snap10, 24, x, y, buffer=buffer))["density"]["features"]
+    assert [f["id"] for f in feats] == [cell]
+    ring = feats[0]["geometry"]["coordinates"][0]
+    lo, hi = -buffer, EXTENT + buffer
+    assert sorted(map(tuple, ring[:-1])) == [(lo, lo), (lo, hi), (hi, lo), (hi, hi)]
+    assert surveyor_area(np.asarray(ring[:-1], dtype=float)) > 0
+    assert check_tile(snap10, 24, x, y, buffer=buffer) == 1
+
+
+def test_zoom_0_holds_every_cell(snap7: Snapshot) -> None:
+    # Res-7 hexagons are ~0.25 units wide at z0 with extent 4096 (so they round away); with
+    # 2**22 units (~10 m) each keeps a valid ring, its coordinates far beyond two bytes.
+    feats = decode(snapshot_to_mvt(snap7, 0, 0, 0, extent=1 << 22))["density"]["features"]
+    assert sorted(f["id"] for f in feats) == snap7.cells.tolist()
+    for f in feats:
+        ring = np.asarray(f["geometry"]["coordinates"][0], dtype=float)[:-1]
+        assert len(ring) == 6 and surveyor_area(ring) > 0
+        assert shapely.Polygon(ring).is_valid
+
+
+def test_rings_that_round_to_nothing_are_dropped(snap9: Snapshot) -> None:
+    # With extent 1 every res-9 hexagon of a z8 tile rounds to one point: no feature is left.
+    z, x, y = tile_at(8)
+    assert snapshot_to_mvt(snap9, z, x, y, extent=1, buffer=0) == b""
+    # With extent 256 the smallest survive as triangles or quadrilaterals, still clockwise.
+    feats = decode(snapshot_to_mvt(snap9, z, x, y, extent=256, buffer=0))["density"]["features"]
+    assert feats
+    for f in feats:
+        ring = np.asarray(f["geometry"]["coordinates"][0], dtype=float)[:-1]
+        assert len(ring) >= 3 and surveyor_area(ring) > 0
+
+
+def test_layer_name_and_extent_are_written(snap9: Snapshot) -> None:
+    data = snapshot_to_mvt(snap9, *tile_at(12), extent=512, layer_name="人口")
+    layer = decode(data)["人口"]
+    assert layer["extent"] == 512
+    assert layer["features"]
+    assert snapshot_to_mvt(snap9, *tile_at(12), layer_name="")  # an empty name is still valid
+
+
+def test_bad_extent_or_buffer_raises(snap9: Snapshot) -> None:
+    with pytest.raises(ValueError, match="extent"):
+        snapshot_to_mvt(snap9, *tile_at(12), extent=0)
+    with pytest.raises(ValueError, match="buffer"):
+        snapshot_to_mvt(snap9, *tile_at(12), buffer=-1)
