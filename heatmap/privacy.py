@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ class DeviceHasher:
         # chunk cost one numpy gather, not a dictionary lookup each.
         self._by_code = np.zeros(0, dtype=np.int64)
         self._known = np.zeros(0, dtype=bool)
+        self._lock = threading.Lock()
 
     def hash_one(self, device_id: str) -> int:
         """Return the keyed hash of one id (signed 64-bit)."""
@@ -71,31 +73,43 @@ class DeviceHasher:
         return h
 
     def replace_ids(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Replace the ``device_id`` column (str or Categorical) by ``device`` (keyed hash)."""
+        """Replace the ``device_id`` column (str or Categorical) by ``device`` (keyed hash).
+
+        Thread-safe: parts of one unit may be hashed on several threads.
+        """
         ids = frame["device_id"]
-        uniq = ids.unique()
         if isinstance(ids.dtype, pl.Categorical):
-            # Map through the integer codes: no string is materialised per row.
-            codes = uniq.to_physical().to_numpy().astype(np.int64)
-            top = int(codes.max()) + 1 if len(codes) else 0
-            if top > len(self._known):
-                grow = max(top, 2 * len(self._known))
-                self._by_code = np.concatenate(
-                    [self._by_code, np.zeros(grow - len(self._by_code), np.int64)]
-                )
-                self._known = np.concatenate([self._known, np.zeros(grow - len(self._known), bool)])
-            new = ~self._known[codes]
-            if new.any():
-                strings = uniq.filter(pl.Series(new)).cast(pl.String).to_list()
-                self._by_code[codes[new]] = [self.hash_one(u) for u in strings]
-                self._known[codes[new]] = True
-            device = pl.Series("device", self._by_code[ids.to_physical().to_numpy()])
-            out = frame.with_columns(device=device).drop("device_id")
+            # Map through the integer codes: only ids not seen before are turned into strings.
+            codes = ids.to_physical().to_numpy()
+            with self._lock:
+                by_code = self._codes_to_hashes(ids, codes)
+            out = frame.with_columns(device=pl.Series("device", by_code[codes])).drop("device_id")
         else:
-            hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
+            uniq = ids.unique()
+            with self._lock:
+                hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
             mapping = pl.DataFrame({"device_id": uniq, "device": pl.Series(hashes, dtype=pl.Int64)})
             out = frame.join(mapping, on="device_id", how="left").drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])
+
+    def _codes_to_hashes(
+        self, ids: pl.Series, codes: npt.NDArray[np.uint32]
+    ) -> npt.NDArray[np.int64]:
+        """Hash the ids whose codes are new; return the code -> hash table."""
+        top = int(codes.max()) + 1 if len(codes) else 0
+        if top > len(self._known):
+            grow = max(top, 2 * len(self._known))
+            self._by_code = np.concatenate(
+                [self._by_code, np.zeros(grow - len(self._by_code), np.int64)]
+            )
+            self._known = np.concatenate([self._known, np.zeros(grow - len(self._known), bool)])
+        rows = np.flatnonzero(~self._known[codes])
+        if rows.size:
+            new, first = np.unique(codes[rows], return_index=True)
+            strings = ids.gather(rows[first]).cast(pl.String).to_list()
+            self._by_code[new] = [self.hash_one(u) for u in strings]
+            self._known[new] = True
+        return self._by_code
 
 
 def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
@@ -124,9 +138,9 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     breaks a constraint already met, and finer resolutions never change coarser decisions.
     """
     res_all = counts["res"].to_numpy()
-    w_all = counts["w"].to_numpy().astype(np.int64)
-    cell_all = counts["cell"].to_numpy().astype(np.uint64)
-    dev_all = counts["devices"].to_numpy().astype(np.int64)
+    w_all = counts["w"].to_numpy().astype(np.int64, copy=False)
+    cell_all = counts["cell"].to_numpy().astype(np.uint64, copy=False)
+    dev_all = counts["devices"].to_numpy().astype(np.int64, copy=False)
     order = None
     if not _is_sorted(res_all, w_all, cell_all):  # rollup's output is sorted already
         order = np.lexsort((cell_all, w_all, res_all))
@@ -138,17 +152,20 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
         )
     pub_all = dev_all >= k_min
     levels = sorted(int(r) for r in np.unique(res_all))
-    span = {
-        r: (int(np.searchsorted(res_all, r)), int(np.searchsorted(res_all, r, "right")))
-        for r in levels
-    }
-    for i, s in enumerate(levels):
-        a, b = span[s]
+    bounds = np.searchsorted(res_all, levels + [levels[-1] + 1] if levels else [])
+    # up[i]: row (within level i - 1) of each level-i cell's parent; deeper ancestors are
+    # found by following these maps, one gather per level.
+    up: list[npt.NDArray[np.intp]] = []
+    for i in range(len(levels)):
+        a, b = int(bounds[i]), int(bounds[i + 1])
         w_s, cell_s, dev_s, pub_s = w_all[a:b], cell_all[a:b], dev_all[a:b], pub_all[a:b]
-        for r in reversed(levels[:i]):
-            ra, rb = span[r]
-            pidx = parent_index(w_s, cell_s, r)
-            covered = np.bincount(pidx, weights=np.where(pub_s, dev_s, 0), minlength=rb - ra)
+        up.append(parent_index(w_s, cell_s, levels[i - 1]) if i else np.zeros(0, np.intp))
+        weights = np.where(pub_s, dev_s, 0)
+        pidx = np.arange(b - a)
+        for j in range(i - 1, -1, -1):  # coarser levels, nearest first
+            pidx = up[j + 1][pidx]
+            ra, rb = int(bounds[j]), int(bounds[j + 1])
+            covered = np.bincount(pidx, weights=weights, minlength=rb - ra)
             remainder = dev_all[ra:rb] - covered.astype(np.int64)
             bad = pub_all[ra:rb] & (remainder > 0) & (remainder < k_min)
             if not bad.any():
@@ -159,6 +176,7 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
             first = np.ones(len(cand), dtype=bool)
             first[1:] = pidx[cand][1:] != pidx[cand][:-1]
             pub_s[cand[first]] = False  # a view into pub_all
+            weights = np.where(pub_s, dev_s, 0)
     if order is None:
         return pl.Series("published", pub_all)
     published = np.empty(len(order), dtype=bool)

@@ -122,6 +122,7 @@ class Heatmap:
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
         cands = Candidates()
+        hasher = DeviceHasher(self.key)
         max_ts: int | None = None
         pending: deque[Future[_Chunk]] = deque()
         ahead: list[Future[tuple[pl.DataFrame, Precomputed]]] = []
@@ -143,7 +144,7 @@ class Heatmap:
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
             positions = index_candidates(ripe, s.base_res)
-            return positions, Precomputed.of(positions, s)
+            return hasher.replace_ids(positions), Precomputed.of(positions, s)
 
         def take(pool: ThreadPoolExecutor) -> None:
             nonlocal max_ts
@@ -170,14 +171,14 @@ class Heatmap:
                 take(pool)
             last = cands.rest()
             parts = [index_candidates(last, s.base_res, pool.map)] if last.height else []
+            parts = [hasher.replace_ids(p) for p in parts]
             settled = [f.result() for f in ahead]
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
         seen = Counter(w for p in parts for w in p["w"].unique().to_list())
         once = {w for w, n in seen.items() if n == 1}
         pre = Precomputed.combine([a for _, a in settled], once)
-        hasher = DeviceHasher(self.key)
-        return merge_positions([hasher.replace_ids(p) for p in parts]), max_ts, pre
+        return merge_positions(parts), max_ts, pre
 
     def ingest_paths(
         self,
