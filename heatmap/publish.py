@@ -14,7 +14,7 @@ import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
 
-from heatmap.aggregate import cells_to_counts, rollup
+from heatmap.aggregate import rollup
 from heatmap.config import Settings
 from heatmap.model import Band, Snapshot, Window
 from heatmap.privacy import laplace_noise, suppress
@@ -129,42 +129,6 @@ def counts_to_published(
     return pub.select("w", "res", "cell").with_columns(
         people=pl.Series(people * settings.expansion)
     )
-
-
-@dataclass(frozen=True)
-class Precomputed:
-    """Counts and published values of some windows, computed before their unit commits.
-
-    An ingest computes them for windows its input has moved past, on worker threads while it is
-    still reading. The commit uses them for a window it closes only if the unit's positions are
-    all the window has (no device state stored by earlier units); otherwise it recomputes.
-    """
-
-    windows: frozenset[int]
-    counts: pl.DataFrame  # w, cell, devices (base resolution)
-    published: pl.DataFrame  # w, res, cell, people
-
-    @staticmethod
-    def of(positions: pl.DataFrame, settings: Settings) -> Precomputed:
-        """Compute the counts and published values of every window in ``positions``."""
-        counts = cells_to_counts(positions)
-        published = counts_to_published(counts, settings)
-        windows = frozenset(counts["w"].unique().to_list())
-        return Precomputed(windows, counts, published)
-
-    @staticmethod
-    def combine(parts: list[Precomputed], keep: set[int]) -> Precomputed | None:
-        """Return the parts' values for the windows in ``keep`` (``None`` if there are none)."""
-        mine = [p for p in parts if p.windows & keep]
-        if not mine:
-            return None
-        ws = keep.intersection(*[set().union(*(p.windows for p in mine))])
-        counts = pl.concat([p.counts for p in mine])
-        published = pl.concat([p.published for p in mine])
-        if any(p.windows - keep for p in mine):
-            inside = pl.col("w").is_in(pl.Series(sorted(ws), dtype=pl.Int64).implode())
-            counts, published = counts.filter(inside), published.filter(inside)
-        return Precomputed(frozenset(ws), counts, published)
 
 
 def published_to_snapshots(

@@ -27,14 +27,8 @@ from heatmap.errors import BadInput, NotFound
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
 from heatmap.model import Snapshot
 from heatmap.privacy import DeviceHasher, load_or_create_secret
-from heatmap.publish import (
-    Precomputed,
-    Published,
-    counts_to_published,
-    published_to_snapshots,
-    version_of,
-)
-from heatmap.store import CommitResult, Store, WindowInfo, open_store
+from heatmap.publish import Published, counts_to_published, published_to_snapshots, version_of
+from heatmap.store import CommitResult, Precomputed, Store, WindowInfo, open_store
 
 WORKERS = min(4, os.cpu_count() or 1)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from heatmap.config import Settings
-from heatmap.store.base import CommitResult, Store, WindowInfo
+from heatmap.store.base import CommitResult, Precomputed, Store, WindowInfo
 
-__all__ = ["CommitResult", "Store", "WindowInfo", "open_store"]
+__all__ = ["CommitResult", "Precomputed", "Store", "WindowInfo", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

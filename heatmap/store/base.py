@@ -21,7 +21,7 @@ import polars as pl
 from heatmap.aggregate import cells_to_counts, merge_positions
 from heatmap.config import Settings
 from heatmap.model import Window
-from heatmap.publish import Precomputed, Published, counts_to_published
+from heatmap.publish import Published, counts_to_published
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -91,9 +91,8 @@ class Store(abc.ABC):
         """Create or bump windows ``(w, start, end)``: version += 1, set closed if asked."""
 
     @abc.abstractmethod
-    def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
-        """Store raw base counts (w, cell, devices) and published values (w, res, cell, people)
-        of closing windows ``ws`` (some may have no rows)."""
+    def write_closed(self, closed: list[ClosedWindow]) -> None:
+        """Store the blobs and device totals of closing windows."""
 
     @abc.abstractmethod
     def batch_result(self, batch_id: str) -> str | None:
@@ -217,21 +216,16 @@ class Store(abc.ABC):
         ahead: Precomputed | None,
     ) -> None:
         with_state = [w for w in closing if w in stored_open]
-        pre = None
-        if ahead is not None:
-            pre = Precomputed.combine([ahead], set(closing) - stored_open)
-        todo = [w for w in closing if pre is None or w not in pre.windows]
-        counts, published = [], []
+        ready = {} if ahead is None else ahead.windows
+        done = [ready[w] for w in closing if w in ready and w not in stored_open]
+        todo = [w for w in closing if w not in ready or w in stored_open]
         if todo:
             final = merge_positions(
                 [self.load_state(with_state), positions.filter(pl.col("w").is_in(todo))]
             )
-            counts.append(cells_to_counts(final))
-            published.append(counts_to_published(counts[0], self.settings))
-        if pre is not None:
-            counts.append(pre.counts)
-            published.append(pre.published)
-        self.write_closed(closing, pl.concat(counts), pl.concat(published))
+            counts = cells_to_counts(final)
+            done += close_windows(todo, counts, counts_to_published(counts, self.settings))
+        self.write_closed(sorted(done, key=lambda c: c.w))
         self.delete_state(with_state)
         self.touch_windows(self._rows(closing), closed=True)
 
@@ -265,16 +259,67 @@ def blob_to_arrays(blob: bytes, dtypes: tuple[type, ...]) -> Iterator[np.ndarray
         off += 8 * n
 
 
-def window_blobs(
-    frame: pl.DataFrame, ws: list[int], columns: tuple[str, ...]
-) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(w, blob of the columns' values in that window)`` for every window in ``ws``.
+@dataclass(frozen=True)
+class ClosedWindow:
+    """What a closed window keeps: raw base counts and published values, one blob each."""
 
-    One sort and one pass of numpy slicing; windows without rows get an empty blob.
-    """
-    frame = frame.sort("w")
+    w: int
+    base: bytes  # arrays_to_blob(cell, devices)
+    published: bytes  # arrays_to_blob(res, cell, people)
+    devices: int
+
+
+def close_windows(
+    ws: list[int], counts: pl.DataFrame, published: pl.DataFrame
+) -> list[ClosedWindow]:
+    """Pack the counts (``w, cell, devices``) and published values (``w, res, cell, people``)
+    of windows ``ws`` into their blobs: one stable sort by window, then numpy slices."""
+    base = _by_window(counts, ws, ("cell", "devices"))
+    pub = _by_window(published, ws, ("res", "cell", "people"))
+    return [
+        ClosedWindow(w, arrays_to_blob(*b), arrays_to_blob(*p), int(b[1].sum()))
+        for w, b, p in zip(ws, base, pub, strict=True)
+    ]
+
+
+def _words(values: np.ndarray) -> I64:
+    """A column as 8-byte words: integers widened, uint64 and float64 reinterpreted."""
+    wide = values.astype(np.dtype(f"{values.dtype.kind}8"), copy=False)
+    return np.ascontiguousarray(wide).view(np.int64)
+
+
+def _by_window(
+    frame: pl.DataFrame, ws: list[int], columns: tuple[str, ...]
+) -> list[list[npt.NDArray[np.int64]]]:
+    """Return, for each window of ``ws``, the columns' values in it (as 8-byte words)."""
     w = frame["w"].to_numpy()
-    cols = [np.ascontiguousarray(frame[c].to_numpy()).view(np.int64) for c in columns]
+    order = np.argsort(w, kind="stable")
+    cols = [_words(frame[c].to_numpy())[order] for c in columns]
+    w = w[order]
     lo, hi = np.searchsorted(w, ws), np.searchsorted(w, ws, side="right")
-    for x, a, b in zip(ws, lo.tolist(), hi.tolist(), strict=True):
-        yield x, arrays_to_blob(*(c[a:b] for c in cols))
+    return [[c[a:b] for c in cols] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """Closed-window values computed before their unit commits.
+
+    An ingest computes them for windows its input has moved past, on worker threads while it is
+    still reading. The commit uses one for a window it closes only if the unit's positions are
+    all that window has (no device state stored by earlier units); otherwise it recomputes.
+    """
+
+    windows: dict[int, ClosedWindow]
+
+    @staticmethod
+    def of(positions: pl.DataFrame, settings: Settings) -> Precomputed:
+        """Compute the closed-window values of every window in ``positions``."""
+        counts = cells_to_counts(positions)
+        published = counts_to_published(counts, settings)
+        ws = sorted(counts["w"].unique().to_list())
+        return Precomputed({c.w: c for c in close_windows(ws, counts, published)})
+
+    @staticmethod
+    def combine(parts: list[Precomputed], keep: set[int]) -> Precomputed:
+        """Return the parts' values for the windows in ``keep``."""
+        return Precomputed({w: c for p in parts for w, c in p.windows.items() if w in keep})

@@ -45,10 +45,10 @@ from heatmap.publish import Published
 from heatmap.store.base import (
     I64,
     U64,
+    ClosedWindow,
     Store,
     WindowInfo,
     blob_to_arrays,
-    window_blobs,
 )
 
 # Advisory lock keys (64-bit, arbitrary but fixed): ASCII "HEATMAP" + a role byte.
@@ -352,22 +352,19 @@ class PostgresStore(Store):
             )
         self._q("SELECT nextval('window_changes'), pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
-    def write_closed(self, ws: list[int], base: pl.DataFrame, published: pl.DataFrame) -> None:
-        """Store raw base counts and published values of closing windows, one blob each."""
-        if not ws:
+    def write_closed(self, closed: list[ClosedWindow]) -> None:
+        """Store the blobs and device totals of closing windows."""
+        if not closed:
             return
         n = self.settings.window_s
-        devices = base.group_by("w").agg(pl.col("devices").sum())
-        per_w = dict(zip(devices["w"].to_list(), devices["devices"].to_list(), strict=True))
-        published = published.with_columns(pl.col("res").cast(pl.Int64))
-        self._put_blobs("base_counts", window_blobs(base, ws, ("cell", "devices")))
-        self._put_blobs("published", window_blobs(published, ws, ("res", "cell", "people")))
+        self._put_blobs("base_counts", ((c.w, c.base) for c in closed))
+        self._put_blobs("published", ((c.w, c.published) for c in closed))
         self._q(
             'INSERT INTO windows AS x (w, start, "end", closed, version, devices) '
             "SELECT w, w * %s, (w + 1) * %s, true, 0, d "
             "FROM unnest(%s::bigint[], %s::bigint[]) AS t(w, d) "
             "ON CONFLICT (w) DO UPDATE SET devices = excluded.devices",
-            (n, n, ws, [per_w.get(w, 0) for w in ws]),
+            (n, n, [c.w for c in closed], [c.devices for c in closed]),
         )
 
     def _put_blobs(self, table: str, rows: Iterator[tuple[int, bytes]]) -> None:
