@@ -135,6 +135,10 @@ class SQLiteStore(Store):
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                     self.set_meta("window_s", str(self.settings.window_s))
                     self.set_meta("base_res", str(self.settings.base_res))
+            if cur < max(MIGRATIONS):
+                # Move the new header (application id, schema version) from the WAL into the
+                # file itself, where the next opener's _check_file reads it.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- primitives ------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -148,3 +148,21 @@ def test_duplicate_batch_id_is_counted_once(make_settings) -> None:
     two = hm.ingest_frame(frame, OPTS, batch_id="b-1")
     assert two.duplicate and one.accepted == two.accepted
     assert hm.windows()[-1].devices == 5
+
+
+def test_blobs_are_compressed_and_old_uncompressed_blobs_still_read() -> None:
+    from heatmap.store.base import arrays_to_blob, blob_to_arrays
+
+    rng = np.random.default_rng(3)
+    base = 0x8A2A1072B4000000  # res-10 cells around Shanghai, as stored (int64)
+    offsets = rng.integers(0, 1 << 28, 50_000).astype(np.uint64)
+    cells = np.sort(np.uint64(base) + offsets).view(np.int64)
+    people = rng.integers(10, 400, cells.size).astype(np.float64)
+    blob = arrays_to_blob(cells, people)
+    assert len(blob) < 0.5 * 16 * cells.size  # sorted cells and small counts compress
+    got = list(blob_to_arrays(blob, (np.int64, np.float64)))
+    assert got[0].tolist() == cells.tolist() and got[1].tolist() == people.tolist()
+    # The layout before compression: n, then each array, little-endian.
+    old = np.int64(cells.size).tobytes() + cells.tobytes() + people.tobytes()
+    again = list(blob_to_arrays(old, (np.int64, np.float64)))
+    assert again[0].tolist() == cells.tolist() and again[1].tolist() == people.tolist()
