@@ -50,7 +50,42 @@ MIGRATIONS: dict[int, str] = {
     CREATE TABLE published (w INTEGER PRIMARY KEY, data BLOB NOT NULL);
     CREATE TABLE batches (batch_id TEXT PRIMARY KEY, result TEXT NOT NULL);
     """,
+    # Devices per (open window, base cell), kept in step with device_state by upsert_state, so
+    # a live snapshot reads the (few) counted cells instead of grouping every device.
+    2: """
+    CREATE TABLE open_counts (
+        w INTEGER NOT NULL, cell INTEGER NOT NULL, devices INTEGER NOT NULL,
+        PRIMARY KEY (w, cell)
+    ) WITHOUT ROWID;
+    INSERT INTO open_counts(w, cell, devices)
+        SELECT w, cell, count(*) FROM device_state GROUP BY w, cell;
+    """,
 }
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    w INTEGER NOT NULL, device INTEGER NOT NULL, ts INTEGER NOT NULL, cell INTEGER NOT NULL,
+    PRIMARY KEY (w, device)
+) WITHOUT ROWID
+"""
+# Rows of ``incoming`` that replace a stored position (newer, or as new and a larger cell).
+_WINS = "(i.ts, i.cell) > (s.ts, s.cell)"
+_COUNT_MOVES = f"""
+INSERT INTO open_counts(w, cell, devices)
+    SELECT w, cell, sum(d) FROM (
+        SELECT s.w AS w, s.cell AS cell, -1 AS d
+            FROM incoming i JOIN device_state s ON s.w = i.w AND s.device = i.device
+            WHERE {_WINS} AND s.cell != i.cell
+        UNION ALL
+        SELECT i.w, i.cell, 1
+            FROM incoming i LEFT JOIN device_state s ON s.w = i.w AND s.device = i.device
+            WHERE s.device IS NULL OR ({_WINS} AND s.cell != i.cell)
+    ) GROUP BY w, cell
+ON CONFLICT(w, cell) DO UPDATE SET devices = devices + excluded.devices
+"""
+_NEW_DEVICES = """
+SELECT i.w, count(*) FROM incoming i LEFT JOIN device_state s ON s.w = i.w AND s.device = i.device
+WHERE s.device IS NULL GROUP BY i.w
+"""
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -213,8 +248,9 @@ class SQLiteStore(Store):
     def upsert_state(self, positions: pl.DataFrame) -> None:
         """Merge positions into device state: latest ts wins, ties to the larger cell.
 
-        Rows go in primary-key order, so the B-tree grows at its right edge (about 2.5x faster
-        than random order for a new window).
+        The rows are staged in a temporary table (in primary-key order, so B-trees grow at
+        their right edge), ``open_counts`` and the windows' device totals move by the
+        difference, then the state itself is upserted, all in the caller's transaction.
         """
         w, device = positions["w"].to_numpy(), positions["device"].to_numpy()
         order = np.lexsort((device, w))
@@ -225,20 +261,40 @@ class SQLiteStore(Store):
             _i64(positions["cell"].to_numpy())[order],
         ]
         with self._lock:
-            self._conn.executemany(
-                "INSERT INTO device_state(w, device, ts, cell) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-                "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)",
+            conn = self._conn
+            conn.execute(_STAGE)
+            conn.execute("DELETE FROM incoming")
+            conn.executemany(
+                "INSERT INTO incoming(w, device, ts, cell) VALUES (?, ?, ?, ?)",
                 zip(*(c.tolist() for c in cols), strict=True),
             )
+            new = conn.execute(_NEW_DEVICES).fetchall()
+            conn.execute(_COUNT_MOVES)
+            step = self.settings.window_s
+            conn.executemany(
+                'INSERT INTO windows(w, start, "end", closed, version, devices) '
+                "VALUES (?, ?, ?, 0, 0, ?) "
+                "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
+                [(x, x * step, (x + 1) * step, n) for x, n in new],
+            )
+            conn.execute(
+                "INSERT INTO device_state(w, device, ts, cell) "
+                "SELECT w, device, ts, cell FROM incoming WHERE true "
+                "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
+                "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)"
+            )
+            conn.execute("DELETE FROM incoming")
 
     def delete_state(self, ws: list[int]) -> None:
-        """Delete device state of closed windows."""
+        """Delete device state (and live counts) of closed windows; ``commit_unit`` then
+        truncates the WAL, where the deleted hashes may still be."""
         with self._lock:
-            self._conn.executemany("DELETE FROM device_state WHERE w = ?", [(w,) for w in ws])
+            for table in ("device_state", "open_counts"):
+                self._conn.executemany(f"DELETE FROM {table} WHERE w = ?", [(w,) for w in ws])  # noqa: S608 - fixed names
+            self._state_deleted = self._state_deleted or bool(ws)
 
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
-        """Create or bump windows."""
+        """Create or bump windows (open windows' device totals move in ``upsert_state``)."""
         with self._lock:
             self._conn.executemany(
                 'INSERT INTO windows(w, start, "end", closed, version) VALUES (?, ?, ?, ?, 1) '
@@ -246,13 +302,6 @@ class SQLiteStore(Store):
                 "closed = max(closed, excluded.closed)",
                 [(w, a, b, int(closed)) for w, a, b in rows],
             )
-            if not closed:
-                ws = [(w, w) for w, _, _ in rows]
-                self._conn.executemany(
-                    "UPDATE windows SET devices = "
-                    "(SELECT count(*) FROM device_state WHERE w = ?) WHERE w = ?",
-                    ws,
-                )
 
     def write_closed(self, closed: list[ClosedWindow]) -> None:
         """Store the blobs and device totals of closing windows."""
@@ -322,7 +371,7 @@ class SQLiteStore(Store):
     def read_open_counts(self, w: int) -> tuple[U64, I64]:
         """Return base-resolution counts of an open window from its device state."""
         rows = self._q(
-            "SELECT cell, count(*) FROM device_state WHERE w = ? GROUP BY cell ORDER BY cell", (w,)
+            "SELECT cell, devices FROM open_counts WHERE w = ? AND devices > 0 ORDER BY cell", (w,)
         )
         arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0].view(np.uint64), arr[:, 1].copy()

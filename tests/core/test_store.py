@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heatmap.errors import StoreUnavailable
 from heatmap.ingest import ParseOptions
@@ -109,10 +111,12 @@ def test_store_files_hold_no_hash_of_a_closed_window(make_settings, tmp_path) ->
     assert sum(h in before for h in hashes) == len(hashes) // 2  # positive control: open, on disk
     later = _pings(3, T0 + 900, T0 + 1000, seed=9, prefix="other")  # other devices: the same
     hm.ingest_paths([_write(later, tmp_path / "b.csv")], OPTS)  # device keeps its hash
-    hm.close()
-    blobs = b"".join(p.read_bytes() for p in files("heatmap.db*"))
-    for h in hashes:
-        assert h not in blobs
+    # A running service never closes its store: the WAL must be clean while it is open too.
+    for when in ("open", "closed"):
+        blobs = b"".join(p.read_bytes() for p in files("heatmap.db*"))
+        for h in hashes:
+            assert h not in blobs, f"a closed window's hash is on disk (store {when})"
+        hm.close()
     for raw in frame["device_id"].unique().to_list():
         assert raw.encode() not in blobs
 
@@ -166,3 +170,63 @@ def test_blobs_are_compressed_and_old_uncompressed_blobs_still_read() -> None:
     old = np.int64(cells.size).tobytes() + cells.tobytes() + people.tobytes()
     again = list(blob_to_arrays(old, (np.int64, np.float64)))
     assert again[0].tolist() == cells.tolist() and again[1].tolist() == people.tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 11),  # device
+                st.integers(0, 599),  # seconds into two windows
+                st.sampled_from([(31.2300, 121.4700), (31.2400, 121.4800), (31.2350, 121.4750)]),
+            ),
+            min_size=1,
+            max_size=20,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_live_counts_follow_every_batch(batches: list) -> None:
+    """Batches move devices between cells of open windows: after each one, the live counts
+    equal a plain h3-py count of every device's latest ping so far."""
+    import tempfile
+
+    import h3
+
+    from heatmap.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Settings(
+            db=f"{tmp}/h.db",
+            secret="t",
+            basemap_url="",
+            k_min=1,
+            min_res=10,
+            allowed_lateness_s=3600,
+        )
+        hm = Heatmap(s)
+        seen: list[tuple[str, int, float, float]] = []
+        for batch in batches:
+            rows = [(f"d{d}", T0 + t, lat, lng) for d, t, (lat, lng) in batch]
+            seen += rows
+            frame = pl.DataFrame(rows, schema=["device_id", "ts", "lat", "lng"], orient="row")
+            hm.ingest_frame(frame.with_columns(pl.col("ts").cast(pl.String)), OPTS)
+            latest: dict[tuple[int, str], tuple[int, int]] = {}
+            for dev, ts, lat, lng in seen:
+                cell = h3.str_to_int(h3.latlng_to_cell(lat, lng, 10))
+                key = (ts // 300, dev)
+                latest[key] = max(latest.get(key, (ts, cell)), (ts, cell))
+            want: dict[tuple[int, int], int] = {}
+            for (w, _d), (_t, cell) in latest.items():
+                want[(w, cell)] = want.get((w, cell), 0) + 1
+            got = {}
+            for info in hm.windows():
+                assert not info.closed
+                snap = hm.snapshots(info)[10]
+                for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
+                    got[(info.w, cell)] = int(people)
+                assert info.devices == len({d for (w, d) in latest if w == info.w})
+            assert got == want
+        hm.close()
