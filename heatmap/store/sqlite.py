@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
+from heatmap.aggregate import cells_to_counts
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
 from heatmap.model import Window
@@ -248,9 +250,10 @@ class SQLiteStore(Store):
     def upsert_state(self, positions: pl.DataFrame) -> None:
         """Merge positions into device state: latest ts wins, ties to the larger cell.
 
-        The rows are staged in a temporary table (in primary-key order, so B-trees grow at
-        their right edge), ``open_counts`` and the windows' device totals move by the
-        difference, then the state itself is upserted, all in the caller's transaction.
+        Rows go in primary-key order, so B-trees grow at their right edge. ``open_counts`` and
+        the windows' device totals move with the state, in the caller's transaction: for a
+        window with no stored state yet they are counted here (numpy); otherwise the rows are
+        staged in a temporary table and the counts move by the difference before the upsert.
         """
         w, device = positions["w"].to_numpy(), positions["device"].to_numpy()
         order = np.lexsort((device, w))
@@ -261,29 +264,69 @@ class SQLiteStore(Store):
             _i64(positions["cell"].to_numpy())[order],
         ]
         with self._lock:
-            conn = self._conn
-            conn.execute(_STAGE)
-            conn.execute("DELETE FROM incoming")
-            conn.executemany(
-                "INSERT INTO incoming(w, device, ts, cell) VALUES (?, ?, ?, ?)",
-                zip(*(c.tolist() for c in cols), strict=True),
-            )
-            new = conn.execute(_NEW_DEVICES).fetchall()
-            conn.execute(_COUNT_MOVES)
-            step = self.settings.window_s
-            conn.executemany(
-                'INSERT INTO windows(w, start, "end", closed, version, devices) '
-                "VALUES (?, ?, ?, 0, 0, ?) "
-                "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
-                [(x, x * step, (x + 1) * step, n) for x, n in new],
-            )
-            conn.execute(
-                "INSERT INTO device_state(w, device, ts, cell) "
-                "SELECT w, device, ts, cell FROM incoming WHERE true "
-                "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-                "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)"
-            )
-            conn.execute("DELETE FROM incoming")
+            stored = [
+                x
+                for x in np.unique(cols[0]).tolist()
+                if self._conn.execute(
+                    "SELECT EXISTS(SELECT 1 FROM device_state WHERE w = ?)", (x,)
+                ).fetchone()[0]
+            ]
+            if stored:
+                self._merge_state(cols)
+            else:
+                self._insert_state(cols)
+
+    def _insert_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
+        """Windows without stored state: plain inserts, counts made in numpy."""
+        conn, step = self._conn, self.settings.window_s
+        conn.executemany(
+            "INSERT INTO device_state(w, device, ts, cell) VALUES (?, ?, ?, ?)",
+            zip(*(c.tolist() for c in cols), strict=True),
+        )
+        w, cell = cols[0], cols[3]
+        counts = cells_to_counts(pl.DataFrame({"w": w, "cell": cell.view(np.uint64)}))
+        conn.executemany(
+            "INSERT INTO open_counts(w, cell, devices) VALUES (?, ?, ?)",
+            zip(
+                counts["w"].to_list(),
+                _i64(counts["cell"].to_numpy()).tolist(),
+                counts["devices"].to_list(),
+                strict=True,
+            ),
+        )
+        ws, n = np.unique(w, return_counts=True)
+        totals = zip(ws.tolist(), n.tolist(), strict=True)
+        conn.executemany(
+            'INSERT INTO windows(w, start, "end", closed, version, devices) '
+            "VALUES (?, ?, ?, 0, 0, ?) "
+            "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
+            [(x, x * step, (x + 1) * step, k) for x, k in totals],
+        )
+
+    def _merge_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
+        """Some windows have stored state: stage, move the counts, upsert."""
+        conn, step = self._conn, self.settings.window_s
+        conn.execute(_STAGE)
+        conn.execute("DELETE FROM incoming")
+        conn.executemany(
+            "INSERT INTO incoming(w, device, ts, cell) VALUES (?, ?, ?, ?)",
+            zip(*(c.tolist() for c in cols), strict=True),
+        )
+        new = conn.execute(_NEW_DEVICES).fetchall()
+        conn.execute(_COUNT_MOVES)
+        conn.executemany(
+            'INSERT INTO windows(w, start, "end", closed, version, devices) '
+            "VALUES (?, ?, ?, 0, 0, ?) "
+            "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
+            [(x, x * step, (x + 1) * step, n) for x, n in new],
+        )
+        conn.execute(
+            "INSERT INTO device_state(w, device, ts, cell) "
+            "SELECT w, device, ts, cell FROM incoming WHERE true "
+            "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
+            "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)"
+        )
+        conn.execute("DELETE FROM incoming")
 
     def delete_state(self, ws: list[int]) -> None:
         """Delete device state (and live counts) of closed windows; ``commit_unit`` then
