@@ -38,7 +38,8 @@ Mapper = Callable[[Callable[[slice], U64], list[slice]], Iterator[U64]]
 _RES_SHIFT = np.uint64(52)
 _RES_MASK = np.uint64(0xF) << _RES_SHIFT
 _DENSE_LIMIT = 1 << 24  # (window, device) slots of the dense table before falling back
-_INDEX_SLICE = 1 << 18  # positions per indexing task
+_INDEX_SLICE = 1 << 18  # most positions per indexing task
+_INDEX_MIN_SLICE = 1 << 14
 _NEVER = np.iinfo(np.int64).min
 
 
@@ -181,7 +182,9 @@ def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.
         cells = coordinates_to_cells(lat[part], lng[part], res)
         return np.asarray(cells, dtype=np.uint64)  # validated coordinates: no nulls
 
-    parts = [slice(i, i + _INDEX_SLICE) for i in range(0, len(lat), _INDEX_SLICE)]
+    # Slices small enough for every worker to get one, large enough to amortise each call.
+    step = max(_INDEX_MIN_SLICE, min(_INDEX_SLICE, -(-len(lat) // 8)))
+    parts = [slice(i, i + step) for i in range(0, len(lat), step)]
     cells = np.concatenate(list(mapper(index, parts))) if parts else np.zeros(0, np.uint64)
     out = cands.select("w", dev, "ts").with_columns(cell=pl.Series(cells, dtype=pl.UInt64))
     if _has_ties(out, dev):
