@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import mmap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -351,6 +352,11 @@ def _csv_tasks(
     types = {
         n: pa.dictionary(pa.int32(), pa.string()) if n == dev_col else pa.string() for n in names
     }
+    if not compressed:
+        ranges = _csv_ranges(path, opts.chunk_rows * _CSV_BYTES_PER_ROW)
+        if ranges is not None:
+            yield from _csv_range_tasks(path, ranges, names, types, opts)
+            return
     skipped: list[int] = []
 
     def on_bad_row(row: pacsv.InvalidRow) -> str:
@@ -381,6 +387,86 @@ def _csv_tasks(
         yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
         row += batch.num_rows
     flush()
+
+
+_CSV_BYTES_PER_ROW = 16  # a chunk of ``chunk_rows`` rows spans about this many bytes per row
+
+
+def _csv_ranges(path: Path, step: int) -> tuple[mmap.mmap, list[tuple[int, int, int]]] | None:
+    """Cut a plain CSV file into ranges of whole lines, to be parsed in parallel.
+
+    Returns the mapped file and ``(start, end, first_row)`` per range, or ``None`` when the
+    file must be read in order: a single range, or a quote anywhere (a quoted field may hold a
+    newline, so line ends would not be row ends).
+    """
+    size = path.stat().st_size
+    if size <= step:
+        return None
+    with path.open("rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    if mm.find(b'"') != -1:
+        return None
+    start = mm.find(b"\n") + 1  # after the header line
+    if start == 0:
+        return None
+    ranges, row = [], 1
+    while start < size:
+        end = mm.find(b"\n", min(start + step, size) - 1)
+        end = size if end == -1 else end + 1
+        ranges.append((start, end, row))
+        row += mm[start:end].count(b"\n") + (mm[end - 1] != 0x0A)
+        start = end
+    return mm, ranges
+
+
+def _csv_range_tasks(
+    path: Path,
+    cut: tuple[mmap.mmap, list[tuple[int, int, int]]],
+    names: list[str],
+    types: dict[str, pa.DataType],
+    opts: ParseOptions,
+) -> Iterator[ChunkTask]:
+    mm, ranges = cut
+    whole = pa.py_buffer(mm)
+    for i, (start, end, row) in enumerate(ranges):
+        rows = (ranges[i + 1][2] if i + 1 < len(ranges) else row + 1) - row
+        yield ChunkTask(
+            row, rows, _range_loader(path, whole.slice(start, end - start), row, names, types, opts)
+        )
+
+
+def _range_loader(
+    path: Path,
+    data: pa.Buffer,
+    row: int,
+    names: list[str],
+    types: dict[str, pa.DataType],
+    opts: ParseOptions,
+) -> Callable[[Rejects], pl.DataFrame]:
+    def load(rejects: Rejects) -> pl.DataFrame:
+        skipped: list[int] = []
+
+        def on_bad_row(bad: pacsv.InvalidRow) -> str:
+            skipped.append(row + (bad.number - 1 if bad.number else 0))
+            return "skip"
+
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(
+                column_names=names, use_threads=False, block_size=max(data.size, 1 << 20) + 1
+            ),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, strings_can_be_null=True, null_values=[""]
+            ),
+        )
+        if skipped:
+            if opts.strict:
+                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
+            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+        return arrow_to_pings(table, opts, rejects, first_row=row, source=str(path))
+
+    return load
 
 
 def _batch_loader(
