@@ -168,10 +168,14 @@ def test_csv_cut_into_ranges_reads_like_one_pass(tmp_path: Path, crlf: bool) -> 
     one, r1 = _read(p)  # one range: the file is smaller than a chunk
     cut, r2 = _read(p, chunk_rows=4)  # ~64-byte ranges: a dozen tasks
     assert cut.rows() == one.rows() and cut.height == 58
-    assert dict(r2.counts) == dict(r1.counts) == {
-        "wrong number of fields": 1,
-        "lat out of range [-90, 90]": 1,
-    }
+    assert (
+        dict(r2.counts)
+        == dict(r1.counts)
+        == {
+            "wrong number of fields": 1,
+            "lat out of range [-90, 90]": 1,
+        }
+    )
     assert r2.rows == [(7, "wrong number of fields"), (41, "lat out of range [-90, 90]")]
     with pytest.raises(BadInput, match=r"row 7: wrong number of fields"):
         _read(p, chunk_rows=4, strict=True)
