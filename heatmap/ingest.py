@@ -453,7 +453,7 @@ def _range_loader(
         table = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(
-                column_names=names, use_threads=False, block_size=max(data.size, 1 << 20) + 1
+                column_names=names, use_threads=False, block_size=4 << 20
             ),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
             convert_options=pacsv.ConvertOptions(
