@@ -18,8 +18,9 @@ Readers (API threads) never take the lock: each read is one statement on a poole
 connection and sees the last committed state. The ``windows`` table carries a ``version`` per
 window, bumped by every commit that changes it; the service re-reads it (per request or on a
 short TTL), so a node sees another node's commits. For cheaper polling, ``change_token()`` reads
-one sequence that every such commit bumps; commits also ``NOTIFY heatmap_windows`` for listeners
-that prefer to be told.
+one counter row that every such commit bumps in its own transaction (a sequence would not do: its
+increments are visible before the commit, so a reader could cache the old windows under the new
+token); commits also ``NOTIFY heatmap_windows`` for listeners that prefer to be told.
 
 Bulk data moves with binary ``COPY`` built and parsed by numpy (no Python loop per row).
 """
@@ -76,7 +77,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             batch_id text PRIMARY KEY, result text NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now()
         )""",
-        # Bumped by every commit that changes a window: a change token readers poll cheaply.
+        # Unused since the change token moved to meta('window_changes'); kept for old stores.
         "CREATE SEQUENCE window_changes",
     ),
 }
@@ -350,7 +351,13 @@ class PostgresStore(Store):
                 ") AS c WHERE x.w = c.w",
                 (ws,),
             )
-        self._q("SELECT nextval('window_changes'), pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        # A row, not the (non-transactional) sequence: a reader sees the new token only once the
+        # commit is visible, so it can never cache the old windows under the new token.
+        self._q(
+            "INSERT INTO meta(key, value) VALUES ('window_changes', '1') ON CONFLICT (key) "
+            "DO UPDATE SET value = (meta.value::bigint + 1)::text"
+        )
+        self._q("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
     def write_closed(self, closed: list[ClosedWindow]) -> None:
         """Store the blobs and device totals of closing windows."""
@@ -392,11 +399,11 @@ class PostgresStore(Store):
     def change_token(self) -> int:
         """Return a number that changes whenever a commit changed a window (any process).
 
-        One row read: poll it and reload ``windows()`` only when it moved. (A rolled-back
-        commit may move it too: sequences are not transactional; that only costs a reload.)
+        One row read: poll it and reload ``windows()`` only when it moved. It is bumped in the
+        committing transaction, so it moves exactly when the commit becomes visible.
         """
-        # last_value is 1 both before and after the first nextval; is_called tells them apart.
-        return int(self._q("SELECT last_value + is_called::int FROM window_changes")[0][0])
+        rows = self._q("SELECT value FROM meta WHERE key = 'window_changes'")
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def windows(self) -> list[WindowInfo]:
         """Return every window, oldest first."""

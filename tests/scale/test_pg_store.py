@@ -254,3 +254,19 @@ def test_commits_notify_listeners_and_move_the_change_token(pg_url: str, make_se
     assert [w.version for w in other.windows()] == [1]
     hm.close()
     other.close()
+
+
+def test_the_change_token_moves_only_when_the_commit_is_visible(pg_url: str, make_settings) -> None:
+    """A node polling mid-commit must not see a new token with the old windows: it would cache
+    them under that token and never reload (what a sequence-based token allowed)."""
+    writer = PostgresStore(make_settings(db=pg_url))
+    other = PostgresStore(make_settings(db=pg_url))
+    before = other.change_token()
+    with writer.transaction():
+        writer.touch_windows([(T0 // 300, T0, T0 + 300)], closed=False)
+        assert other.change_token() == before  # in flight: nothing visible yet
+        assert other.windows() == []
+    assert other.change_token() != before
+    assert [w.w for w in other.windows()] == [T0 // 300]
+    writer.close()
+    other.close()
