@@ -1,7 +1,8 @@
 """The embedded store: one SQLite file in WAL mode, durable before any acknowledgement.
 
-Closed windows keep one row per (window, resolution) holding the published arrays as a blob, and
-the raw base-resolution counts likewise; open windows keep one row per device (keyed hash). Deleted
+Closed windows keep one row holding the published arrays as a (zstd) blob, and the raw
+base-resolution counts likewise; open windows keep one row per device (keyed hash) and a live
+counter per (window, cell) (``open_counts``, schema 2) that moves with every upsert. Deleted
 state is overwritten (``secure_delete``) and the WAL truncated after windows close, so no hash of
 a closed window stays on disk.
 """
