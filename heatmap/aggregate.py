@@ -310,10 +310,17 @@ def _run_starts(w: npt.NDArray[np.int64], key: U64) -> npt.NDArray[np.intp]:
     return np.flatnonzero(change)
 
 
-def _strictly_sorted(w: I64, key: U64) -> bool:
-    """Return whether the pairs (w, key) are strictly increasing."""
-    dw = np.diff(w)
-    return bool(((dw > 0) | ((dw == 0) & (key[1:] > key[:-1]))).all())
+def strictly_sorted(*keys: npt.NDArray[np.integer]) -> bool:
+    """Return whether the rows of aligned key arrays strictly increase (lexicographically)."""
+    if len(keys[0]) < 2:
+        return True
+    up = np.zeros(len(keys[0]) - 1, dtype=bool)
+    tied = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        a, b = key[:-1], key[1:]
+        up |= tied & (b > a)
+        tied &= b == a
+    return bool(up.all())
 
 
 def parent_index(w: npt.NDArray[np.int64], cells: U64, res: int) -> npt.NDArray[np.intp]:
@@ -362,7 +369,7 @@ def rollup(counts: pl.DataFrame, base_res: int, min_res: int) -> pl.DataFrame:
     """
     w = counts["w"].to_numpy().astype(np.int64)
     cells = counts["cell"].to_numpy().astype(np.uint64)
-    if not _strictly_sorted(w, cells):  # cells_to_counts returns them sorted already
+    if not strictly_sorted(w, cells):  # cells_to_counts returns them sorted already
         counts = counts.sort("w", "cell")
         w = counts["w"].to_numpy().astype(np.int64)
         cells = counts["cell"].to_numpy().astype(np.uint64)

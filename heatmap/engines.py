@@ -189,8 +189,7 @@ def _read_partition(
         return
     row = part.first_row
     try:
-        pf = pq.ParquetFile(path)
-        cols = resolve_columns(pf.schema_arrow.names)
+        cols = resolve_columns(pq.read_schema(path).names)
         pf = pq.ParquetFile(path, read_dictionary=[cols["device_id"]])
         for batch in pf.iter_batches(
             batch_size=opts.chunk_rows,

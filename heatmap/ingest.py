@@ -357,36 +357,48 @@ def _csv_tasks(
         if ranges is not None:
             yield from _csv_range_tasks(path, ranges, names, types, opts)
             return
-    skipped: list[int] = []
-
-    def on_bad_row(row: pacsv.InvalidRow) -> str:
-        skipped.append(row.number - 1 if row.number else 0)
-        return "skip"
-
-    def flush() -> None:
-        if skipped:
-            if opts.strict:
-                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
-            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
-            skipped.clear()
-
+    wrong = _WrongFields(path, opts.strict, offset=-1)  # arrow counts the header as line 1
     stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            strings_can_be_null=True,
-            null_values=[""],
-        ),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=wrong),
+        convert_options=_csv_convert(types),
     )
     row = 1
     for batch in reader:
-        flush()
+        wrong.flush(rejects)
         yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
         row += batch.num_rows
-    flush()
+    wrong.flush(rejects)
+
+
+class _WrongFields:
+    """Lines with the wrong number of fields, which arrow skips: each becomes a rejected row
+    (or, with ``strict``, the reason the whole input fails). ``offset`` turns arrow's line
+    number into the data-row number."""
+
+    def __init__(self, path: Path, strict: bool, offset: int) -> None:
+        self.path, self.strict, self.offset = path, strict, offset
+        self.rows: list[int] = []
+
+    def __call__(self, bad: pacsv.InvalidRow) -> str:
+        self.rows.append(self.offset + (bad.number or 1))
+        return "skip"
+
+    def flush(self, rejects: Rejects) -> None:
+        if self.rows:
+            if self.strict:
+                raise BadInput(
+                    f"{self.path}: row {self.rows[0]}: wrong number of fields (--strict)"
+                )
+            rejects.add(self.rows, ["wrong number of fields"] * len(self.rows))
+            self.rows = []
+
+
+def _csv_convert(types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+    """Column types as given; an empty field is null (the validation names it missing)."""
+    return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True, null_values=[""])
 
 
 _CSV_BYTES_PER_ROW = 16  # a chunk of ``chunk_rows`` rows spans about this many bytes per row
@@ -444,26 +456,16 @@ def _range_loader(
     opts: ParseOptions,
 ) -> Callable[[Rejects], pl.DataFrame]:
     def load(rejects: Rejects) -> pl.DataFrame:
-        skipped: list[int] = []
-
-        def on_bad_row(bad: pacsv.InvalidRow) -> str:
-            skipped.append(row + (bad.number - 1 if bad.number else 0))
-            return "skip"
-
+        wrong = _WrongFields(path, opts.strict, offset=row - 1)
         table = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(
                 column_names=names, use_threads=False, block_size=4 << 20
             ),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, strings_can_be_null=True, null_values=[""]
-            ),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=wrong),
+            convert_options=_csv_convert(types),
         )
-        if skipped:
-            if opts.strict:
-                raise BadInput(f"{path}: row {skipped[0]}: wrong number of fields (--strict)")
-            rejects.add(skipped, ["wrong number of fields"] * len(skipped))
+        wrong.flush(rejects)
         return arrow_to_pings(table, opts, rejects, first_row=row, source=str(path))
 
     return load

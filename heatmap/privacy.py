@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from heatmap.aggregate import parent_index
+from heatmap.aggregate import parent_index, strictly_sorted
 from heatmap.errors import StoreUnavailable
 
 SECRET_FILE = "secret.key"
@@ -142,7 +142,7 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     cell_all = counts["cell"].to_numpy().astype(np.uint64, copy=False)
     dev_all = counts["devices"].to_numpy().astype(np.int64, copy=False)
     order = None
-    if not _is_sorted(res_all, w_all, cell_all):  # rollup's output is sorted already
+    if not strictly_sorted(res_all, w_all, cell_all):  # rollup's output is sorted already
         order = np.lexsort((cell_all, w_all, res_all))
         res_all, w_all, cell_all, dev_all = (
             res_all[order],
@@ -182,14 +182,6 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     published = np.empty(len(order), dtype=bool)
     published[order] = pub_all
     return pl.Series("published", published)
-
-
-def _is_sorted(res: np.ndarray, w: np.ndarray, cell: np.ndarray) -> bool:
-    if len(res) < 2:
-        return True
-    dr, dw = np.diff(res.astype(np.int64)), np.diff(w)
-    up = (dr > 0) | ((dr == 0) & (dw > 0)) | ((dr == 0) & (dw == 0) & (cell[1:] > cell[:-1]))
-    return bool(up.all())
 
 
 def laplace_noise(n: int, scale: float, seed: bytes | int | None = None) -> npt.NDArray[np.float64]:

@@ -258,7 +258,10 @@ def test_the_outline_is_a_wgs84_multipolygon_of_the_right_size():
 @pytest.mark.realdata
 def test_the_outline_matches_the_shared_gcj02_original_converted():
     if not SHARED_OUTLINE.exists():
-        pytest.skip("shared outline not available")
+        pytest.skip(
+            f"shared outline not present at {SHARED_OUTLINE} "
+            "(it is in CI; outside CI it may be absent)"
+        )
     outline = load_outline()
     src = json.loads(SHARED_OUTLINE.read_text(encoding="utf-8"))
     gcj = shapely.geometry.shape(src["features"][0]["geometry"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +279,7 @@ class SQLiteStore(Store):
 
     def _insert_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
         """Windows without stored state: plain inserts, counts made in numpy."""
-        conn, step = self._conn, self.settings.window_s
+        conn = self._conn
         conn.executemany(
             "INSERT INTO device_state(w, device, ts, cell) VALUES (?, ?, ?, ?)",
             zip(*(c.tolist() for c in cols), strict=True),
@@ -296,17 +296,21 @@ class SQLiteStore(Store):
             ),
         )
         ws, n = np.unique(w, return_counts=True)
-        totals = zip(ws.tolist(), n.tolist(), strict=True)
-        conn.executemany(
+        self._add_devices(zip(ws.tolist(), n.tolist(), strict=True))
+
+    def _add_devices(self, totals: Iterable[tuple[int, int]]) -> None:
+        """Add ``(w, new devices)`` to the windows' totals, creating open windows as needed."""
+        step = self.settings.window_s
+        self._conn.executemany(
             'INSERT INTO windows(w, start, "end", closed, version, devices) '
             "VALUES (?, ?, ?, 0, 0, ?) "
             "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
-            [(x, x * step, (x + 1) * step, k) for x, k in totals],
+            [(x, x * step, (x + 1) * step, n) for x, n in totals],
         )
 
     def _merge_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
         """Some windows have stored state: stage, move the counts, upsert."""
-        conn, step = self._conn, self.settings.window_s
+        conn = self._conn
         conn.execute(_STAGE)
         conn.execute("DELETE FROM incoming")
         conn.executemany(
@@ -315,12 +319,7 @@ class SQLiteStore(Store):
         )
         new = conn.execute(_NEW_DEVICES).fetchall()
         conn.execute(_COUNT_MOVES)
-        conn.executemany(
-            'INSERT INTO windows(w, start, "end", closed, version, devices) '
-            "VALUES (?, ?, ?, 0, 0, ?) "
-            "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
-            [(x, x * step, (x + 1) * step, n) for x, n in new],
-        )
+        self._add_devices(new)
         conn.execute(
             "INSERT INTO device_state(w, device, ts, cell) "
             "SELECT w, device, ts, cell FROM incoming WHERE true "
