@@ -28,6 +28,8 @@ import numpy.typing as npt
 import polars as pl
 from h3ronpy.vector import coordinates_to_cells
 
+from heatmap._jit import kernel, warms
+
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Mapper = Callable[[Callable[[slice], U64], list[slice]], Iterator[U64]]
@@ -47,37 +49,69 @@ def _device_col(frame: pl.DataFrame) -> str:
     return "device_id" if "device_id" in frame.columns else "device"
 
 
-def _dense_keys(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int] | None:
-    """Return a dense (window, device) key per row and the key range, for Categorical ids.
+def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int, int] | None:
+    """Return the Categorical codes of ``dev``, the lowest window and the device count.
 
-    The key is ``(w - w_min) * D + code``; ``None`` for other ids or a range too large to
-    allocate a table for.
+    A (window, device) pair then has the dense key ``(w - w_min) * devices + code``; ``None``
+    for other ids or a key range too large to allocate a table for.
     """
     if not isinstance(frame.schema[dev], pl.Categorical) or not len(w):
         return None
-    codes = frame[dev].to_physical().to_numpy()
+    codes = frame[dev].to_physical().to_numpy().astype(np.int64, copy=False)
     w0 = int(w.min())
     n_dev = int(codes.max()) + 1
-    size = (int(w.max()) - w0 + 1) * n_dev
-    if size > max(_DENSE_LIMIT, 2 * len(w)):
+    if (int(w.max()) - w0 + 1) * n_dev > max(_DENSE_LIMIT, 2 * len(w)):
         return None
-    return (w - w0) * n_dev + codes, size
+    return codes, w0, n_dev
+
+
+@kernel
+def _latest_dense(w: I64, codes: I64, ts: I64, w0: int, n_dev: int) -> npt.NDArray[np.intp]:
+    """Rows at their (w, code) group's latest ``ts``, ties all kept: two passes, one table."""
+    size = (w.max() - w0 + 1) * n_dev
+    best = np.full(size, _NEVER, dtype=np.int64)
+    for i in range(ts.size):
+        k = (w[i] - w0) * n_dev + codes[i]
+        if ts[i] > best[k]:
+            best[k] = ts[i]
+    rows = np.empty(ts.size, dtype=np.intp)
+    n = 0
+    for i in range(ts.size):
+        if ts[i] == best[(w[i] - w0) * n_dev + codes[i]]:
+            rows[n] = i
+            n += 1
+    return rows[:n]
+
+
+@kernel
+def _dense_has_ties(w: I64, codes: I64, w0: int, n_dev: int) -> bool:
+    """Whether some (w, code) pair occurs twice."""
+    seen = np.zeros((w.max() - w0 + 1) * n_dev, dtype=np.bool_)
+    for i in range(w.size):
+        k = (w[i] - w0) * n_dev + codes[i]
+        if seen[k]:
+            return True
+        seen[k] = True
+    return False
+
+
+@warms
+def _warm() -> None:
+    one = np.zeros(1, dtype=np.int64)
+    _latest_dense(one, one, one, 0, 1)
+    _dense_has_ties(one, one, 0, 1)
 
 
 def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
     """Return the rows at their (w, device) group's latest ``ts`` (tied rows all kept).
 
-    Dictionary-encoded (Categorical) ids take a dense numpy path: one ``maximum.at`` over the
-    dense keys finds every group's latest ``ts``. Other ids (or a key range too large) are
-    grouped by polars on the exact (w, device) pair.
+    Dictionary-encoded (Categorical) ids take a compiled pass over dense (w, code) keys.
+    Other ids (or a key range too large) are grouped by polars on the exact (w, device) pair.
     """
     ts = frame["ts"].to_numpy()
-    dense = _dense_keys(frame, dev, w)
+    dense = _dense_codes(frame, dev, w)
     if dense is not None:
-        key, size = dense
-        best = np.full(size, _NEVER, dtype=np.int64)
-        np.maximum.at(best, key, ts)
-        return np.flatnonzero(ts == best[key])
+        return _latest_dense(w.astype(np.int64, copy=False), dense[0], ts, dense[1], dense[2])
     keyed = pl.DataFrame({"w": w, "d": frame[dev], "ts": ts}).with_row_index("i")
     latest = keyed.filter(pl.col("ts") == pl.col("ts").max().over("w", "d"))
     return latest["i"].to_numpy().astype(np.intp)
@@ -86,9 +120,9 @@ def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
 def _has_ties(frame: pl.DataFrame, dev: str) -> bool:
     """Return whether some (w, device) pair has more than one row."""
     w = frame["w"].to_numpy()
-    dense = _dense_keys(frame, dev, w)
+    dense = _dense_codes(frame, dev, w)
     if dense is not None:
-        return bool(np.bincount(dense[0], minlength=dense[1]).max(initial=0) > 1)
+        return bool(_dense_has_ties(w.astype(np.int64, copy=False), *dense))
     return bool(frame.select(pl.struct("w", dev).n_unique()).item() < frame.height)
 
 
@@ -233,6 +267,21 @@ def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
             subset=keys, keep="any"
         )
     return pl.concat([both.filter(~in_shared), latest])
+
+
+def windows_of(frame: pl.DataFrame) -> list[int]:
+    """Return the distinct windows ``w`` of a frame, ascending.
+
+    Windows of one ingest span a narrow range, so one ``bincount`` over it beats hashing
+    millions of rows; a wide range falls back to ``np.unique``.
+    """
+    w = frame["w"].to_numpy()
+    if not len(w):
+        return []
+    lo, hi = int(w.min()), int(w.max())
+    if hi - lo > max(1 << 20, len(w)):
+        return [int(x) for x in np.unique(w).tolist()]
+    return (np.flatnonzero(np.bincount(w - lo)) + lo).tolist()
 
 
 def empty_positions() -> pl.DataFrame:

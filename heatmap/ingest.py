@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from heatmap._jit import kernel, warms
 from heatmap.errors import BadInput
 
 COLUMNS = ("device_id", "ts", "lat", "lng")
@@ -49,6 +51,7 @@ ALIASES: dict[str, str] = {
 CRS_NAMES = ("wgs84", "gcj02", "bd09")
 MAX_SAMPLES = 1000  # rejected rows listed one by one; the counts are always complete
 _EPOCH_MS = 1e11  # larger numeric timestamps are milliseconds (1e11 s is in the year 5138)
+_EPOCH_MS_INT = int(_EPOCH_MS)
 _ISO_FORMATS = (
     ("%Y-%m-%d %H:%M:%S%.f%z", True),
     ("%Y-%m-%d %H:%M:%S%z", True),
@@ -259,6 +262,35 @@ def frame_to_pings(
     return _to_wgs84(typed, opts)
 
 
+@kernel
+def _seconds_if_valid(
+    ts: npt.NDArray[np.int64],
+    lat: npt.NDArray[np.float64],
+    lng: npt.NDArray[np.float64],
+    newest: int,
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """One pass over a numeric chunk: epoch seconds (milliseconds divided), and whether every
+    row is valid (coordinates in range, not NaN; 0 <= ts <= ``newest``). If not, the general
+    path finds each bad row's reason."""
+    out = np.empty_like(ts)
+    ok = True
+    for i in range(ts.size):
+        t = ts[i]
+        t = t // 1000 if abs(t) >= _EPOCH_MS_INT else t
+        la, ln = lat[i], lng[i]
+        # Written so that NaN fails the comparisons; no branch, so the loop vectorises.
+        ok &= (la >= -90.0) & (la <= 90.0) & (ln >= -180.0) & (ln <= 180.0)
+        ok &= (t >= 0) & (t <= newest)
+        out[i] = t
+    return out, ok
+
+
+@warms
+def _warm() -> None:
+    one = np.zeros(1)
+    _seconds_if_valid(np.zeros(1, dtype=np.int64), one, one, 1)
+
+
 def _typed_and_valid(
     frame: pl.DataFrame, cols: dict[str, str], newest: int, ids_checked: bool
 ) -> pl.DataFrame | None:
@@ -274,12 +306,8 @@ def _typed_and_valid(
     ts = t.to_numpy().astype(np.int64, copy=False)
     lat = la.to_numpy().astype(np.float64, copy=False)
     lng = ln.to_numpy().astype(np.float64, copy=False)
-    ms = np.abs(ts) >= int(_EPOCH_MS)
-    if ms.any():
-        ts = np.where(ms, ts // 1000, ts)
-    ok = (lat >= -90.0) & (lat <= 90.0) & (lng >= -180.0) & (lng <= 180.0)  # False for NaN
-    ok &= (ts >= 0) & (ts <= newest)
-    if not ok.all():
+    ts, ok = _seconds_if_valid(ts, lat, lng, newest)
+    if not ok:
         return None
     if not ids_checked and not d.unique().cast(pl.String).str.len_bytes().is_between(1, 256).all():
         return None

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from heatmap.aggregate import Candidates, index_candidates, latest_candidates, merge_positions
+from heatmap._jit import warmup
+from heatmap.aggregate import (
+    Candidates,
+    index_candidates,
+    latest_candidates,
+    merge_positions,
+    windows_of,
+)
 from heatmap.config import Settings
 from heatmap.errors import BadInput, NotFound
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
@@ -88,6 +95,7 @@ class Heatmap:
         self.key = load_or_create_secret(settings.secret, settings.store_dir)
         self._snaps: OrderedDict[tuple[int, str], dict[int, Snapshot]] = OrderedDict()
         self._lock = threading.Lock()
+        warmup()
 
     def close(self) -> None:
         """Close the store."""
@@ -169,7 +177,7 @@ class Heatmap:
             settled = [f.result() for f in ahead]
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
-        seen = Counter(w for p in parts for w in p["w"].unique().to_list())
+        seen = Counter(w for p in parts for w in windows_of(p))
         once = {w for w, n in seen.items() if n == 1}
         pre = Precomputed.combine([a for _, a in settled], once)
         return merge_positions(parts), max_ts, pre

@@ -19,7 +19,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from heatmap.aggregate import cells_to_counts, merge_positions
+from heatmap.aggregate import cells_to_counts, merge_positions, windows_of
 from heatmap.config import Settings
 from heatmap.model import Window
 from heatmap.publish import Published, counts_to_published
@@ -187,7 +187,7 @@ class Store(abc.ABC):
             if max_ts is not None and positions.height:
                 cand = int(positions["ts"].max()) - s.allowed_lateness_s  # type: ignore[arg-type]
                 wm = cand if wm is None else max(wm, cand)
-            unit_ws = set(positions["w"].unique().to_list()) if positions.height else set()
+            unit_ws = set(windows_of(positions))
             stored_open = set(self.open_window_ids())
             every = unit_ws | stored_open
             closing = sorted(w for w in every if wm is not None and (w + 1) * s.window_s <= wm)
@@ -331,7 +331,7 @@ class Precomputed:
         """Compute the closed-window values of every window in ``positions``."""
         counts = cells_to_counts(positions)
         published = counts_to_published(counts, settings)
-        ws = sorted(counts["w"].unique().to_list())
+        ws = windows_of(counts)
         return Precomputed({c.w: c for c in close_windows(ws, counts, published)})
 
     @staticmethod

@@ -280,20 +280,17 @@ class SQLiteStore(Store):
     def _insert_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
         """Windows without stored state: plain inserts, counts made in numpy."""
         conn = self._conn
-        conn.executemany(
-            "INSERT INTO device_state(w, device, ts, cell) VALUES (?, ?, ?, ?)",
-            zip(*(c.tolist() for c in cols), strict=True),
-        )
+        _insert_rows(conn, "device_state(w, device, ts, cell)", cols)
         w, cell = cols[0], cols[3]
         counts = cells_to_counts(pl.DataFrame({"w": w, "cell": cell.view(np.uint64)}))
-        conn.executemany(
-            "INSERT INTO open_counts(w, cell, devices) VALUES (?, ?, ?)",
-            zip(
-                counts["w"].to_list(),
-                _i64(counts["cell"].to_numpy()).tolist(),
-                counts["devices"].to_list(),
-                strict=True,
-            ),
+        _insert_rows(
+            conn,
+            "open_counts(w, cell, devices)",
+            [
+                counts["w"].to_numpy(),
+                _i64(counts["cell"].to_numpy()),
+                counts["devices"].to_numpy(),
+            ],
         )
         ws, n = np.unique(w, return_counts=True)
         self._add_devices(zip(ws.tolist(), n.tolist(), strict=True))
@@ -313,10 +310,7 @@ class SQLiteStore(Store):
         conn = self._conn
         conn.execute(_STAGE)
         conn.execute("DELETE FROM incoming")
-        conn.executemany(
-            "INSERT INTO incoming(w, device, ts, cell) VALUES (?, ?, ?, ?)",
-            zip(*(c.tolist() for c in cols), strict=True),
-        )
+        _insert_rows(conn, "incoming(w, device, ts, cell)", cols)
         new = conn.execute(_NEW_DEVICES).fetchall()
         conn.execute(_COUNT_MOVES)
         self._add_devices(new)
@@ -473,3 +467,31 @@ class SQLiteStore(Store):
             self._conn.close()
             if self._read is not None:
                 self._read.close()
+
+
+_ROWS_PER_INSERT = 256
+
+
+def _insert_rows(conn: sqlite3.Connection, target: str, cols: list[npt.NDArray[np.int64]]) -> None:
+    """Insert aligned integer columns as rows of ``target`` (``table(col, ...)``).
+
+    Rows go ``_ROWS_PER_INSERT`` to a statement (multi-row ``VALUES``): about 2.5x faster than
+    one ``executemany`` row at a time, which pays a statement step and a tuple per row.
+    """
+    n, width = len(cols[0]), len(cols)
+    if not n:
+        return
+    flat = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1).ravel().tolist()
+    row = "(" + ", ".join("?" * width) + ")"
+    full = n - n % _ROWS_PER_INSERT
+    if full:
+        step = _ROWS_PER_INSERT * width
+        conn.executemany(
+            f"INSERT INTO {target} VALUES {', '.join([row] * _ROWS_PER_INSERT)}",  # noqa: S608 - fixed names
+            (flat[i : i + step] for i in range(0, full * width, step)),
+        )
+    if full < n:
+        conn.execute(
+            f"INSERT INTO {target} VALUES {', '.join([row] * (n - full))}",  # noqa: S608 - fixed names
+            flat[full * width :],
+        )
