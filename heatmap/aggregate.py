@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from h3ronpy.vector import coordinates_to_cells
 
 from heatmap._jit import kernel, warms
+from heatmap.cellindex import latlng_to_cells
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -205,16 +205,15 @@ class Candidates:
 def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.DataFrame:
     """Index candidates at ``res`` and keep one position per (w, device).
 
-    Slices of ``_INDEX_SLICE`` rows are indexed through ``mapper`` (h3ronpy releases the GIL,
-    so an executor's ``map`` uses every core). Where candidates tie on ``ts`` the larger cell
-    wins, which makes the rule independent of row order.
+    Slices of ``_INDEX_SLICE`` rows are indexed through ``mapper`` (the compiled indexer
+    releases the GIL, so an executor's ``map`` uses every core). Where candidates tie on
+    ``ts`` the larger cell wins, which makes the rule independent of row order.
     """
     dev = _device_col(cands)
     lat, lng = cands["lat"].to_numpy(), cands["lng"].to_numpy()
 
     def index(part: slice) -> U64:
-        cells = coordinates_to_cells(lat[part], lng[part], res)
-        return np.asarray(cells, dtype=np.uint64)  # validated coordinates: no nulls
+        return latlng_to_cells(lat[part], lng[part], res)  # validated coordinates
 
     # Slices small enough for every worker to get one, large enough to amortise each call.
     step = max(_INDEX_MIN_SLICE, min(_INDEX_SLICE, -(-len(lat) // 8)))

@@ -111,12 +111,12 @@ class Heatmap:
         """Reduce a unit's chunks to hashed positions (``w``, ``device``, ``ts``, ``cell``).
 
         Each chunk is read, validated and reduced to position candidates on a small thread pool
-        (pyarrow, numpy, polars and h3ronpy release the GIL) while this thread merges the
-        results in input order; at most ``2 * workers`` chunks are in flight. Windows that the
-        input has moved past are H3-indexed on the same pool meanwhile, and their counts and
-        published values computed ahead of the commit (used if nothing else reaches those
-        windows). Only the distinct device ids are hashed. ``report`` gets the accepted and
-        late pings and the rejected rows.
+        (pyarrow, numpy, polars and the compiled kernels release the GIL) while this thread
+        merges the results in input order; at most ``2 * workers`` chunks are in flight.
+        Windows that the input has moved past are H3-indexed on the same pool meanwhile, and
+        their counts and published values computed ahead of the commit (used if nothing else
+        reaches those windows). Only the distinct device ids are hashed. ``report`` gets the
+        accepted and late pings and the rejected rows.
 
         Returns the positions, the latest ping time and the values computed ahead.
         """

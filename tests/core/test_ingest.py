@@ -187,3 +187,36 @@ def test_csv_with_quotes_is_read_in_one_pass(tmp_path: Path) -> None:
     got, rejects = _read(p, chunk_rows=4)
     assert got.height == 58 and rejects.total == 2
     assert got["device_id"].to_list()[2] == "d3"
+
+
+@pytest.mark.parametrize(
+    ("ts", "lat", "lng", "reason"),
+    [
+        (1_700_000_000_123, 31.2, 121.4, None),  # milliseconds
+        (-1, 31.2, 121.4, "ts before 1970"),
+        (1_900_000_000, 31.2, 121.4, "ts more than 3600 s in the future"),
+        (1_700_000_000, 90.5, 121.4, "lat out of range [-90, 90]"),
+        (1_700_000_000, float("nan"), 121.4, "lat is NaN"),
+        (1_700_000_000, 31.2, -180.5, "lng out of range [-180, 180]"),
+    ],
+)
+def test_numeric_parquet_rows_are_checked_one_by_one(
+    tmp_path: Path, ts: int, lat: float, lng: float, reason: str | None
+) -> None:
+    """Typed Parquet takes a compiled one-pass check; a bad row still gets its own reason."""
+    frame = pl.DataFrame(
+        {
+            "device_id": ["a", "b", "c"],
+            "ts": [1_700_000_000, ts, 1_700_000_002],
+            "lat": [31.0, lat, 31.1],
+            "lng": [121.0, lng, 121.1],
+        }
+    )
+    frame.write_parquet(tmp_path / "n.parquet")
+    df, rejects = _read(tmp_path / "n.parquet")
+    if reason is None:
+        assert rejects.total == 0
+        assert df["ts"].to_list() == [1_700_000_000, 1_700_000_000, 1_700_000_002]
+    else:
+        assert rejects.rows == [(2, reason)]
+        assert df["device_id"].to_list() == ["a", "c"]
