@@ -14,11 +14,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numba
+import numpy.typing as npt
 
-kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
+kernel: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(
+    cache=True, nogil=True, error_model="numpy"
+)
 """Decorator of every core kernel: disk-cached, releases the GIL, IEEE division (no checks)."""
+
+
+def readonly(*arrays: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], ...]:
+    """Read-only views of kernel inputs.
+
+    Numba compiles a kernel once per argument type, and a read-only array (what polars and
+    arrow hand out) is another type than a writable one: passing every input read-only keeps
+    one compiled version per kernel, the one :func:`warmup` loads.
+    """
+    views = tuple(a.view() for a in arrays)
+    for v in views:
+        v.flags.writeable = False
+    return views
+
 
 _WARMUPS: list[Callable[[], object]] = []
 _LOCK = threading.Lock()

@@ -27,11 +27,12 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from heatmap._jit import kernel, warms
+from heatmap._jit import kernel, readonly, warms
 from heatmap.cellindex import latlng_to_cells
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]
 Mapper = Callable[[Callable[[slice], U64], list[slice]], Iterator[U64]]
 """``map``-like: ``Executor.map`` to index slices on worker threads, or the builtin ``map``."""
 
@@ -49,7 +50,7 @@ def _device_col(frame: pl.DataFrame) -> str:
     return "device_id" if "device_id" in frame.columns else "device"
 
 
-def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int, int] | None:
+def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[U32, int, int] | None:
     """Return the Categorical codes of ``dev``, the lowest window and the device count.
 
     A (window, device) pair then has the dense key ``(w - w_min) * devices + code``; ``None``
@@ -57,7 +58,7 @@ def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int, int] 
     """
     if not isinstance(frame.schema[dev], pl.Categorical) or not len(w):
         return None
-    codes = frame[dev].to_physical().to_numpy().astype(np.int64, copy=False)
+    codes = frame[dev].to_physical().to_numpy().astype(np.uint32, copy=False)
     w0 = int(w.min())
     n_dev = int(codes.max()) + 1
     if (int(w.max()) - w0 + 1) * n_dev > max(_DENSE_LIMIT, 2 * len(w)):
@@ -66,25 +67,34 @@ def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[I64, int, int] 
 
 
 @kernel
-def _latest_dense(w: I64, codes: I64, ts: I64, w0: int, n_dev: int) -> npt.NDArray[np.intp]:
-    """Rows at their (w, code) group's latest ``ts``, ties all kept: two passes, one table."""
-    size = (w.max() - w0 + 1) * n_dev
-    best = np.full(size, _NEVER, dtype=np.int64)
+def _latest_dense(w: I64, codes: U32, ts: I64, w0: int, n_dev: int) -> npt.NDArray[np.intp]:
+    """Rows at their (w, code) group's latest ``ts``, ties all kept, ordered by window (then
+    by row): one table of latest times, one pass keeping rows, a counting sort of those."""
+    span = w.max() - w0 + 1
+    best = np.full(span * n_dev, _NEVER, dtype=np.int64)
     for i in range(ts.size):
         k = (w[i] - w0) * n_dev + codes[i]
         if ts[i] > best[k]:
             best[k] = ts[i]
-    rows = np.empty(ts.size, dtype=np.intp)
+    kept = np.empty(ts.size, dtype=np.intp)
     n = 0
+    starts = np.zeros(span + 1, dtype=np.intp)
     for i in range(ts.size):
         if ts[i] == best[(w[i] - w0) * n_dev + codes[i]]:
-            rows[n] = i
+            kept[n] = i
             n += 1
-    return rows[:n]
+            starts[w[i] - w0 + 1] += 1
+    for j in range(span):
+        starts[j + 1] += starts[j]
+    rows = np.empty(n, dtype=np.intp)
+    for i in kept[:n]:
+        rows[starts[w[i] - w0]] = i
+        starts[w[i] - w0] += 1
+    return rows
 
 
 @kernel
-def _dense_has_ties(w: I64, codes: I64, w0: int, n_dev: int) -> bool:
+def _dense_has_ties(w: I64, codes: U32, w0: int, n_dev: int) -> bool:
     """Whether some (w, code) pair occurs twice."""
     seen = np.zeros((w.max() - w0 + 1) * n_dev, dtype=np.bool_)
     for i in range(w.size):
@@ -97,24 +107,27 @@ def _dense_has_ties(w: I64, codes: I64, w0: int, n_dev: int) -> bool:
 
 @warms
 def _warm() -> None:
-    one = np.zeros(1, dtype=np.int64)
-    _latest_dense(one, one, one, 0, 1)
-    _dense_has_ties(one, one, 0, 1)
+    one, code = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint32)
+    _latest_dense(*readonly(one, code, one), 0, 1)
+    _dense_has_ties(*readonly(one, code), 0, 1)
 
 
 def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
-    """Return the rows at their (w, device) group's latest ``ts`` (tied rows all kept).
+    """Return the rows at their (w, device) group's latest ``ts`` (tied rows all kept),
+    ordered by window, then by row.
 
     Dictionary-encoded (Categorical) ids take a compiled pass over dense (w, code) keys.
     Other ids (or a key range too large) are grouped by polars on the exact (w, device) pair.
     """
     ts = frame["ts"].to_numpy()
+    w = w.astype(np.int64, copy=False)
     dense = _dense_codes(frame, dev, w)
     if dense is not None:
-        return _latest_dense(w.astype(np.int64, copy=False), dense[0], ts, dense[1], dense[2])
+        return _latest_dense(*readonly(w, dense[0], ts), dense[1], dense[2])
     keyed = pl.DataFrame({"w": w, "d": frame[dev], "ts": ts}).with_row_index("i")
     latest = keyed.filter(pl.col("ts") == pl.col("ts").max().over("w", "d"))
-    return latest["i"].to_numpy().astype(np.intp)
+    rows = latest["i"].to_numpy().astype(np.intp)
+    return rows[np.argsort(w[rows], kind="stable")]
 
 
 def _has_ties(frame: pl.DataFrame, dev: str) -> bool:
@@ -122,7 +135,9 @@ def _has_ties(frame: pl.DataFrame, dev: str) -> bool:
     w = frame["w"].to_numpy()
     dense = _dense_codes(frame, dev, w)
     if dense is not None:
-        return bool(_dense_has_ties(w.astype(np.int64, copy=False), *dense))
+        return bool(
+            _dense_has_ties(*readonly(w.astype(np.int64, copy=False), dense[0]), *dense[1:])
+        )
     return bool(frame.select(pl.struct("w", dev).n_unique()).item() < frame.height)
 
 
@@ -140,8 +155,8 @@ def latest_candidates(pings: pl.DataFrame, window_s: int) -> pl.DataFrame:
     Returns
     -------
     DataFrame
-        Columns ``w``, the device column as given, ``ts``, ``lat``, ``lng``; usually one row per
-        (w, device), more where pings tie on the latest ``ts`` (settled by
+        Columns ``w``, the device column as given, ``ts``, ``lat``, ``lng``, ordered by ``w``;
+        usually one row per (w, device), more where pings tie on the latest ``ts`` (settled by
         :func:`index_candidates`).
     """
     dev = _device_col(pings)
@@ -154,7 +169,7 @@ def latest_candidates(pings: pl.DataFrame, window_s: int) -> pl.DataFrame:
 
 
 def reduce_candidates(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """Merge candidate frames (of any chunks) into the candidates of their union."""
+    """Merge candidate frames (of any chunks) into the candidates of their union, by ``w``."""
     frames = [f for f in frames if f.height]
     if len(frames) <= 1:
         return frames[0] if frames else pl.DataFrame()
@@ -171,7 +186,8 @@ class Candidates:
     chunk does reach such a window, the window just gets a second set of positions, which
     :func:`merge_positions` settles by the same rule. ``rest()`` returns what is left.
     Candidates are also reduced whenever ``bound`` new rows pile up, so memory stays near the
-    number of distinct (window, device) pairs whatever the order of the input.
+    number of distinct (window, device) pairs whatever the order of the input. Every part is
+    ordered by ``w`` (as both producers make them), so splitting one at a window is a slice.
     """
 
     def __init__(self, bound: int = 1 << 23) -> None:
@@ -191,10 +207,10 @@ class Candidates:
 
     def ripe(self, before: int) -> pl.DataFrame:
         """Remove and return the (reduced) candidates of windows ``w < before``."""
-        old = pl.col("w") < before
+        cuts = [int(np.searchsorted(p["w"].to_numpy(), before)) for p in self._parts]
         parts = self._parts
-        self._parts = [f for f in (p.filter(~old) for p in parts) if f.height]
-        return reduce_candidates([p.filter(old) for p in parts])
+        self._parts = [p[k:] for p, k in zip(parts, cuts, strict=True) if k < p.height]
+        return reduce_candidates([p[:k] for p, k in zip(parts, cuts, strict=True)])
 
     def rest(self) -> pl.DataFrame:
         """Remove and return all remaining candidates, reduced."""
@@ -271,16 +287,19 @@ def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
 def windows_of(frame: pl.DataFrame) -> list[int]:
     """Return the distinct windows ``w`` of a frame, ascending.
 
-    Windows of one ingest span a narrow range, so one ``bincount`` over it beats hashing
-    millions of rows; a wide range falls back to ``np.unique``.
+    Windows of one ingest span a narrow range, so a ``bincount`` over it (per memory chunk, no
+    copy) beats hashing millions of rows; a wide range falls back to ``np.unique``.
     """
-    w = frame["w"].to_numpy()
-    if not len(w):
+    col = frame["w"]
+    if not col.len():
         return []
-    lo, hi = int(w.min()), int(w.max())
-    if hi - lo > max(1 << 20, len(w)):
-        return [int(x) for x in np.unique(w).tolist()]
-    return (np.flatnonzero(np.bincount(w - lo)) + lo).tolist()
+    lo, hi = int(col.min()), int(col.max())  # type: ignore[arg-type]
+    if hi - lo > max(1 << 20, col.len()):
+        return [int(x) for x in np.unique(col.to_numpy()).tolist()]
+    seen = np.zeros(hi - lo + 1, dtype=bool)
+    for part in col.get_chunks():
+        seen[np.bincount(part.to_numpy() - lo, minlength=hi - lo + 1) > 0] = True
+    return (np.flatnonzero(seen) + lo).tolist()
 
 
 def empty_positions() -> pl.DataFrame:

@@ -69,7 +69,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from heatmap._jit import kernel, warms
+from heatmap._jit import kernel, readonly, warms
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -718,7 +718,8 @@ def latlng_to_cells(lat: F64, lng: F64, res: int) -> U64:
     t = _tables()
     out = np.empty(la.size, dtype=np.int64)
     cells = out.view(np.uint64)
-    if _cells_kernel(la.reshape(-1), ln.reshape(-1), int(res), t, out):
+    flat_la, flat_ln = readonly(la.reshape(-1), ln.reshape(-1))
+    if _cells_kernel(flat_la, flat_ln, int(res), t, out):
         # Never seen: a res-0 cell without a table entry (see _derive_tables). h3ronpy's ids
         # have matched h3-py's everywhere they were compared.
         from h3ronpy.vector import coordinates_to_cells

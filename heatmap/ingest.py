@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from heatmap._jit import kernel, warms
+from heatmap._jit import kernel, readonly, warms
 from heatmap.errors import BadInput
 
 COLUMNS = ("device_id", "ts", "lat", "lng")
@@ -288,7 +288,7 @@ def _seconds_if_valid(
 @warms
 def _warm() -> None:
     one = np.zeros(1)
-    _seconds_if_valid(np.zeros(1, dtype=np.int64), one, one, 1)
+    _seconds_if_valid(*readonly(np.zeros(1, dtype=np.int64), one, one), 1)
 
 
 def _typed_and_valid(
@@ -306,7 +306,7 @@ def _typed_and_valid(
     ts = t.to_numpy().astype(np.int64, copy=False)
     lat = la.to_numpy().astype(np.float64, copy=False)
     lng = ln.to_numpy().astype(np.float64, copy=False)
-    ts, ok = _seconds_if_valid(ts, lat, lng, newest)
+    ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
     if not ok:
         return None
     if not ids_checked and not d.unique().cast(pl.String).str.len_bytes().is_between(1, 256).all():
