@@ -6,4 +6,4 @@ device hashing, suppression, DP), ``aggregate`` (windows, one position per devic
 are the only modules that know about HTTP.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
