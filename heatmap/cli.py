@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,7 +104,22 @@ def ingest(
             report = hm.ingest_paths(paths, opts, progress=tick)
     finally:
         hm.close()
+    _list_rejected(report.rejected_rows, report.rejects.total)
     print(json.dumps(report.summary(), ensure_ascii=False))
+
+
+_LISTED_REJECTS = 20
+
+
+def _list_rejected(rows: list[tuple[str, int, str]], total: int) -> None:
+    """Name the first rejected rows on stderr, one line each: ``path: row N: reason``."""
+    for path, row, why in rows[:_LISTED_REJECTS]:
+        print(f"{path}: row {row}: {why}", file=sys.stderr)
+    if total > _LISTED_REJECTS:
+        print(
+            f"... {total - _LISTED_REJECTS:,} more rejected rows (counts by reason below)",
+            file=sys.stderr,
+        )
 
 
 @app.command()

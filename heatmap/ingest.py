@@ -14,7 +14,7 @@ import io
 import mmap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +86,7 @@ class Rejects:
         self.counts.update(other.counts)
         room = MAX_SAMPLES - len(self.rows)
         if room > 0:
-            self.rows.extend(other.rows[:room])
+            self.rows.extend(sorted(other.rows)[:room])
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,13 @@ def frame_to_pings(
     first_row: int = 1,
     source: str = "input",
     ids_checked: bool = False,
+    skipped: Sequence[int] = (),
 ) -> pl.DataFrame:
     """Validate one chunk and return the canonical pings (WGS-84); record rejected rows.
 
-    ``first_row`` is the 1-based data-row number of the chunk's first row. Device ids are opaque
+    ``first_row`` is the 1-based data-row number of the chunk's first row; ``skipped`` the
+    (ascending) data-row numbers from there on of lines the reader dropped before this frame
+    (wrong number of fields), so that later rows keep their own numbers. Device ids are opaque
     strings (not trimmed); an empty one is rejected. ``ids_checked`` says the caller has
     already found every id present and 1-256 bytes long.
     """
@@ -237,12 +240,15 @@ def frame_to_pings(
         raw = frame.filter(~mask).select(
             _ts_raw=pl.col(cols["ts"]), _lat_raw=pl.col(cols["lat"]), _lng_raw=pl.col(cols["lng"])
         )
-        bad = pl.concat(
-            [typed.with_row_index("row", offset=first_row).filter(~mask), raw], how="horizontal"
-        )
+        local = np.flatnonzero(~mask.to_numpy())
+        rows = pl.Series("row", row_numbers(first_row, local, skipped))
+        bad = pl.concat([typed.filter(~mask).with_columns(rows), raw], how="horizontal")
         ts_raw = pl.col("_ts_raw")
         ts_blank = ts_raw.is_null() | (ts_raw.cast(pl.String).str.strip_chars() == "")
+        empty = dev_text.is_null() & ts_raw.is_null()
+        empty &= pl.col("_lat_raw").is_null() & pl.col("_lng_raw").is_null()
         reason = pl.coalesce(
+            pl.when(empty).then(pl.lit("empty row")),
             pl.when(dev_text.is_null() | (dev_text == "")).then(pl.lit("device_id empty")),
             pl.when(dev_text.str.len_bytes() > 256).then(pl.lit("device_id longer than 256 bytes")),
             pl.when(ts_blank).then(pl.lit("ts missing")),
@@ -289,6 +295,22 @@ def _seconds_if_valid(
 def _warm() -> None:
     one = np.zeros(1)
     _seconds_if_valid(*readonly(np.zeros(1, dtype=np.int64), one, one), 1)
+
+
+def row_numbers(
+    first_row: int, local: npt.NDArray[np.intp], skipped: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    """Data-row numbers of a chunk's rows at positions ``local``, around skipped lines.
+
+    Without skipped lines, row ``i`` of the chunk is ``first_row + i``. A skipped line ``s``
+    moves every row from ``s`` on one further: the ``j``-th skipped line (from 0) is passed by
+    the rows whose unshifted number is at least ``s - j``.
+    """
+    base = first_row + np.asarray(local, dtype=np.int64)
+    if not len(skipped):
+        return base
+    s = np.asarray(skipped, dtype=np.int64)
+    return base + np.searchsorted(s - np.arange(len(s)), base, side="right")
 
 
 def _typed_and_valid(
@@ -389,15 +411,21 @@ def _csv_tasks(
     stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
     reader = pacsv.open_csv(
         stream,
-        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=wrong),
+        read_options=pacsv.ReadOptions(
+            block_size=max(1 << 10, opts.chunk_rows * _CSV_BYTES_PER_ROW), use_threads=False
+        ),
+        parse_options=_csv_parse(wrong),
         convert_options=_csv_convert(types),
     )
     row = 1
+    pending: list[int] = []  # skipped lines from ``row`` on (the reader may have read ahead)
     for batch in reader:
+        pending += wrong.rows
         wrong.flush(rejects)
-        yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
-        row += batch.num_rows
+        last = int(row_numbers(row, np.array([batch.num_rows - 1]), pending)[0])
+        here = [s for s in pending if s <= last]
+        yield ChunkTask(row, last - row + 1, _batch_loader(path, batch, opts, row, skipped=here))
+        row, pending = last + 1, [s for s in pending if s > last]
     wrong.flush(rejects)
 
 
@@ -422,6 +450,12 @@ class _WrongFields:
                 )
             rejects.add(self.rows, ["wrong number of fields"] * len(self.rows))
             self.rows = []
+
+
+def _csv_parse(wrong: _WrongFields) -> pacsv.ParseOptions:
+    """Lines with the wrong number of fields go to ``wrong``; blank lines stay rows (all
+    empty, rejected as "empty row"), so that every line keeps its own row number."""
+    return pacsv.ParseOptions(invalid_row_handler=wrong, ignore_empty_lines=False)
 
 
 def _csv_convert(types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
@@ -490,19 +524,28 @@ def _range_loader(
             read_options=pacsv.ReadOptions(
                 column_names=names, use_threads=False, block_size=4 << 20
             ),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=wrong),
+            parse_options=_csv_parse(wrong),
             convert_options=_csv_convert(types),
         )
+        skipped = list(wrong.rows)
         wrong.flush(rejects)
-        return arrow_to_pings(table, opts, rejects, first_row=row, source=str(path))
+        return arrow_to_pings(
+            table, opts, rejects, first_row=row, source=str(path), skipped=skipped
+        )
 
     return load
 
 
 def _batch_loader(
-    path: Path, data: pa.RecordBatch | pa.Table, opts: ParseOptions, row: int
+    path: Path,
+    data: pa.RecordBatch | pa.Table,
+    opts: ParseOptions,
+    row: int,
+    skipped: Sequence[int] = (),
 ) -> Callable[[Rejects], pl.DataFrame]:
-    return lambda rejects: arrow_to_pings(data, opts, rejects, first_row=row, source=str(path))
+    return lambda rejects: arrow_to_pings(
+        data, opts, rejects, first_row=row, source=str(path), skipped=skipped
+    )
 
 
 def arrow_to_pings(
@@ -512,6 +555,7 @@ def arrow_to_pings(
     *,
     first_row: int = 1,
     source: str = "input",
+    skipped: Sequence[int] = (),
 ) -> pl.DataFrame:
     """Validate one chunk read by arrow (Parquet or CSV) like :func:`frame_to_pings`.
 
@@ -523,7 +567,13 @@ def arrow_to_pings(
     assert isinstance(frame, pl.DataFrame)
     checked = _ids_look_valid(data, cols["device_id"])
     return frame_to_pings(
-        frame, opts, rejects, first_row=first_row, source=source, ids_checked=checked
+        frame,
+        opts,
+        rejects,
+        first_row=first_row,
+        source=source,
+        ids_checked=checked,
+        skipped=skipped,
     )
 
 

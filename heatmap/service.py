@@ -63,6 +63,8 @@ class IngestReport:
     rejects: Rejects = field(default_factory=Rejects)
     duplicate: bool = False
     units: int = 0
+    rejected_rows: list[tuple[str, int, str]] = field(default_factory=list)
+    """The first rejected rows of each file: (path, row, reason)."""
 
     def add(self, result: CommitResult) -> None:
         """Fold one committed unit into the report."""
@@ -213,6 +215,7 @@ class Heatmap:
             )
             report.late += unit.late
             report.rejects.merge(unit.rejects)
+            report.rejected_rows += [(str(path), r, why) for r, why in sorted(unit.rejects.rows)]
 
     def ingest_frame(
         self, frame: pl.DataFrame, opts: ParseOptions, batch_id: str | None = None

@@ -87,6 +87,23 @@ def test_unusable_files_exit_2_with_one_line(tmp_path: Path, content: bytes, mes
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_rejected_rows_are_named_on_stderr(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text(
+        f"device_id,ts,lat,lng\na,{T0},31.2,121.4\n\nb,{T0},91,121.4\nc,{T0},31.2\n"
+        f"d,{T0},31.3,121.5\n"
+    )
+    r = run(["ingest", str(p)], tmp_path / "h.db")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[-3:] == [
+        f"{p}: row 2: empty row",
+        f"{p}: row 3: lat out of range [-90, 90]",
+        f"{p}: row 4: wrong number of fields",
+    ]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["accepted"] == 2 and summary["rejected"] == 3
+
+
 def test_strict_writes_nothing(tmp_path: Path) -> None:
     p = tmp_path / "x.csv"
     p.write_text(f"device_id,ts,lat,lng\na,{T0},31.2,121.4\nb,{T0},91,121.4\n")

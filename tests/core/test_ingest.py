@@ -5,12 +5,20 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from heatmap.crs import wgs84_to_gcj02
 from heatmap.errors import BadInput
-from heatmap.ingest import ParseOptions, Rejects, body_to_frame, frame_to_pings, read_pings
+from heatmap.ingest import (
+    ParseOptions,
+    Rejects,
+    body_to_frame,
+    frame_to_pings,
+    ping_tasks,
+    read_pings,
+)
 
 NOW = 1_800_000_000.0
 
@@ -59,8 +67,7 @@ def test_bad_rows_are_rejected_with_their_reason(tmp_path: Path, line: str, reas
     df, rejects = _read(p)
     assert dict(rejects.counts) == {reason: 1}
     assert df["device_id"].to_list() == ["ok", "ok2"]
-    if reason != "wrong number of fields":
-        assert rejects.rows == [(2, reason)]
+    assert rejects.rows == [(2, reason)]
 
 
 def test_strict_fails_on_the_first_bad_row(tmp_path: Path) -> None:
@@ -220,3 +227,43 @@ def test_numeric_parquet_rows_are_checked_one_by_one(
     else:
         assert rejects.rows == [(2, reason)]
         assert df["device_id"].to_list() == ["a", "c"]
+
+
+@pytest.mark.parametrize("mode", ["ranges", "one pass", "gzip", "quoted"])
+def test_rejected_rows_are_named_by_their_line_whatever_precedes_them(
+    tmp_path: Path, mode: str
+) -> None:
+    """Blank lines and lines with the wrong number of fields do not shift the row numbers of
+    later rejected rows: row N is line N + 1 of the file, in every reading mode."""
+    rng = np.random.default_rng(5)
+    lines, want = ["device_id,ts,lat,lng"], []
+    for row in range(1, 401):
+        kind = rng.choice(["ok", "blank", "fields", "lat"], p=[0.85, 0.05, 0.05, 0.05])
+        dev = '"q"' if mode == "quoted" and row == 1 else f"d{row % 9}"
+        if kind == "ok" or row == 1:
+            lines.append(f"{dev},{1_700_000_000 + row},31.2,121.4")
+            continue
+        lines.append({"blank": "", "fields": "x,1700000000,31.2", "lat": "y,1,95,121.4"}[kind])
+        want.append(
+            (
+                row,
+                {
+                    "blank": "empty row",
+                    "fields": "wrong number of fields",
+                    "lat": "lat out of range [-90, 90]",
+                }[kind],
+            )
+        )
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / ("p.csv.gz" if mode == "gzip" else "p.csv")
+    path.write_bytes(gzip.compress(text.encode()) if mode == "gzip" else text.encode())
+    rejects = Rejects()
+    opts = ParseOptions(now=NOW, chunk_rows=1 << 20 if mode == "one pass" else 8)
+    tasks = list(ping_tasks(path, opts, rejects))
+    assert (len(tasks) > 1) == (mode != "one pass")
+    for task in tasks:  # in file order, as the pipeline merges them
+        part = Rejects()
+        task.load(part)
+        rejects.merge(part)
+    assert sorted(rejects.rows) == want[: len(rejects.rows)]
+    assert rejects.total == len(want)
