@@ -60,6 +60,7 @@ loading from the disk cache in ``heatmap/__pycache__`` afterwards) and the table
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -443,6 +444,7 @@ def _cells_kernel(lat: F64, lng: F64, res: int, t: _Tables, out: npt.NDArray[np.
 
 _TABLES: _Tables | None = None
 _TABLES_LOCK = threading.Lock()
+log = logging.getLogger("heatmap.cellindex")
 
 
 def _tangent_basis(c: tuple[float, float, float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -689,12 +691,61 @@ def _derive_tables() -> _Tables:
 
 
 def _tables() -> _Tables:
-    global _TABLES
+    global _TABLES, _TRUSTED
     if _TABLES is None:
         with _TABLES_LOCK:
             if _TABLES is None:
-                _TABLES = _derive_tables()
+                t = _derive_tables()
+                _TRUSTED = _agrees_with_h3(t)
+                if not _TRUSTED:
+                    log.warning(
+                        "compiled H3 indexer disagrees with h3-py on this platform (libm or "
+                        "H3 version differ); indexing with h3ronpy instead"
+                    )
+                _TABLES = t
     return _TABLES
+
+
+_TRUSTED = True
+"""Whether this platform's kernel passed :func:`_agrees_with_h3` (else h3ronpy indexes)."""
+_CHECK_POINTS = 4096
+
+
+def _agrees_with_h3(t: _Tables) -> bool:
+    """Check the kernel against h3-py on fixed points, once per process (~10 ms).
+
+    Exactness rests on numba calling the same libm as the C library in the h3-py wheel (and on
+    the H3 version): a platform where that fails is caught here, not in silently different
+    cells. Points: uniform on the sphere, at every resolution in turn, plus points a hair's
+    breadth from face edges, where cells depend on the last bits.
+    """
+    import h3
+
+    rng = np.random.default_rng(20261129)
+    n = _CHECK_POINTS
+    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    lng = rng.uniform(-180.0, 180.0, n)
+    res = np.arange(n) % 16
+    # The 30 icosahedron edges: midpoints of adjacent face centres, equally far from both,
+    # nudged by ~1e-12 degrees; each at a random resolution.
+    f = t.face_xyz
+    dots = f @ f.T
+    i, j = np.nonzero(np.triu(np.isclose(dots, dots[dots < 0.999].max()), 1))
+    mid = np.repeat(f[i] + f[j], 8, axis=0)
+    mid /= np.linalg.norm(mid, axis=1, keepdims=True)
+    nudge = rng.normal(0.0, 1e-12, (2, len(mid)))
+    lat = np.concatenate([lat, np.degrees(np.arcsin(mid[:, 2])) + nudge[0]])
+    lng = np.concatenate([lng, np.degrees(np.arctan2(mid[:, 1], mid[:, 0])) + nudge[1]])
+    res = np.concatenate([res, rng.integers(0, 16, len(mid))])
+    for r in range(16):
+        sel = np.flatnonzero(res == r)
+        out = np.empty(len(sel), dtype=np.int64)
+        la, ln = readonly(np.ascontiguousarray(lat[sel]), np.ascontiguousarray(lng[sel]))
+        _cells_kernel(la, ln, r, t, out)
+        want = [h3.str_to_int(h3.latlng_to_cell(x, y, r)) for x, y in zip(la, ln, strict=True)]
+        if out.view(np.uint64).tolist() != want:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------
@@ -716,6 +767,11 @@ def latlng_to_cells(lat: F64, lng: F64, res: int) -> U64:
     if la.shape != ln.shape:
         raise ValueError(f"lat and lng differ in shape: {la.shape} vs {ln.shape}")
     t = _tables()
+    if not _TRUSTED:
+        from h3ronpy.vector import coordinates_to_cells
+
+        got = coordinates_to_cells(la.reshape(-1), ln.reshape(-1), int(res))
+        return np.asarray(got).astype(np.uint64).reshape(la.shape)
     out = np.empty(la.size, dtype=np.int64)
     cells = out.view(np.uint64)
     flat_la, flat_ln = readonly(la.reshape(-1), ln.reshape(-1))

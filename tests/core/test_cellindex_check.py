@@ -1,0 +1,46 @@
+"""The compiled H3 indexer checks itself against h3-py once per process, and falls back."""
+
+from __future__ import annotations
+
+import h3ronpy.vector
+import numpy as np
+import pytest
+
+from heatmap import cellindex
+
+
+def test_the_kernel_passes_its_check_on_this_platform() -> None:
+    cellindex.warmup()
+    assert cellindex._TABLES is not None
+    assert cellindex._TRUSTED
+    assert cellindex._agrees_with_h3(cellindex._TABLES)
+
+
+@pytest.mark.parametrize("broken", ["face azimuths", "base cells"])
+def test_a_kernel_that_disagrees_with_h3_fails_the_check(broken: str) -> None:
+    cellindex.warmup()
+    t = cellindex._TABLES
+    assert t is not None
+    if broken == "face azimuths":  # as a different libm's last bits would, only more so
+        t = t._replace(face_az=t.face_az + 1e-4)
+    else:
+        t = t._replace(base_cells=np.roll(t.base_cells, 25))
+    assert not cellindex._agrees_with_h3(t)
+
+
+def test_an_untrusted_kernel_hands_indexing_to_h3ronpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    cellindex.warmup()
+    rng = np.random.default_rng(3)
+    lat, lng = rng.uniform(30.7, 31.9, 1000), rng.uniform(120.8, 122.2, 1000)
+    calls: list[int] = []
+    real = h3ronpy.vector.coordinates_to_cells
+
+    def spy(la: np.ndarray, ln: np.ndarray, res: int) -> object:
+        calls.append(len(la))
+        return real(la, ln, res)
+
+    monkeypatch.setattr(h3ronpy.vector, "coordinates_to_cells", spy)
+    monkeypatch.setattr(cellindex, "_TRUSTED", False)
+    got = cellindex.latlng_to_cells(lat, lng, 10)
+    assert calls == [1000]
+    assert np.array_equal(got, np.asarray(real(lat, lng, 10)).astype(np.uint64))
