@@ -60,10 +60,13 @@ loading from the disk cache in ``heatmap/__pycache__`` afterwards) and the table
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import threading
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numba
@@ -695,8 +698,13 @@ def _tables() -> _Tables:
     if _TABLES is None:
         with _TABLES_LOCK:
             if _TABLES is None:
-                t = _derive_tables()
-                _TRUSTED = _agrees_with_h3(t)
+                t = _stored_tables()
+                _TRUSTED = t is not None
+                if t is None:
+                    t = _derive_tables()
+                    _TRUSTED = _agrees_with_h3(t)
+                    if _TRUSTED:
+                        _store_tables(t)
                 if not _TRUSTED:
                     log.warning(
                         "compiled H3 indexer disagrees with h3-py on this platform (libm or "
@@ -704,6 +712,48 @@ def _tables() -> _Tables:
                     )
                 _TABLES = t
     return _TABLES
+
+
+def _tables_file() -> Path | None:
+    """Where derived tables are kept between processes: beside numba's cache of the kernel
+    (``NUMBA_CACHE_DIR`` if set), named by the h3 version and this module's source."""
+    import h3
+
+    base = os.environ.get("NUMBA_CACHE_DIR")
+    folder = Path(base) if base else Path(__file__).parent / "__pycache__"
+    try:
+        digest = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
+    except OSError:
+        return None
+    return folder / f"cellindex-tables-{h3.__version__}-{digest}.npz"
+
+
+def _stored_tables() -> _Tables | None:
+    """Tables saved by an earlier process, if any and if they still pass the check."""
+    path = _tables_file()
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            t = _Tables(**{name: data[name] for name in _Tables._fields})
+    except (OSError, ValueError, KeyError):
+        return None
+    return t if _agrees_with_h3(t) else None
+
+
+def _store_tables(t: _Tables) -> None:
+    """Save derived tables for later processes (~0.2 s each); skipped where read-only."""
+    path = _tables_file()
+    if path is None:
+        return
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as fh:
+            np.savez(fh, **t._asdict())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 _TRUSTED = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h3ronpy.vector
 import numpy as np
 import pytest
@@ -44,3 +46,22 @@ def test_an_untrusted_kernel_hands_indexing_to_h3ronpy(monkeypatch: pytest.Monke
     got = cellindex.latlng_to_cells(lat, lng, 10)
     assert calls == [1000]
     assert np.array_equal(got, np.asarray(real(lat, lng, 10)).astype(np.uint64))
+
+
+def test_tables_kept_for_later_processes_are_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cellindex.warmup()
+    t = cellindex._TABLES
+    assert t is not None
+    path = tmp_path / "tables.npz"
+    monkeypatch.setattr(cellindex, "_tables_file", lambda: path)
+    assert cellindex._stored_tables() is None  # nothing kept yet
+    cellindex._store_tables(t)
+    kept = cellindex._stored_tables()
+    assert kept is not None
+    assert all(np.array_equal(a, b) for a, b in zip(kept, t, strict=True))
+    cellindex._store_tables(t._replace(face_az=t.face_az + 1e-4))  # wrong tables on disk
+    assert cellindex._stored_tables() is None
+    path.write_bytes(b"not an npz file")
+    assert cellindex._stored_tables() is None
