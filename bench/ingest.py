@@ -218,8 +218,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         "Ours includes reading, validation, keyed hashing, one position per device per window,",
         "H3 indexing of positions only, roll-up, suppression and the SQLite commit. Not",
         "included, as the peers' reading of the file is not: opening the store once per process",
-        f"({ours_pq['open_s']:.2f} s in the median Parquet run, mostly numba loading the cached",
-        "kernels and deriving the H3 tables); counted in, that run is "
+        f"({ours_pq['open_s']:.2f} s in the median Parquet run, mostly numba initialising and",
+        "loading the cached kernels and H3 tables); counted in, that run is "
         f"{ref / with_open:.2f}x polars-h3 ({with_open:.2f} s).",
     ]
     if args.big_rows:
