@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import mmap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -295,6 +294,7 @@ def _seconds_if_valid(
 def _warm() -> None:
     one = np.zeros(1)
     _seconds_if_valid(*readonly(np.zeros(1, dtype=np.int64), one, one), 1)
+    _newlines(*readonly(np.zeros(1, dtype=np.uint8)))
 
 
 def row_numbers(
@@ -396,16 +396,15 @@ def _csv_tasks(
     path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
 ) -> Iterator[ChunkTask]:
     names = _csv_header(path, compressed)
-    dev_col = resolve_columns(names)["device_id"]
-    # Device ids arrive dictionary-encoded: grouping then works on small integer codes and only
-    # the distinct ids are ever hashed (see aggregate.latest_candidates).
-    types = {
-        n: pa.dictionary(pa.int32(), pa.string()) if n == dev_col else pa.string() for n in names
-    }
+    cols = resolve_columns(names)
+    # Every column as text: the validation finds each bad value's reason. Ranges first try
+    # typed numbers (a bad value fails the range, which is then read as text).
+    types = {n: pa.string() for n in names}
     if not compressed:
         ranges = _csv_ranges(path, opts.chunk_rows * _CSV_BYTES_PER_ROW)
         if ranges is not None:
-            yield from _csv_range_tasks(path, ranges, names, types, opts)
+            typed = {**types, **{cols[c]: t for c, t in _NUMBER_TYPES.items()}}
+            yield from _csv_range_tasks(path, ranges, names, (typed, types), opts)
             return
     wrong = _WrongFields(path, opts.strict, offset=-1)  # arrow counts the header as line 1
     stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
@@ -466,67 +465,88 @@ def _csv_convert(types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
 _CSV_BYTES_PER_ROW = 16  # a chunk of ``chunk_rows`` rows spans about this many bytes per row
 
 
-def _csv_ranges(path: Path, step: int) -> tuple[mmap.mmap, list[tuple[int, int, int]]] | None:
+def _csv_ranges(path: Path, step: int) -> list[tuple[int, int, int]] | None:
     """Cut a plain CSV file into ranges of whole lines, to be parsed in parallel.
 
-    Returns the mapped file and ``(start, end, first_row)`` per range, or ``None`` when the
-    file must be read in order: a single range, or a quote anywhere (a quoted field may hold a
-    newline, so line ends would not be row ends).
+    Returns ``(start, end, first_row)`` per range, or ``None`` when the file must be read in
+    order: a single range, a line longer than a range, or a quote anywhere (a quoted field may
+    hold a newline, so line ends would not be row ends). Reads the file once, a range at a
+    time (each range's task reads its bytes again), so memory stays near a few ranges.
     """
     size = path.stat().st_size
     if size <= step:
         return None
-    with path.open("rb") as fh:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    if mm.find(b'"') != -1:
-        return None
-    start = mm.find(b"\n") + 1  # after the header line
-    if start == 0:
-        return None
     ranges, row = [], 1
-    while start < size:
-        end = mm.find(b"\n", min(start + step, size) - 1)
-        end = size if end == -1 else end + 1
-        ranges.append((start, end, row))
-        row += mm[start:end].count(b"\n") + (mm[end - 1] != 0x0A)
-        start = end
-    return mm, ranges
+    block = bytearray(step)  # reused: no fresh pages per range
+    with path.open("rb") as fh:
+        start = len(fh.readline())  # after the header line
+        while start < size:
+            fh.seek(start)
+            cut = got = fh.readinto(block)
+            if block.find(b'"', 0, got) != -1:
+                return None
+            if start + got < size:
+                cut = block.rfind(b"\n", 0, got) + 1  # the range ends with its last whole line
+                if cut == 0:
+                    return None
+            lines = _newlines(readonly(np.frombuffer(block, dtype=np.uint8, count=cut))[0])
+            ranges.append((start, start + cut, row))
+            row += lines + (block[cut - 1] != 0x0A)
+            start += cut
+    return ranges
+
+
+@kernel
+def _newlines(data: npt.NDArray[np.uint8]) -> int:
+    """Count the newline bytes of a buffer (no temporary array)."""
+    n = 0
+    for b in data:
+        n += b == 10
+    return n
 
 
 def _csv_range_tasks(
     path: Path,
-    cut: tuple[mmap.mmap, list[tuple[int, int, int]]],
+    ranges: list[tuple[int, int, int]],
     names: list[str],
-    types: dict[str, pa.DataType],
+    types: tuple[dict[str, pa.DataType], ...],
     opts: ParseOptions,
 ) -> Iterator[ChunkTask]:
-    mm, ranges = cut
-    whole = pa.py_buffer(mm)
     for i, (start, end, row) in enumerate(ranges):
         rows = (ranges[i + 1][2] if i + 1 < len(ranges) else row + 1) - row
-        yield ChunkTask(
-            row, rows, _range_loader(path, whole.slice(start, end - start), row, names, types, opts)
-        )
+        yield ChunkTask(row, rows, _range_loader(path, (start, end), row, names, types, opts))
 
 
 def _range_loader(
     path: Path,
-    data: pa.Buffer,
+    span: tuple[int, int],
     row: int,
     names: list[str],
-    types: dict[str, pa.DataType],
+    types: tuple[dict[str, pa.DataType], ...],
     opts: ParseOptions,
 ) -> Callable[[Rejects], pl.DataFrame]:
+    """Parse one range with the first column types that convert every value (the last ones,
+    all text, always do)."""
+
     def load(rejects: Rejects) -> pl.DataFrame:
-        wrong = _WrongFields(path, opts.strict, offset=row - 1)
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(
-                column_names=names, use_threads=False, block_size=4 << 20
-            ),
-            parse_options=_csv_parse(wrong),
-            convert_options=_csv_convert(types),
-        )
+        with _unreadable(path, row), path.open("rb") as fh:
+            fh.seek(span[0])
+            data = fh.read(span[1] - span[0])
+        for i, column_types in enumerate(types):
+            wrong = _WrongFields(path, opts.strict, offset=row - 1)
+            try:
+                table = pacsv.read_csv(
+                    pa.BufferReader(data),
+                    read_options=pacsv.ReadOptions(
+                        column_names=names, use_threads=False, block_size=4 << 20
+                    ),
+                    parse_options=_csv_parse(wrong),
+                    convert_options=_csv_convert(column_types),
+                )
+                break
+            except pa.ArrowInvalid:
+                if i == len(types) - 1:
+                    raise
         skipped = list(wrong.rows)
         wrong.flush(rejects)
         return arrow_to_pings(
@@ -563,6 +583,7 @@ def arrow_to_pings(
     that a clean chunk takes the numpy fast path.
     """
     cols = resolve_columns(data.schema.names)
+    data = _ids_as_dictionary(data, cols["device_id"])
     frame = pl.from_arrow(_numbers_as_numbers(data, cols))
     assert isinstance(frame, pl.DataFrame)
     checked = _ids_look_valid(data, cols["device_id"])
@@ -601,6 +622,16 @@ def _numbers_as_numbers(
             return data
         out = out.set_column(i, name, col)
     return out
+
+
+def _ids_as_dictionary(data: pa.RecordBatch | pa.Table, name: str) -> pa.RecordBatch | pa.Table:
+    """Dictionary-encode text ids (CSV): grouping then works on small integer codes and only
+    the distinct ids are ever checked and hashed (see ``aggregate.latest_candidates``).
+    Encoding after parsing costs a quarter of what arrow's CSV dictionary conversion does."""
+    i = data.schema.get_field_index(name)
+    if not pa.types.is_string(data.schema.field(i).type):
+        return data
+    return data.set_column(i, name, pc.dictionary_encode(data.column(i)))
 
 
 def _ids_look_valid(data: pa.RecordBatch | pa.Table, name: str) -> bool:

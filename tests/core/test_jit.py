@@ -20,13 +20,14 @@ from heatmap.service import Heatmap
 tmp = Path(sys.argv[1])
 hm = Heatmap(Settings(db=str(tmp / "s.db"), secret="t"))
 ks = [aggregate._latest_dense, aggregate._dense_has_ties, ingest._seconds_if_valid,
-      cellindex._cells_kernel]
+      ingest._newlines, cellindex._cells_kernel]
 before = [len(k.signatures) for k in ks]
 frame = pl.DataFrame({"device_id": ["a", "b", "a"], "ts": [1_700_000_000, 1_700_000_100,
                       1_700_000_900], "lat": [31.2, 31.3, 31.25], "lng": [121.4, 121.5, 121.45]})
 frame.write_parquet(tmp / "p.parquet")
 frame.with_columns(pl.col("ts") + 3600).write_csv(tmp / "p.csv")  # an hour later
-report = hm.ingest_paths([tmp / "p.parquet", tmp / "p.csv"], ParseOptions())
+# chunk_rows=1: the CSV is cut into ranges (each counted) as a large one would be
+report = hm.ingest_paths([tmp / "p.parquet", tmp / "p.csv"], ParseOptions(chunk_rows=1))
 print(before, [len(k.signatures) for k in ks], report.accepted)
 """
 
@@ -39,4 +40,4 @@ def test_opening_a_store_warms_every_kernel_an_ingest_uses(tmp_path: Path) -> No
         check=True,
         timeout=300,
     )
-    assert out.stdout.split("\n")[-2] == "[1, 1, 1, 1] [1, 1, 1, 1] 6"
+    assert out.stdout.split("\n")[-2] == "[1, 1, 1, 1, 1] [1, 1, 1, 1, 1] 6"
