@@ -157,6 +157,27 @@ _BC_CW = 1 << 11
 _AXIAL_SPAN = 5  # res-0 axial coordinates -2..2
 
 
+def _pent_steps(rots: int, cw: bool) -> npt.NDArray[np.int64]:
+    """Total counter-clockwise steps of a pentagon's digits, by their leading digit (0..6)."""
+    steps = np.zeros(7, dtype=np.int64)
+    for first in range(7):
+        lead, n = first, 0
+        if lead == _K:
+            lead, n = (_ROT_CW[lead], 5) if cw else (_ROT_CCW[lead], 1)
+        for _ in range(rots):
+            lead = _ROT_CCW[lead]
+            n += 1
+            if lead == _K:
+                lead = _ROT_CCW[lead]
+                n += 1
+        steps[first] = n % 6
+    return steps
+
+
+_PENT_STEPS = np.array([[_pent_steps(r, cw) for cw in (False, True)] for r in range(6)])
+"""_PENT_STEPS[rotations, cw, leading digit]: see :func:`_pent_steps`."""
+
+
 class _Tables(NamedTuple):
     face_xyz: F64  # (20, 3)
     face_north: F64  # (20, 3) unit tangent towards the north pole at each face centre
@@ -420,21 +441,7 @@ def _cells_kernel(lat: F64, lng: F64, res: int, t: _Tables, out: npt.NDArray[np.
                     lead = (digits >> (3 * (15 - rr))) & 7
                     if lead != 0:
                         break
-                steps = 0
-                if lead == _K:
-                    if entry & _BC_CW:
-                        steps = 5
-                        lead = _ROT_CW[lead]
-                    else:
-                        steps = 1
-                        lead = _ROT_CCW[lead]
-                for _ in range(rots):
-                    lead = _ROT_CCW[lead]
-                    steps += 1
-                    if lead == _K:
-                        lead = _ROT_CCW[lead]
-                        steps += 1
-                rots = steps % 6
+                rots = _PENT_STEPS[rots, 1 if entry & _BC_CW else 0, lead]
             if rots:
                 digits = _rotate_digits(digits, rots)
             out[p] = head | ((entry & 127) << 45) | digits
@@ -546,27 +553,6 @@ _ROT_PERM = _rot_perm()
 _SAMPLE_DEPTH = 2  # every descendant down to this resolution samples an entry
 _DEEPER_DEPTH = 3  # ... down to this one below pentagons and cells with no sample on the face
 _K_SAMPLE_DEPTH = 4  # ... and, below pentagons, those with a leading K digit down to this
-
-
-def _pent_steps(rots: int, cw: bool) -> npt.NDArray[np.int64]:
-    """Total counter-clockwise steps of a pentagon's digits, by their leading digit (0..6)."""
-    steps = np.zeros(7, dtype=np.int64)
-    for first in range(7):
-        lead, n = first, 0
-        if lead == _K:
-            lead, n = (_ROT_CW[lead], 5) if cw else (_ROT_CCW[lead], 1)
-        for _ in range(rots):
-            lead = _ROT_CCW[lead]
-            n += 1
-            if lead == _K:
-                lead = _ROT_CCW[lead]
-                n += 1
-        steps[first] = n % 6
-    return steps
-
-
-_PENT_STEPS = np.array([[_pent_steps(r, cw) for cw in (False, True)] for r in range(5)])
-"""_PENT_STEPS[rotations, cw, leading digit]: see :func:`_pent_steps`."""
 
 
 def _leading(digits: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

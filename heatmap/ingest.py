@@ -240,7 +240,7 @@ def frame_to_pings(
             _ts_raw=pl.col(cols["ts"]), _lat_raw=pl.col(cols["lat"]), _lng_raw=pl.col(cols["lng"])
         )
         local = np.flatnonzero(~mask.to_numpy())
-        rows = pl.Series("row", row_numbers(first_row, local, skipped))
+        rows = pl.Series("row", _row_numbers(first_row, local, skipped))
         bad = pl.concat([typed.filter(~mask).with_columns(rows), raw], how="horizontal")
         ts_raw = pl.col("_ts_raw")
         ts_blank = ts_raw.is_null() | (ts_raw.cast(pl.String).str.strip_chars() == "")
@@ -297,7 +297,7 @@ def _warm() -> None:
     _newlines(*readonly(np.zeros(1, dtype=np.uint8)))
 
 
-def row_numbers(
+def _row_numbers(
     first_row: int, local: npt.NDArray[np.intp], skipped: Sequence[int]
 ) -> npt.NDArray[np.int64]:
     """Data-row numbers of a chunk's rows at positions ``local``, around skipped lines.
@@ -421,7 +421,7 @@ def _csv_tasks(
     for batch in reader:
         pending += wrong.rows
         wrong.flush(rejects)
-        last = int(row_numbers(row, np.array([batch.num_rows - 1]), pending)[0])
+        last = int(_row_numbers(row, np.array([batch.num_rows - 1]), pending)[0])
         here = [s for s in pending if s <= last]
         yield ChunkTask(row, last - row + 1, _batch_loader(path, batch, opts, row, skipped=here))
         row, pending = last + 1, [s for s in pending if s > last]
