@@ -147,14 +147,25 @@ def _commit(positions: object, max_ts: int | None) -> dict:
     import polars as pl
 
     from heatmap.aggregate import cells_to_counts
+    from heatmap.commit import commit_unit
     from heatmap.config import Settings
+    from heatmap.policy import PublishPolicy
     from heatmap.store.sqlite import SQLiteStore
 
     assert isinstance(positions, pl.DataFrame)
     with tempfile.TemporaryDirectory(prefix="bench-scale-store-") as tmp:
-        store = SQLiteStore(Settings(db=f"{tmp}/h.db", secret="bench", basemap_url=""))
+        settings = Settings(db=f"{tmp}/h.db", secret="bench", basemap_url="")
+        store = SQLiteStore(settings)
+        policy = PublishPolicy.from_settings(settings)
         t0, c0 = time.perf_counter(), _cpu_s()
-        result = store.commit_unit(positions, max_ts, accepted=positions.height)
+        result = commit_unit(
+            store,
+            positions,
+            max_ts,
+            policy,
+            lateness_s=settings.allowed_lateness_s,
+            accepted=positions.height,
+        )
         seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
         store.close()
     counts = cells_to_counts(positions)

@@ -181,7 +181,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Simulate a plausible day of pings in a city and write them to a file."""
-    from heatmap.service import parse_when
+    from heatmap.read.ref import parse_when
     from heatmap.simulate import simulate_pings, write_pings
 
     if not out.name.endswith((".csv", ".csv.gz", ".parquet")):
@@ -221,17 +221,22 @@ def export_cells(
 ) -> None:
     """Export published (privacy-applied) cells of one or all windows."""
     from heatmap.export import check_format, snapshots_to_frame, write_cells
+    from heatmap.read import Reader, Ref
     from heatmap.service import Heatmap
 
     check_format(out)
+    ref = None if window == "all" else Ref.parse(window)
     s = _settings()
     r = s.base_res if res is None else res
     hm = Heatmap(s)
+    reader = Reader.of(hm)
     try:
-        wins = hm.windows() if window == "all" else [hm.window(window)]
-        snaps = [hm.snapshot(str(w.window.start), r) for w in wins]
+        reader.check_res(r)
+        wins = reader.windows().infos() if ref is None else [reader.window(ref)]
+        snaps = [reader.snapshots(w)[r] for w in wins]
         n = write_cells(snapshots_to_frame(snaps), out)
     finally:
+        reader.close()
         hm.close()
     print(json.dumps({"rows": n, "windows": len(wins), "out": str(out)}))
 
@@ -248,8 +253,10 @@ def export_pmtiles(
     max_zoom: Annotated[int, typer.Option(help="highest zoom")] = 13,
 ) -> None:
     """Export one closed window as a PMTiles v3 archive."""
+    from heatmap.read import Ref
     from heatmap.tiling import export_pmtiles as run
 
+    ref = None if window == "closed" else Ref.parse(window)
     if format not in ("mvt", "png"):
         raise BadInput(f"--format {format!r}: use mvt or png")
     if not 0 <= min_zoom <= max_zoom <= 18:
@@ -260,7 +267,7 @@ def export_pmtiles(
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        info = run(_settings(), out, window, format, min_zoom, max_zoom, tick)
+        info = run(_settings(), out, ref, format, min_zoom, max_zoom, tick)
     print(json.dumps(info))
 
 

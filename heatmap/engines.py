@@ -5,7 +5,7 @@ a run of Parquet row groups); each partition is parsed and validated like ``heat
 reduced to positions (one row per window and device: its latest ping) by the kernel of
 :mod:`heatmap.aggregate`, and its device ids are replaced by their keyed hash where it was read,
 so raw ids never travel. Positions are then merged exactly and committed on the client with the
-same ``Store.commit_unit`` as every other unit.
+same :func:`heatmap.commit.commit_unit` as every other unit.
 
 Exactness does not depend on the partitioning: ``merge_positions`` is associative and
 commutative, and ``pings_to_positions`` of a partition is the merge of its pings taken one by
@@ -531,7 +531,7 @@ def aggregate_paths(
         cutoff=None if wm is None else wm // s.window_s * s.window_s,
     )
     agg = partitions_to_positions(parts, cfg, engine, progress)
-    result = hm.store.commit_unit(agg.positions, agg.stats.max_ts, accepted=agg.stats.accepted)
+    result = hm.commit(agg.positions, agg.stats.max_ts, accepted=agg.stats.accepted)
     report = IngestReport(rejects=agg.stats.rejects)
     report.add(result)
     report.late += agg.stats.late

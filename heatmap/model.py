@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class Window(NamedTuple):
@@ -99,3 +102,11 @@ class Snapshot:
             else np.zeros(cells.shape, dtype=bool)
         )
         return np.where(found, pos, -1)
+
+
+@dataclass(frozen=True)
+class Published:
+    """Privacy-applied values of one window: published cells only, all resolutions."""
+
+    window: Window
+    frame: pl.DataFrame  # columns res, cell (uint64), people (float64), sorted by (res, cell)

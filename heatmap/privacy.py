@@ -1,8 +1,10 @@
 """Privacy: keyed device hashing at the edge, k-anonymity with complementary suppression, DP noise.
 
 Rules (DESIGN.md): (1) raw device ids never reach disk, only a keyed hash of open windows;
-(2) nothing describing fewer than ``k_min`` devices is published; (3) no difference between a
-published cell and the published cells of any finer resolution inside it is in ``1..k_min-1``;
+(2) nothing describing fewer than ``k_min`` devices is published; (3) the *atom rule*: the H3
+roll-up is a tree, so every number derivable by differencing a release (any mix of resolutions)
+is a sum of atoms ``atom(X) = X - sum(maximal published cells strictly inside X)``, one per
+published cell ``X``; every atom is 0 or at least ``k_min`` (see :func:`suppress`);
 (4) optional Laplace noise, drawn once per published value and kept.
 """
 
@@ -119,7 +121,7 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     ----------
     counts
         Columns ``w``, ``res``, ``cell``, ``devices``: exact roll-ups of the finest resolution,
-        for any number of windows (as made by ``aggregate.rollup``).
+        for any number of windows (as made by ``aggregate.rollup``; any row order).
     k_min
         Minimum number of devices a published number may describe.
 
@@ -130,12 +132,35 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
 
     Notes
     -----
-    Start from ``devices >= k_min``. Resolutions are settled coarse to fine; at a finer resolution
-    ``s`` and for each coarser ``r`` (nearest first), a published parent ``P`` whose remainder
-    ``P - sum(published cells of s inside P)`` is in ``1..k_min-1`` withholds its smallest
-    published cell at ``s``. One always suffices: a published cell holds ``>= k_min`` devices,
-    which lifts the remainder to ``>= k_min``. Withholding only raises remainders, so it never
-    breaks a constraint already met, and finer resolutions never change coarser decisions.
+    *Rule 2*: a cell with fewer than ``k_min`` devices is never published. *Rule 3, the atom
+    rule*: the roll-up is a tree (one per window), so whatever published cells an attacker adds
+    and subtracts, the result is a sum of atoms ``atom(X) = X - sum(maximal published cells
+    strictly inside X)`` (maximal: no published cell between them and ``X``). Every atom of a
+    published cell must be 0 or ``>= k_min``. Checking one finer resolution at a time is not
+    enough: ``P - A - b1`` (``A`` at res 9, ``b1`` at res 10 under a withheld sibling of ``A``)
+    is an atom no pairwise check sees.
+
+    Complementary suppression, greedy, fine to coarse. Start from ``devices >= k_min``. At each
+    resolution compute the atoms of its published cells from the (final) finer levels. A cell
+    ``X`` whose atom is in ``1..k_min-1`` withholds one published descendant ``Y`` with a
+    positive atom that is maximal in ``X`` once the atom-0 published cells between them are
+    withheld too (those add nothing): the choice withholding the fewest cells, then the one with
+    the smallest atom. Withholding ``Y`` moves ``atom(Y)`` into ``atom(X)`` and changes no
+    other atom (``Y``'s maximal cells become ``X``'s; atoms below ``Y`` keep their maximal
+    cells). So every cell's atom, when its level is reached, is still its atom before any
+    withholding, and exactly one ``Y`` (with its chain) is withheld per offending atom.
+    One withholding per offending atom suffices: finer atoms are already 0 or ``>= k_min``, so
+    ``atom(Y) >= k_min`` lifts ``atom(X)`` to ``>= k_min``; and such a ``Y`` always exists,
+    since ``X >= k_min > atom(X)`` means the atoms inside ``X`` sum to something positive.
+    Coarser levels are settled after, and their withholdings only touch cells finer than
+    them, whose atoms they leave alone. The coarsest resolution is never withheld for the rule
+    (it counts everyone), and a cell with ``>= k_min`` devices is absent only if it lies
+    strictly inside a cell whose atom, before suppression, was in ``1..k_min-1``.
+
+    Vectorised per level: atoms come from one ``bincount`` over each level's parent rows; the
+    search for ``Y`` descends level by level from the offending cells only, through the cells
+    with ``>= k_min`` devices that are withheld or have atom 0 (children found by
+    ``searchsorted`` in the sorted parent rows).
     """
     res_all = counts["res"].to_numpy()
     w_all = counts["w"].to_numpy().astype(np.int64, copy=False)
@@ -153,35 +178,90 @@ def suppress(counts: pl.DataFrame, k_min: int) -> pl.Series:
     pub_all = dev_all >= k_min
     levels = sorted(int(r) for r in np.unique(res_all))
     bounds = np.searchsorted(res_all, levels + [levels[-1] + 1] if levels else [])
-    # up[i]: row (within level i - 1) of each level-i cell's parent; deeper ancestors are
-    # found by following these maps, one gather per level.
-    up: list[npt.NDArray[np.intp]] = []
-    for i in range(len(levels)):
-        a, b = int(bounds[i]), int(bounds[i + 1])
-        w_s, cell_s, dev_s, pub_s = w_all[a:b], cell_all[a:b], dev_all[a:b], pub_all[a:b]
-        up.append(parent_index(w_s, cell_s, levels[i - 1]) if i else np.zeros(0, np.intp))
-        weights = np.where(pub_s, dev_s, 0)
-        pidx = np.arange(b - a)
-        for j in range(i - 1, -1, -1):  # coarser levels, nearest first
-            pidx = up[j + 1][pidx]
-            ra, rb = int(bounds[j]), int(bounds[j + 1])
-            covered = np.bincount(pidx, weights=weights, minlength=rb - ra)
-            remainder = dev_all[ra:rb] - covered.astype(np.int64)
-            bad = pub_all[ra:rb] & (remainder > 0) & (remainder < k_min)
-            if not bad.any():
-                continue
-            cand = np.flatnonzero(pub_s & bad[pidx])
-            # The smallest published cell under each bad parent (ties: the smaller cell id).
-            cand = cand[np.lexsort((cell_s[cand], dev_s[cand], pidx[cand]))]
-            first = np.ones(len(cand), dtype=bool)
-            first[1:] = pidx[cand][1:] != pidx[cand][:-1]
-            pub_s[cand[first]] = False  # a view into pub_all
-            weights = np.where(pub_s, dev_s, 0)
+    spans = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(levels))]
+    dev = [dev_all[s] for s in spans]
+    pub = [pub_all[s] for s in spans]  # views: withholding writes through to pub_all
+    # up[i]: row (within level i - 1) of each level-i cell's parent, non-decreasing.
+    up = [np.zeros(0, np.intp)] + [
+        parent_index(w_all[spans[i]], cell_all[spans[i]], levels[i - 1])
+        for i in range(1, len(levels))
+    ]
+    atom: list[npt.NDArray[np.int64]] = [np.zeros(0, np.int64)] * len(levels)
+    cover = np.zeros(0, np.int64)  # devices in the maximal published cells inside each cell
+    for i in range(len(levels) - 1, -1, -1):  # fine to coarse
+        if i + 1 < len(levels):
+            seen = np.where(pub[i + 1], dev[i + 1], cover)  # what each child shows its parent
+            cover = np.rint(np.bincount(up[i + 1], seen, len(dev[i]))).astype(np.int64)
+        else:
+            cover = np.zeros(len(dev[i]), np.int64)
+        atom[i] = dev[i] - cover
+        bad = np.flatnonzero(pub[i] & (atom[i] > 0) & (atom[i] < k_min))
+        if bad.size:
+            _withhold_for(bad, i, dev, pub, atom, up, k_min)
     if order is None:
         return pl.Series("published", pub_all)
     published = np.empty(len(order), dtype=bool)
     published[order] = pub_all
     return pl.Series("published", published)
+
+
+def _withhold_for(
+    bad: npt.NDArray[np.intp],
+    i: int,
+    dev: list[npt.NDArray[np.int64]],
+    pub: list[npt.NDArray[np.bool_]],
+    atom: list[npt.NDArray[np.int64]],
+    up: list[npt.NDArray[np.intp]],
+    k_min: int,
+) -> None:
+    """Lift the atoms of the level-``i`` cells ``bad`` (in ``1..k_min-1``) to ``>= k_min``.
+
+    For each, withhold a published descendant ``Y`` with a positive atom, reachable through
+    withheld or atom-0 published cells only, and the atom-0 cells on the way (see
+    :func:`suppress`): the choice withholding the fewest cells, then the one with the smallest
+    atom, then the coarsest and lowest. Updates ``pub`` and ``atom[i]`` in place.
+    """
+    # Candidates per level: (level, row, owner = index into bad, cells withheld if picked).
+    found: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]]
+    found = []
+    rows, owner = bad, np.arange(len(bad))
+    cost = np.zeros(len(bad), np.intp)  # published (atom-0) cells on the path below X
+    for j in range(i + 1, len(dev)):
+        lo = np.searchsorted(up[j], rows)
+        n = np.searchsorted(up[j], rows + 1) - lo
+        kids = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        owner, cost = np.repeat(owner, n), np.repeat(cost, n)
+        # Published cells and the cells between them and X all hold >= k_min devices.
+        keep = dev[j][kids] >= k_min
+        kids, owner, cost = kids[keep], owner[keep], cost[keep]
+        on = pub[j][kids]
+        cand = on & (atom[j][kids] > 0)
+        if cand.any():
+            found.append((j, kids[cand], owner[cand], cost[cand] + 1))
+        rows, owner, cost = kids[~cand], owner[~cand], cost[~cand] + on[~cand]
+        if not rows.size:
+            break
+    empty = np.zeros(0, np.intp)
+    lev = np.concatenate([np.full(len(r), j) for j, r, _, _ in found] or [empty])
+    row = np.concatenate([r for _, r, _, _ in found] or [empty])
+    own = np.concatenate([o for _, _, o, _ in found] or [empty])
+    cells = np.concatenate([c for _, _, _, c in found] or [empty])
+    gain = np.concatenate([atom[j][r] for j, r, _, _ in found] or [empty.astype(np.int64)])
+    pick = np.lexsort((row, lev, gain, cells, own))
+    first = np.ones(len(pick), dtype=bool)
+    first[1:] = own[pick][1:] != own[pick][:-1]
+    pick = pick[first]  # one per owner
+    atom[i][bad[own[pick]]] += gain[pick]
+    for j in np.unique(lev[pick]).tolist():
+        r = row[pick][lev[pick] == j]
+        pub[j][r] = False
+        for m in range(j - 1, i, -1):  # the cells in between: atom 0 or already withheld
+            r = up[m + 1][r]
+            pub[m][r] = False
+    # No candidate (only with counts that are not an exact roll-up): withhold X itself.
+    lost = np.ones(len(bad), dtype=bool)
+    lost[own[pick]] = False
+    pub[i][bad[lost]] = False
 
 
 def laplace_noise(n: int, scale: float, seed: bytes | int | None = None) -> npt.NDArray[np.float64]:

@@ -7,7 +7,7 @@ once), and only read afterwards; for the open window it is rebuilt when its vers
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -15,9 +15,21 @@ import polars as pl
 import polars_h3 as plh3
 
 from heatmap.aggregate import rollup
-from heatmap.config import Settings
-from heatmap.model import Band, Snapshot, Window
+from heatmap.model import Band, Published, Snapshot, Window
+from heatmap.policy import PublishPolicy
 from heatmap.privacy import laplace_noise, suppress
+
+__all__ = [
+    "Published",
+    "cell_area_km2",
+    "counts_to_published",
+    "density_to_band",
+    "legend",
+    "legend_text",
+    "make_bands",
+    "published_to_snapshots",
+    "version_of",
+]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -33,9 +45,11 @@ _PALETTE = (
 )
 
 
-def make_bands(thresholds_km2: list[float], alpha: int = 190) -> tuple[Band, ...]:
-    """Return the four bands for the lower bounds of green, yellow and red (people per km2)."""
-    lowers = [0.0, *thresholds_km2]
+def make_bands(bands: PublishPolicy | Sequence[float], alpha: int = 190) -> tuple[Band, ...]:
+    """Return the four bands of a policy, or for the lower bounds of green, yellow and red
+    (people per km2)."""
+    thresholds = bands.bands_km2 if isinstance(bands, PublishPolicy) else bands
+    lowers = [0.0, *thresholds]
     return tuple(
         Band(name, color, alpha, lower, en, zh)
         for (name, color, en, zh), lower in zip(_PALETTE, lowers, strict=True)
@@ -56,9 +70,9 @@ def cell_area_km2(cells: U64) -> F64:
     return pl.select(plh3.cell_area(s, unit="km^2")).to_series().to_numpy()
 
 
-def legend(settings: Settings) -> dict[str, object]:
+def legend(policy: PublishPolicy) -> dict[str, object]:
     """Return the structured legend: bands with colours, zh/en labels and thresholds."""
-    bands = make_bands(settings.bands_km2)
+    bands = make_bands(policy)
     out = []
     for i, b in enumerate(bands):
         upper = bands[i + 1].lower_km2 if i + 1 < len(bands) else None
@@ -74,41 +88,33 @@ def legend(settings: Settings) -> dict[str, object]:
     return {
         "unit": "people per km2",
         "bands": out,
-        "k_min": settings.k_min,
-        "dp_epsilon": settings.dp_epsilon,
-        "expansion": settings.expansion,
+        "k_min": policy.k_min,
+        "dp_epsilon": policy.dp_epsilon,
+        "expansion": policy.expansion,
         "suppressed": {
-            "en": f"Fewer than {settings.k_min} people or withheld for privacy",
-            "zh": f"少于{settings.k_min}人或因隐私保护未显示",
+            "en": f"Not enough data: fewer than {policy.k_min} devices, or withheld for privacy",
+            "zh": f"数据不足：少于{policy.k_min}台设备，或因隐私保护未显示",
         },
     }
 
 
-def legend_text(settings: Settings) -> str:
+def legend_text(policy: PublishPolicy) -> str:
     """Return the legend as one line of text (TileJSON ``legend``)."""
     parts = []
-    for b in legend(settings)["bands"]:  # type: ignore[attr-defined]
+    for b in legend(policy)["bands"]:  # type: ignore[attr-defined]
         hi = f"-{b['max_km2']:,.0f}" if b["max_km2"] else "+"
         parts.append(
             f"{b['color']} {b['label']['en']} / {b['label']['zh']}: {b['min_km2']:,.0f}{hi}"
         )
     text = "People per km2. " + "; ".join(parts)
-    text += f". Cells with fewer than {settings.k_min} devices are not shown."
-    if settings.dp_epsilon:
-        text += f" Differential privacy: epsilon={settings.dp_epsilon:g} per window."
+    text += f". Cells with fewer than {policy.k_min} devices are not shown."
+    if policy.dp_epsilon:
+        text += f" Differential privacy: epsilon={policy.dp_epsilon:g} per window."
     return text
 
 
-@dataclass(frozen=True)
-class Published:
-    """Privacy-applied values of one window: published cells only, all resolutions."""
-
-    window: Window
-    frame: pl.DataFrame  # columns res, cell (uint64), people (float64), sorted by (res, cell)
-
-
 def counts_to_published(
-    counts: pl.DataFrame, settings: Settings, noise_seed: bytes | None = None
+    counts: pl.DataFrame, policy: PublishPolicy, noise_seed: bytes | None = None
 ) -> pl.DataFrame:
     """Roll up, suppress (rules 2-3), add optional DP noise and expand base-resolution counts.
 
@@ -117,28 +123,26 @@ def counts_to_published(
     the noise reproducible (the open window is recomputed as it fills, and the same counts must
     always get the same noise); closed windows draw fresh noise once and store it.
     """
-    rolled = rollup(counts, settings.base_res, settings.min_res)
-    pub = rolled.filter(suppress(rolled, settings.k_min))
+    rolled = rollup(counts, policy.base_res, policy.min_res)
+    pub = rolled.filter(suppress(rolled, policy.k_min))
     people = pub["devices"].to_numpy().astype(np.float64)
-    if settings.dp_epsilon:
+    if policy.dp_epsilon:
         # A device is in one cell per resolution, so the L1 sensitivity of a window's release is
         # the number of resolutions; the Laplace scale accounts for all of them.
-        scale = len(settings.resolutions) / settings.dp_epsilon
+        scale = len(policy.resolutions) / policy.dp_epsilon
         noise = laplace_noise(len(people), scale, noise_seed)
         people = np.maximum(np.round(people + noise), 0.0)
-    return pub.select("w", "res", "cell").with_columns(
-        people=pl.Series(people * settings.expansion)
-    )
+    return pub.select("w", "res", "cell").with_columns(people=pl.Series(people * policy.expansion))
 
 
 def published_to_snapshots(
-    pub: Published, settings: Settings, version: str, complete: bool
+    pub: Published, policy: PublishPolicy, version: str, complete: bool
 ) -> dict[int, Snapshot]:
     """Return one immutable snapshot per resolution with density and band."""
-    bands = make_bands(settings.bands_km2)
+    bands = make_bands(policy)
     parts = {int(k[0]): v for k, v in pub.frame.partition_by("res", as_dict=True).items()}
     snaps = {}
-    for res in settings.resolutions:
+    for res in policy.resolutions:
         part = parts.get(res)
         cells = np.zeros(0, np.uint64) if part is None else part["cell"].to_numpy()
         people = np.zeros(0) if part is None else part["people"].to_numpy()
@@ -155,15 +159,16 @@ def published_to_snapshots(
             density_km2=density,
             band=density_to_band(density, bands),
             bands=bands,
-            dp_epsilon=settings.dp_epsilon,
+            dp_epsilon=policy.dp_epsilon,
         )
     return snaps
 
 
-def version_of(window: Window, counter: int, settings: Settings) -> str:
-    """Return a short version string for a window's snapshot (changes with data or settings)."""
-    key = (
-        f"{window.start}:{window.end}:{counter}:{settings.k_min}:{settings.dp_epsilon}:"
-        f"{settings.expansion}:{settings.bands_km2}:{settings.min_res}:{settings.base_res}"
-    )
+def version_of(window: Window, counter: int, policy: PublishPolicy) -> str:
+    """Return a short version string for a window's snapshot.
+
+    It changes with the window's data (``counter``) and with any field of the publishing policy
+    (its ``fingerprint``), so a client never revalidates changed bytes to a 304.
+    """
+    key = f"{window.start}:{window.end}:{counter}:{policy.fingerprint}"
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()

@@ -1,7 +1,7 @@
-"""The core facade: one object the CLI and the HTTP layer call (never the other way round).
+"""The write side: one object the CLI and the HTTP layer call to ingest (never the other way).
 
-``Heatmap`` wires the stages together: ingest -> privacy -> aggregate -> store -> publish, and
-caches the published snapshots per window version.
+``Heatmap`` wires the stages together: ingest -> privacy -> aggregate -> commit (store) ->
+publish. Reading is :class:`heatmap.read.Reader`'s job, over the same store.
 """
 
 from __future__ import annotations
@@ -9,16 +9,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from heatmap._jit import warmup
@@ -29,13 +25,13 @@ from heatmap.aggregate import (
     merge_positions,
     windows_of,
 )
+from heatmap.commit import CommitResult, Precomputed, commit_unit
 from heatmap.config import Settings
-from heatmap.errors import BadInput, NotFound
+from heatmap.errors import BadInput
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
-from heatmap.model import Snapshot
+from heatmap.policy import PublishPolicy
 from heatmap.privacy import DeviceHasher, load_or_create_secret
-from heatmap.publish import Published, counts_to_published, published_to_snapshots, version_of
-from heatmap.store import CommitResult, Precomputed, Store, WindowInfo, open_store
+from heatmap.store import Store, open_store
 
 WORKERS = min(4, os.cpu_count() or 1)
 
@@ -89,14 +85,13 @@ class IngestReport:
 
 
 class Heatmap:
-    """The service core: ingest units, publish snapshots, answer queries."""
+    """The write side of the service: ingest files and batches as atomic units."""
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
+        self.policy = PublishPolicy.from_settings(settings)
         self.store = store or open_store(settings)
         self.key = load_or_create_secret(settings.secret, settings.store_dir)
-        self._snaps: OrderedDict[tuple[int, str], dict[int, Snapshot]] = OrderedDict()
-        self._lock = threading.Lock()
         warmup()
 
     def close(self) -> None:
@@ -148,7 +143,7 @@ class Heatmap:
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
             positions = index_candidates(ripe, s.base_res)
-            return hasher.replace_ids(positions), Precomputed.of(positions, s)
+            return hasher.replace_ids(positions), Precomputed.of(positions, self.policy)
 
         def take(pool: ThreadPoolExecutor) -> None:
             nonlocal max_ts
@@ -184,6 +179,27 @@ class Heatmap:
         pre = Precomputed.combine([a for _, a in settled], once)
         return merge_positions(parts), max_ts, pre
 
+    def commit(
+        self,
+        positions: pl.DataFrame,
+        max_ts: int | None,
+        *,
+        batch_id: str | None = None,
+        accepted: int = 0,
+        ahead: Precomputed | None = None,
+    ) -> CommitResult:
+        """Commit one unit's positions to the store under this service's policy."""
+        return commit_unit(
+            self.store,
+            positions,
+            max_ts,
+            self.policy,
+            lateness_s=self.settings.allowed_lateness_s,
+            batch_id=batch_id,
+            accepted=accepted,
+            ahead=ahead,
+        )
+
     def ingest_paths(
         self,
         paths: list[Path],
@@ -210,9 +226,7 @@ class Heatmap:
             cb = (lambda n, p=path: progress(p, n)) if progress else None
             tasks = ping_tasks(path, opts, unit.rejects)
             positions, max_ts, ahead = self._positions(tasks, unit, cb)
-            report.add(
-                self.store.commit_unit(positions, max_ts, accepted=unit.accepted, ahead=ahead)
-            )
+            report.add(self.commit(positions, max_ts, accepted=unit.accepted, ahead=ahead))
             report.late += unit.late
             report.rejects.merge(unit.rejects)
             report.rejected_rows += [(str(path), r, why) for r, why in sorted(unit.rejects.rows)]
@@ -228,66 +242,10 @@ class Heatmap:
         unit = IngestReport()
         task = ChunkTask(1, pings.height, lambda _: pings)
         positions, max_ts, _ = self._positions([task], unit)
-        report.add(self.store.commit_unit(positions, max_ts, batch_id, accepted=unit.accepted))
+        report.add(self.commit(positions, max_ts, batch_id=batch_id, accepted=unit.accepted))
         if not report.duplicate:
             report.late += unit.late
         return report
-
-    # -- windows and snapshots -------------------------------------------------------------------
-    def windows(self) -> list[WindowInfo]:
-        """Return every window, oldest first."""
-        return self.store.windows()
-
-    def window(self, when: str | None = None) -> WindowInfo:
-        """Return the window containing ``when`` (ISO-8601 or epoch s), or the latest one."""
-        wins = self.windows()
-        if not wins:
-            raise NotFound("no data yet: ingest pings first")
-        if when is None or when == "latest":
-            return wins[-1]
-        ts = parse_when(when)
-        w = ts // self.settings.window_s
-        for info in wins:
-            if info.w == w:
-                return info
-        raise NotFound(f"no window at {when} (have {len(wins)} windows)")
-
-    def snapshots(self, info: WindowInfo) -> dict[int, Snapshot]:
-        """Return the window's published snapshots per resolution (cached per version)."""
-        s = self.settings
-        version = version_of(info.window, info.version, s)
-        key = (info.w, version)
-        with self._lock:
-            hit = self._snaps.get(key)
-            if hit is not None:
-                self._snaps.move_to_end(key)
-                return hit
-        t0 = time.perf_counter()
-        if info.closed:
-            pub = self.store.read_published(info.w) or Published(info.window, _EMPTY)
-        else:
-            cells, dev = self.store.read_open_counts(info.w)
-            counts = pl.DataFrame({"w": np.full(len(cells), info.w), "cell": cells, "devices": dev})
-            seed = self.key + info.w.to_bytes(8, "little", signed=True) + version.encode()
-            pub = Published(info.window, counts_to_published(counts, s, noise_seed=seed))
-        snaps = published_to_snapshots(pub, s, version, complete=info.closed)
-        self.last_build_s = time.perf_counter() - t0
-        with self._lock:
-            self._snaps[key] = snaps
-            while len(self._snaps) > 48:
-                self._snaps.popitem(last=False)
-        return snaps
-
-    def snapshot(self, when: str | None, res: int) -> Snapshot:
-        """Return one resolution's snapshot of a window (default latest)."""
-        s = self.settings
-        if not s.min_res <= res <= s.base_res:
-            raise BadInput(f"res {res} out of range [{s.min_res}, {s.base_res}]")
-        snaps = self.snapshots(self.window(when))
-        return snaps[res]
-
-
-_EMPTY = pl.DataFrame(schema={"res": pl.Int8, "cell": pl.UInt64, "people": pl.Float64})
 
 
 @contextlib.contextmanager
@@ -299,19 +257,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def parse_when(when: str) -> int:
-    """Return epoch seconds from ISO-8601 (``Z`` or offset; naive = UTC) or an epoch number."""
-    text = when.strip()
-    try:
-        return int(float(text))
-    except (ValueError, OverflowError):  # not a number, or inf / nan: try ISO-8601
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise BadInput(f"window {when!r} is not ISO-8601 (e.g. 2026-11-28T09:00:00Z)") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())

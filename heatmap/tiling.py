@@ -22,8 +22,11 @@ from heatmap.config import Settings
 from heatmap.errors import BadInput, NotFound
 from heatmap.model import Snapshot, Window
 from heatmap.places import load_outline
+from heatmap.policy import PublishPolicy
 from heatmap.publish import legend, legend_text
-from heatmap.query import Reader, window_json
+from heatmap.read.answers import window_json
+from heatmap.read.reader import Reader
+from heatmap.read.ref import LATEST, Ref
 from heatmap.service import Heatmap
 from heatmap.store import WindowInfo
 from tiles.cache import TileCache, TileKey, etag
@@ -55,7 +58,7 @@ class TileRequest:
     x: int
     y: int
     scale: int = 1
-    when: str | None = None  # ``?window=``; None = latest
+    ref: Ref = LATEST  # ``?window=``
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class TileService:
             media_type=MEDIA_TYPES[req.fmt],
             window=info.window,
             complete=info.closed,
-            pinned=req.when is not None and req.when.strip() not in ("", "latest"),
+            pinned=req.ref.pinned,
             key=key,
         )
 
@@ -134,7 +137,7 @@ class TileService:
         if wl is None:
             return None
         try:
-            info = self.reader._resolve(wl, req.when)
+            info = self.reader.resolve(wl, req.ref)
         except NotFound:
             return None  # let the blocking path re-check the store before saying 404
         snaps = self.reader.peek(info)
@@ -149,7 +152,7 @@ class TileService:
     def tile(self, req: TileRequest) -> Tile:
         """Return the tile, rendering and caching it if needed (may block: store, render)."""
         self._check(req)
-        info = self.reader.window(req.when)
+        info = self.reader.window(req.ref)
         snap = self._snapshot(req, self.reader.snapshots(info))
         key = self._key(req, snap)
         data = self.cache.get(key)
@@ -168,18 +171,17 @@ class TileService:
             key, lambda: gzip.compress(tile.data, compresslevel=GZIP_LEVEL, mtime=0)
         )
 
-    def tilejson(self, fmt: Format, base_url: str, when: str | None = None) -> dict[str, Any]:
+    def tilejson(self, fmt: Format, base_url: str, ref: Ref = LATEST) -> dict[str, Any]:
         """Return the TileJSON 3.0.0 document of the density tiles of a window (default latest).
 
         ``base_url`` is the service's public root (``https://host/``).
         """
         if fmt not in MEDIA_TYPES:
             raise BadInput(f"format {fmt!r}: use mvt or png")
-        pinned = when is not None and when.strip() not in ("", "latest")
         info: WindowInfo | None = None
-        if pinned or len(self.reader.windows()):
-            info = self.reader.window(when)
-        return service_tilejson(self.settings, fmt, base_url, info if pinned else None, info)
+        if ref.pinned or len(self.reader.windows()):
+            info = self.reader.window(ref)
+        return service_tilejson(self.settings, fmt, base_url, info if ref.pinned else None, info)
 
 
 @cache
@@ -202,6 +204,7 @@ def service_tilejson(
     ``latest`` describes the window the default template currently serves.
     """
     root = base_url.rstrip("/")
+    policy = PublishPolicy.from_settings(settings)
     suffix = "" if pinned is None else f"?window={pinned.window.isoformat()}"
     bounds = round_bounds(city_bounds(), 4)
     described = pinned or latest
@@ -214,7 +217,7 @@ def service_tilejson(
         minzoom=DATA_MIN_ZOOM,
         maxzoom=MAX_ZOOM,
         attribution=ATTRIBUTION,
-        legend=legend_text(settings),
+        legend=legend_text(policy),
         name="Shanghai crowd density",
         description=(
             f"People per H3 hexagon per {settings.window_s // 60}-minute window; cells with "
@@ -224,7 +227,7 @@ def service_tilejson(
             "window": None if described is None else window_json(described),
             "k_min": settings.k_min,
             "dp_epsilon": settings.dp_epsilon,
-            "legend_bands": legend(settings)["bands"],
+            "legend_bands": legend(policy)["bands"],
             "tiles_2x": [f"{root}/tiles/{{z}}/{{x}}/{{y}}@2x.png{suffix}"] if png else None,
         },
     )
@@ -240,7 +243,7 @@ def render_tile(snap: Snapshot, fmt: str, z: int, x: int, y: int, scale: int = 1
 def export_pmtiles(
     settings: Settings,
     out: Path,
-    window: str = "closed",
+    window: Ref | None = None,
     fmt: str = "mvt",
     min_zoom: int = 8,
     max_zoom: int = 13,
@@ -248,20 +251,22 @@ def export_pmtiles(
 ) -> dict[str, Any]:
     """Write one closed window's tiles as a PMTiles v3 archive; return a JSON summary.
 
-    ``window`` is an ISO time inside a closed window, or ``closed`` for the latest closed one.
+    ``window`` names a time inside a closed window; None (or the latest) is the latest closed one.
     The tiles are the bytes the HTTP service serves for that window (same renderers).
     """
     if fmt not in MEDIA_TYPES:
         raise BadInput(f"format {fmt!r}: use mvt or png")
     hm = Heatmap(settings)
     try:
-        reader = Reader(hm)
+        reader = Reader.of(hm)
         try:
-            if window in ("closed", "latest"):
-                found = reader.windows().latest_closed()
-                if found is None:
-                    raise NotFound("no closed window yet: PMTiles exports closed windows only")
-                info = found
+            if window is None or not window.pinned:
+                try:
+                    info = reader.latest_closed()
+                except NotFound:
+                    raise NotFound(
+                        "no closed window yet: PMTiles exports closed windows only"
+                    ) from None
             else:
                 info = reader.window(window)
                 if not info.closed:

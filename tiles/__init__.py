@@ -6,7 +6,7 @@ renderer and wraps the bytes. The renderers' per-tile work runs in numba kernels
 :func:`warmup` once at start-up so no request waits for them to compile or load.
 """
 
-from tiles._jit import warmup
+from tiles._jit import warmup  # the renderers imported below register what it runs
 from tiles.cache import TileCache, TileKey, etag
 from tiles.errors import TileError, TileOutOfRange
 from tiles.grid import (

@@ -10,25 +10,48 @@ cache directory where that is read-only), so later processes only load it.
 on two cores, once per install) or loading (a few hundred milliseconds per process, mostly numba
 initialising itself) the kernels. The API calls it when it creates the app; batch jobs simply
 pay it on their first tile.
+
+Each renderer registers what it renders for the warm-up with :func:`warms` (and the index cache
+registers how to forget the warm-up layer with :func:`forgets`), so this module imports none of
+them back. ``tiles/__init__.py`` imports every renderer, so all are registered by the time
+anyone can call :func:`warmup`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
-from tiles.source import BandLike
+from tiles.source import BandLike, CellLayer
 
 kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 """Decorator of every kernel: disk-cached, releases the GIL, IEEE division (no checks)."""
 
+WarmUp = Callable[[CellLayer, int, int, int], object]
+"""A warm-up: render tile ``z/x/y`` of the warm-up layer, calling some kernels."""
+
+_WARMUPS: list[WarmUp] = []
+_FORGETS: list[Callable[[CellLayer], object]] = []
 _WARM = threading.Lock()
 _warmed = False
+
+
+def warms(fn: WarmUp) -> WarmUp:
+    """Register ``fn(layer, z, x, y)`` (a first call of some kernels) with :func:`warmup`."""
+    _WARMUPS.append(fn)
+    return fn
+
+
+def forgets(fn: Callable[[CellLayer], object]) -> Callable[[CellLayer], object]:
+    """Register ``fn(layer)``, run after every warm-up, to drop what they cached of the layer."""
+    _FORGETS.append(fn)
+    return fn
 
 
 @dataclass(frozen=True)
@@ -76,30 +99,28 @@ def _warmup_layer() -> _Layer:
 def warmup() -> float:
     """Compile (or load from the disk cache) every kernel; return the seconds it took.
 
-    Renders one MVT and the PNG variants (fill, outline, ``@2x``) of a tile of a seven-cell layer,
-    which calls every kernel with the argument types real snapshots give it. The layer's index
-    is dropped from the process-wide cache afterwards. Thread-safe; only the first call does
-    anything, later ones return 0.
+    Runs every registered warm-up (the renderers: one MVT and the PNG variants, fill, outline
+    and ``@2x``) on a tile of a seven-cell layer, which calls every kernel with the argument
+    types real snapshots give it; then the registered forgets drop the layer from the
+    process-wide caches. Thread-safe; only the first call does anything, later ones return 0.
     """
     global _warmed
     with _WARM:
         if _warmed:
             return 0.0
-        from tiles.index import INDEX_CACHE
-        from tiles.raster import snapshot_to_png
-        from tiles.vector import snapshot_to_mvt
-
         t0 = time.perf_counter()
         layer = _warmup_layer()
         # The zoom-14 tile whose north-west corner is 0 N 0 E: the ~1 km wide group of cells
         # straddles its edges, so both clipped and whole hexagons go through the kernels.
         z, x, y = 14, 1 << 13, 1 << 13
-        snapshot_to_mvt(layer, z, x, y)
-        snapshot_to_png(layer, z, x, y, outline=False)
-        snapshot_to_png(layer, z, x, y, outline=True, scale=2)
-        INDEX_CACHE.discard(layer)
+        try:
+            for fn in _WARMUPS:
+                fn(layer, z, x, y)
+        finally:
+            for forget in _FORGETS:
+                forget(layer)
         _warmed = True
         return time.perf_counter() - t0
 
 
-__all__ = ["kernel", "warmup"]
+__all__ = ["forgets", "kernel", "warms", "warmup"]

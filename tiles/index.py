@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tiles._jit import kernel
+from tiles._jit import forgets, kernel
 from tiles.grid import ABS_MAX_ZOOM, ORIGIN_SHIFT_M, lnglat_to_mercator, tile_size_m
 from tiles.source import BandLike, CellLayer
 
@@ -467,6 +467,7 @@ class IndexCache:
 
 INDEX_CACHE = IndexCache()
 """The process-wide index cache used by the renderers."""
+forgets(INDEX_CACHE.discard)  # the warm-up layer must not stay cached, nor be reused
 
 
 def get_index(layer: CellLayer) -> CellIndex:

@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
-from tiles._jit import kernel
+from tiles._jit import kernel, warms
 from tiles.grid import ABS_MAX_ZOOM, check_tile, tile_bounds_m
 from tiles.index import CellIndex, get_index
 from tiles.source import CellLayer, band_rgba
@@ -102,6 +102,13 @@ def snapshot_to_png(
     else:
         img = rasterize(idx, rows, minx, maxy, k, size, labels=idx.band[rows] + np.uint8(1))
     return encode_png(img, _palette(idx), compress_level)
+
+
+@warms
+def _warm(layer: CellLayer, z: int, x: int, y: int) -> None:
+    """Render the fill, the outline and the ``@2x`` variant: every raster kernel's types."""
+    snapshot_to_png(layer, z, x, y, outline=False)
+    snapshot_to_png(layer, z, x, y, outline=True, scale=2)
 
 
 def rasterize(

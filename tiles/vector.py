@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 import numpy.typing as npt
 
-from tiles._jit import kernel
+from tiles._jit import kernel, warms
 from tiles._pbf import field_bytes
 from tiles.grid import ABS_MAX_ZOOM, check_tile, tile_bounds_m
 from tiles.index import CellIndex, get_index
@@ -104,6 +104,9 @@ def snapshot_to_mvt(
         float(extent + buffer), extent,
     )  # fmt: skip
     return buf[start:end].tobytes()
+
+
+warms(snapshot_to_mvt)
 
 
 class _Tables:

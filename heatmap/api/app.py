@@ -19,12 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 import heatmap
+from heatmap import web
 from heatmap.api import cells, ingest, ops, places, tiles
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
 from heatmap.api.fastpath import TileFastPath
 from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
-from heatmap.api.pages import include_pages
 from heatmap.api.shedding import LoadShedder
 from heatmap.config import Settings
 from tiles import warmup as warm_up_tile_kernels
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Routes: tiles and TileJSON, ``/api/v1`` JSON (density, cells, windows, legend, stats,
     places), ``POST /api/v1/pings``, ``/healthz``, ``/metrics``, and the pages of
-    :mod:`heatmap.web` (or a placeholder).
+    :mod:`heatmap.web`.
     """
     settings = settings or Settings()  # type: ignore[call-arg]
     _setup_logging()
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(places.router)
     app.include_router(ingest.router)
     app.include_router(ops.router)
-    include_pages(app, settings)
+    web.include(app, settings)
     # Added innermost first: metrics wrap the app, CORS answers preflights.
     app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
     app.add_middleware(

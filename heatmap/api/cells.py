@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from heatmap import query
-from heatmap.api.caching import json_response
-from heatmap.api.dependencies import BBox, Page, Point, WindowParam, call_core, context
-from heatmap.api.schemas import (
+from heatmap.api.dependencies import BBox, Page, Point, WindowParam, answer, services
+from heatmap.read import answers
+from heatmap.read.shapes import (
     CellCollection,
     DensityAnswer,
     LegendAnswer,
@@ -28,11 +26,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _pinned_closed(answer: dict[str, Any], window: str | None) -> bool:
-    pinned = window is not None and window.strip() not in ("", "latest")
-    return pinned and bool(answer.get("window", {}).get("complete"))
-
-
 @router.get(
     "/density",
     summary="Density at a point",
@@ -42,22 +35,16 @@ def _pinned_closed(answer: dict[str, Any], window: str | None) -> bool:
 async def density(
     request: Request,
     point: Point,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return the published people and density of the cell at a point, and the trend.
 
     Without ``res`` the finest resolution at which the point's cell is published answers.
     A withheld cell answers ``people: null, suppressed: true``.
     """
-    svc, if_none_match, accept_encoding = context(request)
-    answer = await call_core(
-        svc, window, query.density_at, svc.reader, point.lat, point.lng, point.res, window
-    )
-    return json_response(
-        answer,
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-        immutable=_pinned_closed(answer, window),
+    reader = services(request).reader
+    return await answer(
+        request, answers.density_at, reader, point.lat, point.lng, point.res, window, ref=window
     )
 
 
@@ -70,20 +57,16 @@ async def density(
 async def cells(
     request: Request,
     box: BBox,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return the published cells of a resolution whose centre lies in a bbox.
 
     Bounded: a bbox covering more than ``HEATMAP_MAX_CELLS`` cells of that resolution is a 422
     naming the limit.
     """
-    svc, if_none_match, accept_encoding = context(request)
-    answer = await run_in_threadpool(query.cells_geojson, svc.reader, box.bbox, box.res, window)
-    return json_response(
-        answer,
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-        immutable=_pinned_closed(answer, window),
+    reader = services(request).reader
+    return await answer(
+        request, answers.cells_geojson, reader, box.bbox, box.res, window, ref=window
     )
 
 
@@ -98,9 +81,8 @@ async def windows(
     page: Page,
 ) -> Response:
     """Return a page of windows (``limit``, newest first; ``before`` for older pages)."""
-    svc, if_none_match, accept_encoding = context(request)
-    answer = await call_core(svc, None, query.windows_json, svc.reader, page.limit, page.before)
-    return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)
+    reader = services(request).reader
+    return await answer(request, answers.windows_json, reader, page.limit, page.before)
 
 
 @router.get(
@@ -113,13 +95,8 @@ async def legend(
     request: Request,
 ) -> Response:
     """Return the bands (colours, zh/en labels, thresholds) and the privacy parameters."""
-    svc, if_none_match, accept_encoding = context(request)
-    return json_response(
-        query.legend_json(svc.settings),
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-        max_age=3600,
-    )
+    policy = services(request).reader.policy
+    return await answer(request, answers.legend_json, policy, max_age=3600)
 
 
 @router.get(
@@ -130,14 +107,8 @@ async def legend(
 )
 async def stats(
     request: Request,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return people seen and published cells by band, per resolution."""
-    svc, if_none_match, accept_encoding = context(request)
-    answer = await call_core(svc, window, query.stats_json, svc.reader, window)
-    return json_response(
-        answer,
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-        immutable=_pinned_closed(answer, window),
-    )
+    reader = services(request).reader
+    return await answer(request, answers.stats_json, reader, window, ref=window)

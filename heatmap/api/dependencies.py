@@ -13,11 +13,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
+from heatmap.api.caching import json_response
 from heatmap.api.metrics import Metrics
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
-from heatmap.query import PlaceBook, Reader
+from heatmap.read import LATEST, Reader, Ref
+from heatmap.read.answers import parse_bbox
+from heatmap.read.places import PlaceBook
 from heatmap.service import Heatmap
 from heatmap.tiling import TileService
 from tiles.cache import TileCache
@@ -47,7 +51,7 @@ class Services:
             if not self.closed:
                 return
             hm = Heatmap(self.settings)
-            reader = Reader(hm, on_build=self.metrics.snapshot_build.observe)
+            reader = Reader.of(hm, on_build=self.metrics.snapshot_build.observe)
             reader.catalog.refresh(force=True)
             reader.catalog.start_refresher()
             self._hm, self._reader = hm, reader
@@ -106,6 +110,11 @@ Svc = Annotated[Services, Depends(get_services)]
 """Handler parameter giving the app's services."""
 
 
+def services(request: Request) -> Services:
+    """Return the app's services (without a dependency: no resolver cost)."""
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
 def context(request: Request) -> tuple[Services, str | None, str | None]:
     """Return the services, ``If-None-Match`` and ``Accept-Encoding`` of a request.
 
@@ -117,14 +126,49 @@ def context(request: Request) -> tuple[Services, str | None, str | None]:
     return svc, h.get("if-none-match"), h.get("accept-encoding")
 
 
-async def call_core(svc: Services, when: str | None, fn: Any, *args: Any) -> Any:
-    """Run a core query inline when it needs no store access or build, else in a thread."""
-    if svc.reader.warm(when):
+async def call_core(svc: Services, ref: Ref | None, fn: Any, *args: Any) -> Any:
+    """Run a core query inline when it needs no store access or build, else in a thread.
+
+    ``ref`` is the window the query reads (None: it reads no snapshot, only the window list).
+    """
+    if svc.reader.warm(LATEST if ref is None else ref):
         return fn(*args)
     return await run_in_threadpool(fn, *args)
 
 
-WindowParam = Annotated[
+async def answer(
+    request: Request,
+    fn: Any,
+    *args: Any,
+    ref: Ref | None = None,
+    max_age: int | None = None,
+    history: bool = False,
+) -> Response:
+    """Run a read-side function and answer its JSON with ETag, ``304``, gzip, Cache-Control.
+
+    The common steps of every JSON route: headers of the request, the core call (inline when
+    warm, else in a thread), and the answer, ``immutable`` when the request named a window
+    and that window is complete (its answer can never change). ``history`` marks answers that
+    read more than the named window (places: usual levels, forecast): always in a thread, and
+    never ``immutable``.
+    """
+    svc, if_none_match, accept_encoding = context(request)
+    if history:
+        payload = await run_in_threadpool(fn, *args)
+    else:
+        payload = await call_core(svc, ref, fn, *args)
+    window = payload.get("window") if isinstance(payload, dict) else None
+    complete = bool(window.get("complete")) if isinstance(window, dict) else False
+    return json_response(
+        payload,
+        if_none_match=if_none_match,
+        accept_encoding=accept_encoding,
+        immutable=ref is not None and ref.pinned and complete and not history,
+        max_age=max_age,
+    )
+
+
+WindowText = Annotated[
     str | None,
     Query(
         description=(
@@ -135,7 +179,16 @@ WindowParam = Annotated[
         examples=["2026-11-28T09:00:00Z"],
     ),
 ]
-"""``?window=`` of every read endpoint."""
+"""``?window=`` of every read endpoint, as written."""
+
+
+async def window_ref(window: WindowText = None) -> Ref:
+    """Return the window a request names (``BadInput``, a 422, when it is not a time)."""
+    return Ref.parse(window)
+
+
+WindowParam = Annotated[Ref, Depends(window_ref)]
+"""``?window=`` parsed into a :class:`Ref`."""
 
 _RES_DOC = "H3 resolution, within [HEATMAP_MIN_RES, HEATMAP_BASE_RES]"
 ResParam = Annotated[int | None, Query(description=_RES_DOC, ge=0, le=15)]
@@ -199,13 +252,13 @@ async def point_params(lat: Lat, lng: Lng, res: ResParam = None) -> PointParams:
 class BBoxParams:
     """A bbox and a resolution (``/api/v1/cells``)."""
 
-    bbox: str
+    bbox: tuple[float, float, float, float]
     res: int
 
 
 async def bbox_params(bbox: BBoxText, res: Res) -> BBoxParams:
-    """Return the bbox and resolution of a request."""
-    return BBoxParams(bbox, res)
+    """Return the bbox (parsed: ``BadInput`` names what is wrong) and resolution of a request."""
+    return BBoxParams(parse_bbox(bbox), res)
 
 
 @dataclass(frozen=True)
@@ -213,12 +266,12 @@ class PageParams:
     """Paging of ``/api/v1/windows``: newest first."""
 
     limit: int = 100
-    before: str | None = None
+    before: Ref = LATEST
 
 
 async def page_params(limit: Limit = 100, before: Before = None) -> PageParams:
     """Return the page a request asks for."""
-    return PageParams(limit, before)
+    return PageParams(limit, Ref.parse(before))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from heatmap.api.caching import accepts_gzip
 from heatmap.api.dependencies import Services
 from heatmap.api.tiles import tile_answer
+from heatmap.errors import BadInput
+from heatmap.read.ref import LATEST, Ref
 from heatmap.tiling import Format, TileRequest
 
 _PATH = re.compile(r"/tiles/(\d{1,2})/(\d{1,8})/(\d{1,8})(\.mvt|\.png|@2x\.png)")
@@ -78,15 +80,18 @@ class TileFastPath:
                 await self._send(send, 200, hit[1], hit[2])
                 svc.metrics.observe("GET", _TEMPLATES[suffix], 200, time.perf_counter() - start)
                 return True
-        when = None
+        ref = LATEST
         if scope["query_string"]:
             params = parse_qsl(scope["query_string"].decode("latin-1"))
-            if len(params) != 1 or params[0][0] != "window":
+            if len(params) != 1 or params[0][0] != "window" or len(params[0][1]) > 64:
                 return False
-            when = params[0][1]
+            try:
+                ref = Ref.parse(params[0][1])
+            except BadInput:
+                return False  # the app answers the 422
         req = TileRequest(
             fmt, int(m.group(1)), int(m.group(2)), int(m.group(3)), 2 if suffix[0] == "@" else 1,
-            when,
+            ref,
         )  # fmt: skip
         try:
             tile = svc.tiles.lookup(req)

@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 import zlib
-from typing import Annotated, Any
+from typing import Annotated, cast
 
 import orjson
 
@@ -134,7 +134,7 @@ def ingest_body(
     return report
 
 
-def report_json(report: IngestReport, batch_id: str | None) -> dict[str, Any]:
+def report_json(report: IngestReport, batch_id: str | None) -> IngestAnswer:
     """Return the answer body: accepted, rejected rows with reasons, late, and totals."""
     summary = report.summary()
     return {
@@ -143,7 +143,7 @@ def report_json(report: IngestReport, batch_id: str | None) -> dict[str, Any]:
         "rejected_total": report.rejects.total,
         "late": report.late,
         "windows_closed": report.windows_closed,
-        "reasons": summary["reasons"],
+        "reasons": cast(dict[str, int], summary["reasons"]),
         "duplicate": report.duplicate,
         "batch_id": batch_id,
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,12 +16,12 @@ from heatmap.api.caching import NO_STORE
 from heatmap.api.dependencies import Services, Svc
 from heatmap.api.schemas import Health
 from heatmap.errors import HeatmapError
-from heatmap.query import window_json
+from heatmap.read.answers import window_json
 
 router = APIRouter(tags=["operations"])
 
 
-def health(svc: Services) -> tuple[int, dict[str, Any]]:
+def health(svc: Services) -> tuple[int, Health]:
     """Return the status code and body of ``/healthz`` (503 when the store is unreachable)."""
     try:
         svc.hm.store.ping()

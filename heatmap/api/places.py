@@ -6,13 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from heatmap import query
-from heatmap.api.caching import json_response
-from heatmap.api.dependencies import WindowParam, context
-from heatmap.api.schemas import PlaceDetail, PlacesAnswer
+from heatmap.api.dependencies import WindowParam, answer, services
+from heatmap.read.places import place_detail, places_ranking
+from heatmap.read.shapes import PlaceDetail, PlacesAnswer
 
 router = APIRouter(prefix="/api/v1", tags=["places"])
 
@@ -31,16 +29,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def places(
     request: Request,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return the named places, busiest first, with people, band and trend."""
-    svc, if_none_match, accept_encoding = context(request)
-
-    def run() -> dict[str, Any]:
-        return query.places_ranking(svc.reader, svc.places, window)
-
-    answer = await run_in_threadpool(run)
-    return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)
+    svc = services(request)
+    return await answer(
+        request, places_ranking, svc.reader, svc.places, window, ref=window, history=True
+    )
 
 
 @router.get(
@@ -54,14 +49,11 @@ async def place(
     place_id: Annotated[
         str, PathParam(description="Place id (e.g. the-bund) or name", max_length=100)
     ],
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return a place now, its trend, its usual level for this hour of the week, a forecast
     for the next two hours and the best time to go today."""
-    svc, if_none_match, accept_encoding = context(request)
-
-    def run() -> dict[str, Any]:
-        return query.place_detail(svc.reader, svc.places, place_id, window)
-
-    answer = await run_in_threadpool(run)
-    return json_response(answer, if_none_match=if_none_match, accept_encoding=accept_encoding)
+    svc = services(request)
+    return await answer(
+        request, place_detail, svc.reader, svc.places, place_id, window, ref=window, history=True
+    )

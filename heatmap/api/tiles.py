@@ -12,14 +12,8 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from heatmap.api.caching import (
-    accepts_gzip,
-    cache_control,
-    etag_matches,
-    gzip_etag,
-    json_response,
-)
-from heatmap.api.dependencies import Svc, WindowParam, call_core, context
+from heatmap.api.caching import accepts_gzip, cache_control, etag_matches, gzip_etag
+from heatmap.api.dependencies import Svc, WindowParam, answer, context, services
 from heatmap.model import epoch_to_iso
 from heatmap.tiling import Tile, TileRequest, TileService
 
@@ -91,7 +85,7 @@ async def png_tile_2x(
     z: Z,
     x: X,
     y: Y,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return a 512 px PNG tile of the density bands (same area as the 256 px tile)."""
     svc, if_none_match, accept_encoding = context(request)
@@ -109,7 +103,7 @@ async def png_tile(
     z: Z,
     x: X,
     y: Y,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return a 256 px PNG tile of the density bands (never re-compressed)."""
     svc, if_none_match, accept_encoding = context(request)
@@ -131,7 +125,7 @@ async def mvt_tile(
     z: Z,
     x: X,
     y: Y,
-    window: WindowParam = None,
+    window: WindowParam,
 ) -> Response:
     """Return an MVT tile: layer ``density``, one hexagon per published cell (gzip if accepted)."""
     svc, if_none_match, accept_encoding = context(request)
@@ -142,17 +136,9 @@ async def mvt_tile(
 @router.get("/tiles.json", summary="TileJSON 3.0.0")
 async def tilejson(
     request: Request,
+    window: WindowParam,
     format: Annotated[Literal["mvt", "png"], Query(description="Tile format")] = "mvt",
-    window: WindowParam = None,
 ) -> Response:
     """Return the TileJSON of the density tiles (URL template, bounds, zooms, legend)."""
-    svc, if_none_match, accept_encoding = context(request)
-    doc = await call_core(svc, window, svc.tiles.tilejson, format, str(request.base_url), window)
-    pinned = window is not None and window.strip() not in ("", "latest")
-    complete = bool(doc.get("window", {}).get("complete")) if doc.get("window") else False
-    return json_response(
-        doc,
-        if_none_match=if_none_match,
-        accept_encoding=accept_encoding,
-        immutable=pinned and complete,
-    )
+    tiles = services(request).tiles
+    return await answer(request, tiles.tilejson, format, str(request.base_url), window, ref=window)

@@ -1,11 +1,15 @@
-"""Stores: SQLite (embedded default) and PostgreSQL (several API nodes) behind one interface."""
+"""Stores: SQLite (embedded default) and PostgreSQL (several API nodes) behind one interface.
+
+A store persists and reads; the commit rules that drive it are in :mod:`heatmap.commit`, the
+blob codec beside it in :mod:`heatmap.store.codec`.
+"""
 
 from __future__ import annotations
 
 from heatmap.config import Settings
-from heatmap.store.base import CommitResult, Precomputed, Store, WindowInfo
+from heatmap.store.base import Store, WindowInfo
 
-__all__ = ["CommitResult", "Precomputed", "Store", "WindowInfo", "open_store"]
+__all__ = ["Store", "WindowInfo", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

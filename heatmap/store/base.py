@@ -1,28 +1,24 @@
-"""The store interface and the backend-independent unit commit (watermark, late rows, close).
+"""The store interface: persistence and reads, one implementation per backend.
 
-A *unit* (one file, one POSTed batch) is committed in one write transaction: its positions merge
-with the durable state of open windows, the watermark advances only after the whole unit is in,
-then every window it completes closes: counts and published values are written and the window's
-device state (keyed hashes) is deleted.
+A store keeps the durable state (device state of open windows, closed windows' blobs made by
+:mod:`heatmap.store.codec`, the watermark, committed batch ids) and offers the primitives the
+commit rules of :mod:`heatmap.commit` run inside one ``transaction``. It decides nothing about
+what is late, what closes or what gets published.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 import polars as pl
-import pyarrow as pa
 
-from heatmap.aggregate import cells_to_counts, merge_positions, windows_of
 from heatmap.config import Settings
-from heatmap.model import Window
-from heatmap.publish import Published, counts_to_published
+from heatmap.model import Published, Window
+from heatmap.store.codec import ClosedWindow
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -39,17 +35,6 @@ class WindowInfo:
     closed: bool
     version: int
     devices: int
-
-
-@dataclass
-class CommitResult:
-    """What one committed unit did."""
-
-    accepted: int = 0
-    late: int = 0
-    windows_closed: list[int] = field(default_factory=list)
-    watermark: int | None = None
-    duplicate: bool = False
 
 
 class Store(abc.ABC):
@@ -148,87 +133,18 @@ class Store(abc.ABC):
         """Raise ``StoreUnavailable`` if the store cannot be read."""
         self.get_meta("schema_version")
 
-    # -- the unit commit -----------------------------------------------------------------------
     def watermark(self) -> int | None:
         """Return the watermark (latest ping time seen minus allowed lateness), if any."""
         v = self.get_meta("watermark")
         return None if v is None else int(v)
 
-    def commit_unit(
-        self,
-        positions: pl.DataFrame,
-        max_ts: int | None,
-        batch_id: str | None = None,
-        accepted: int = 0,
-        ahead: Precomputed | None = None,
-    ) -> CommitResult:
-        """Commit one unit's positions (w, device, ts, cell at base_res) atomically.
+    def after_commit(self, state_deleted: bool) -> None:
+        """Run after a unit's transaction committed; ``state_deleted`` if it deleted device state.
 
-        ``accepted`` is the number of pings the positions stand for (reported back). ``ahead``
-        holds values computed from these positions for some windows; a closing window without
-        stored state uses them instead of computing them again.
+        A backend whose deleted rows may linger elsewhere on disk (a write-ahead log) removes
+        them here. The default does nothing.
         """
-        s = self.settings
-        with self.transaction():
-            if batch_id is not None:
-                prev = self.batch_result(batch_id)
-                if prev is not None:
-                    res = CommitResult(**orjson.loads(prev))
-                    res.duplicate = True
-                    return res
-            wm = self.watermark()
-            result = CommitResult(watermark=wm, accepted=accepted)
-            if wm is not None and positions.height:
-                # Rows of windows closed before the unit started were dropped and counted while
-                # parsing; a window closed meanwhile (another process) costs its positions here.
-                late = (pl.col("w") + 1) * s.window_s <= wm
-                result.late = positions.filter(late).height
-                positions = positions.filter(~late)
-            if max_ts is not None and positions.height:
-                cand = int(positions["ts"].max()) - s.allowed_lateness_s  # type: ignore[arg-type]
-                wm = cand if wm is None else max(wm, cand)
-            unit_ws = set(windows_of(positions))
-            stored_open = set(self.open_window_ids())
-            every = unit_ws | stored_open
-            closing = sorted(w for w in every if wm is not None and (w + 1) * s.window_s <= wm)
-            staying = sorted(unit_ws - set(closing))
-            if closing:
-                self._close(closing, positions, stored_open, ahead)
-            if staying:
-                self.upsert_state(positions.filter(pl.col("w").is_in(staying)))
-                self.touch_windows(self._rows(staying), closed=False)
-            if wm is not None:
-                self.set_meta("watermark", str(wm))
-            result.windows_closed = closing
-            result.watermark = wm
-            if batch_id is not None:
-                self.record_batch(batch_id, orjson.dumps(result.__dict__).decode())
-        return result
-
-    def _rows(self, ws: list[int]) -> list[tuple[int, int, int]]:
-        n = self.settings.window_s
-        return [(w, w * n, (w + 1) * n) for w in ws]
-
-    def _close(
-        self,
-        closing: list[int],
-        positions: pl.DataFrame,
-        stored_open: set[int],
-        ahead: Precomputed | None,
-    ) -> None:
-        with_state = [w for w in closing if w in stored_open]
-        ready = {} if ahead is None else ahead.windows
-        done = [ready[w] for w in closing if w in ready and w not in stored_open]
-        todo = [w for w in closing if w not in ready or w in stored_open]
-        if todo:
-            final = merge_positions(
-                [self.load_state(with_state), positions.filter(pl.col("w").is_in(todo))]
-            )
-            counts = cells_to_counts(final)
-            done += close_windows(todo, counts, counts_to_published(counts, self.settings))
-        self.write_closed(sorted(done, key=lambda c: c.w))
-        self.delete_state(with_state)
-        self.touch_windows(self._rows(closing), closed=True)
+        del state_deleted  # nothing lingers
 
     def check_compatible(self) -> None:
         """Refuse a store built with a different window length or base resolution."""
@@ -243,98 +159,3 @@ class Store(abc.ABC):
                 raise StoreUnavailable(
                     f"store was built with {key}={have}, settings say {val}: use another HEATMAP_DB"
                 )
-
-
-_ZSTD = b"HEATZSTD"  # as an int64 row count this would be ~4.9e18: never an old blob's start
-
-
-def arrays_to_blob(*arrays: np.ndarray) -> bytes:
-    """Pack aligned 8-byte arrays into one zstd-compressed little-endian blob.
-
-    The payload is ``n`` then each array; stored as ``HEATZSTD``, the payload's length (int64)
-    and its zstd frame. Sorted cells and small counts compress about 8-10x, which shrinks both
-    the store and the commit's write. Blobs written uncompressed (the payload alone, by earlier
-    versions) still read.
-    """
-    n = len(arrays[0]) if arrays else 0
-    raw = np.int64(n).tobytes() + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
-    packed = pa.compress(raw, codec="zstd", asbytes=True)
-    return _ZSTD + np.int64(len(raw)).tobytes() + packed
-
-
-def blob_to_arrays(blob: bytes, dtypes: tuple[type, ...]) -> Iterator[np.ndarray]:
-    """Unpack a blob made by ``arrays_to_blob`` (compressed or not)."""
-    if blob[:8] == _ZSTD:
-        size = int(np.frombuffer(blob[8:16], dtype=np.int64)[0])
-        blob = pa.decompress(blob[16:], decompressed_size=size, codec="zstd", asbytes=True)
-    n = int(np.frombuffer(blob[:8], dtype=np.int64)[0])
-    off = 8
-    for dt in dtypes:
-        yield np.frombuffer(blob, dtype=dt, count=n, offset=off)
-        off += 8 * n
-
-
-@dataclass(frozen=True)
-class ClosedWindow:
-    """What a closed window keeps: raw base counts and published values, one blob each."""
-
-    w: int
-    base: bytes  # arrays_to_blob(cell, devices)
-    published: bytes  # arrays_to_blob(res, cell, people)
-    devices: int
-
-
-def close_windows(
-    ws: list[int], counts: pl.DataFrame, published: pl.DataFrame
-) -> list[ClosedWindow]:
-    """Pack the counts (``w, cell, devices``) and published values (``w, res, cell, people``)
-    of windows ``ws`` into their blobs: one stable sort by window, then numpy slices."""
-    base = _by_window(counts, ws, ("cell", "devices"))
-    pub = _by_window(published, ws, ("res", "cell", "people"))
-    return [
-        ClosedWindow(w, arrays_to_blob(*b), arrays_to_blob(*p), int(b[1].sum()))
-        for w, b, p in zip(ws, base, pub, strict=True)
-    ]
-
-
-def _words(values: np.ndarray) -> I64:
-    """A column as 8-byte words: integers widened, uint64 and float64 reinterpreted."""
-    wide = values.astype(np.dtype(f"{values.dtype.kind}8"), copy=False)
-    return np.ascontiguousarray(wide).view(np.int64)
-
-
-def _by_window(
-    frame: pl.DataFrame, ws: list[int], columns: tuple[str, ...]
-) -> list[list[npt.NDArray[np.int64]]]:
-    """Return, for each window of ``ws``, the columns' values in it (as 8-byte words)."""
-    w = frame["w"].to_numpy()
-    order = np.argsort(w, kind="stable")
-    cols = [_words(frame[c].to_numpy())[order] for c in columns]
-    w = w[order]
-    lo, hi = np.searchsorted(w, ws), np.searchsorted(w, ws, side="right")
-    return [[c[a:b] for c in cols] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
-
-
-@dataclass(frozen=True)
-class Precomputed:
-    """Closed-window values computed before their unit commits.
-
-    An ingest computes them for windows its input has moved past, on worker threads while it is
-    still reading. The commit uses one for a window it closes only if the unit's positions are
-    all that window has (no device state stored by earlier units); otherwise it recomputes.
-    """
-
-    windows: dict[int, ClosedWindow]
-
-    @staticmethod
-    def of(positions: pl.DataFrame, settings: Settings) -> Precomputed:
-        """Compute the closed-window values of every window in ``positions``."""
-        counts = cells_to_counts(positions)
-        published = counts_to_published(counts, settings)
-        ws = windows_of(counts)
-        return Precomputed({c.w: c for c in close_windows(ws, counts, published)})
-
-    @staticmethod
-    def combine(parts: list[Precomputed], keep: set[int]) -> Precomputed:
-        """Return the parts' values for the windows in ``keep``."""
-        return Precomputed({w: c for p in parts for w, c in p.windows.items() if w in keep})

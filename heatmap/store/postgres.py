@@ -41,16 +41,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
-from heatmap.model import Window
-from heatmap.publish import Published
-from heatmap.store.base import (
-    I64,
-    U64,
-    ClosedWindow,
-    Store,
-    WindowInfo,
-    blob_to_arrays,
-)
+from heatmap.model import Published, Window
+from heatmap.store.base import I64, U64, Store, WindowInfo
+from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
 
 # Advisory lock keys (64-bit, arbitrary but fixed): ASCII "HEATMAP" + a role byte.
 COMMIT_LOCK = 0x484541544D415001
@@ -418,12 +411,8 @@ class PostgresStore(Store):
         rows = self._q("SELECT data FROM published WHERE w = %s", (w,))
         if not rows:
             return None
-        res, cells, people = blob_to_arrays(bytes(rows[0][0]), (np.int64, np.int64, np.float64))
         n = self.settings.window_s
-        frame = pl.DataFrame(
-            {"res": res.astype(np.int8), "cell": cells.view(np.uint64), "people": people}
-        )
-        return Published(Window(w * n, (w + 1) * n), frame)
+        return blob_to_published(bytes(rows[0][0]), Window(w * n, (w + 1) * n))
 
     def read_open_counts(self, w: int) -> tuple[U64, I64]:
         """Return base-resolution counts of an open window from its device state."""

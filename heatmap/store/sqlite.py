@@ -22,19 +22,9 @@ import polars as pl
 from heatmap.aggregate import cells_to_counts
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
-from heatmap.model import Window
-from heatmap.publish import Published
-from heatmap.store.base import (
-    I64,
-    SCHEMA_VERSION,
-    U64,
-    ClosedWindow,
-    CommitResult,
-    Precomputed,
-    Store,
-    WindowInfo,
-    blob_to_arrays,
-)
+from heatmap.model import Published, Window
+from heatmap.store.base import I64, SCHEMA_VERSION, U64, Store, WindowInfo
+from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
 
 APPLICATION_ID = 0x48454154  # "HEAT": marks the file as ours
 MIGRATIONS: dict[int, str] = {
@@ -116,7 +106,6 @@ class SQLiteStore(Store):
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
             self._lock = threading.RLock()
-            self._state_deleted = False  # set by delete_state, read by commit_unit
             self._read_lock = threading.Lock()
             self._read: sqlite3.Connection | None = None
             for pragma in (
@@ -323,12 +312,11 @@ class SQLiteStore(Store):
         conn.execute("DELETE FROM incoming")
 
     def delete_state(self, ws: list[int]) -> None:
-        """Delete device state (and live counts) of closed windows; ``commit_unit`` then
+        """Delete device state (and live counts) of closed windows; ``after_commit`` then
         truncates the WAL, where the deleted hashes may still be."""
         with self._lock:
             for table in ("device_state", "open_counts"):
                 self._conn.executemany(f"DELETE FROM {table} WHERE w = ?", [(w,) for w in ws])  # noqa: S608 - fixed names
-            self._state_deleted = self._state_deleted or bool(ws)
 
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
         """Create or bump windows (open windows' device totals move in ``upsert_state``)."""
@@ -367,22 +355,10 @@ class SQLiteStore(Store):
         """Remember a committed batch id."""
         self._q("INSERT INTO batches(batch_id, result) VALUES (?, ?)", (batch_id, result))
 
-    def commit_unit(
-        self,
-        positions: pl.DataFrame,
-        max_ts: int | None,
-        batch_id: str | None = None,
-        accepted: int = 0,
-        ahead: Precomputed | None = None,
-    ) -> CommitResult:
-        """Commit a unit, then truncate the WAL if windows closed (no stale hashes on disk)."""
-        self._state_deleted = False
-        result = super().commit_unit(positions, max_ts, batch_id, accepted, ahead)
-        # Hashes of a closing window are in the WAL only if an earlier unit stored its state
-        # (this unit's own positions of closing windows never become rows).
-        if self._state_deleted and not result.duplicate:
+    def after_commit(self, state_deleted: bool) -> None:
+        """Truncate the WAL if the unit deleted device state (no stale hashes on disk)."""
+        if state_deleted:
             self._q("PRAGMA wal_checkpoint(TRUNCATE)")
-        return result
 
     # -- reads -----------------------------------------------------------------------------------
     def windows(self) -> list[WindowInfo]:
@@ -398,12 +374,8 @@ class SQLiteStore(Store):
         rows = self._q("SELECT data FROM published WHERE w = ?", (w,))
         if not rows:
             return None
-        res, cells, people = blob_to_arrays(rows[0][0], (np.int64, np.int64, np.float64))  # type: ignore[arg-type]
         n = self.settings.window_s
-        frame = pl.DataFrame(
-            {"res": res.astype(np.int8), "cell": cells.view(np.uint64), "people": people}
-        )
-        return Published(Window(w * n, (w + 1) * n), frame)
+        return blob_to_published(rows[0][0], Window(w * n, (w + 1) * n))  # type: ignore[arg-type]
 
     def read_open_counts(self, w: int) -> tuple[U64, I64]:
         """Return base-resolution counts of an open window from its device state."""

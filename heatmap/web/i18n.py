@@ -61,8 +61,8 @@ STRINGS: Final[dict[str, dict[Lang, str]]] = {
     "error": {"zh": "数据暂不可用", "en": "Data unavailable"},
     "no_data": {"zh": "暂无数据", "en": "No data yet"},
     "privacy": {
-        "zh": "仅显示匿名汇总；少于{k}人的网格不显示。",
-        "en": "Anonymous totals only; cells with fewer than {k} people are hidden.",
+        "zh": "仅显示匿名汇总；少于{k}台设备的网格不显示。",
+        "en": "Anonymous totals only; cells with fewer than {k} devices are hidden.",
     },
     "close": {"zh": "关闭", "en": "Close"},
     "panel": {"zh": "面板", "en": "Panel"},

@@ -11,13 +11,11 @@ import jsonschema
 import mapbox_vector_tile
 import morecantile
 import polars as pl
-from api_testdata import Loaded, post
+from api_testdata import Loaded, api_settings, post
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from heatmap.api.metrics import SecurityHeadersMiddleware
-from heatmap.api.pages import placeholder_router
+from heatmap.api import create_app
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 SCHEMA = json.loads(
@@ -174,16 +172,14 @@ def test_pages_answer_html_with_frame_ancestors(loaded: Loaded) -> None:
         assert "frame-ancestors 'self'" in r.headers["content-security-policy"]
 
 
-def test_placeholder_pages_get_frame_ancestors() -> None:
-    app = FastAPI()
-    app.include_router(placeholder_router())
-    app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=["'self'", "https://gov.example"])
-    with TestClient(app) as client:
+def test_pages_get_the_configured_frame_ancestors(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, frame_ancestors="'self',https://gov.example")
+    with TestClient(create_app(settings)) as client:
         for path in ("/", "/widget"):
             r = client.get(path)
             assert r.status_code == 200 and "/tiles.json" in r.text
             csp = r.headers["content-security-policy"]
-            assert csp == "frame-ancestors 'self' https://gov.example"
+            assert csp.endswith("; frame-ancestors 'self' https://gov.example")
 
 
 def test_healthz(loaded: Loaded) -> None:

@@ -15,6 +15,7 @@ from api_testdata import BASE_RES, K_MIN, WINDOW_S, Loaded, h3_counts, post, ser
 from PIL import Image
 
 from heatmap.model import Snapshot
+from heatmap.read import Ref
 from tiles.grid import zoom_to_res
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -29,7 +30,7 @@ def closed_window(loaded: Loaded) -> str:
 
 
 def snapshot(loaded: Loaded, when: str | None, res: int) -> Snapshot:
-    return services(loaded.client).hm.snapshot(when, res)
+    return services(loaded.client).reader.snapshot(Ref.parse(when), res)
 
 
 def test_every_posted_row_is_accepted(loaded: Loaded) -> None:
@@ -215,7 +216,7 @@ def test_pmtiles_export_holds_the_served_tiles_of_a_closed_window(loaded: Loaded
     when = closed_window(loaded)
     svc = services(loaded.client)
     out = tmp_path / "closed.pmtiles"
-    info = export_pmtiles(svc.settings, out, when, "mvt", 10, 12)
+    info = export_pmtiles(svc.settings, out, Ref.parse(when), "mvt", 10, 12)
     assert info["tiles"] > 5 and info["window"]["start"] == when and out.stat().st_size > 0
     with out.open("rb") as fh:
         tiles = dict(all_tiles(MmapSource(fh)))

@@ -113,7 +113,7 @@ def test_served_batches_are_visible_within_a_second(
     assert "Application shutdown complete" in (db.parent.parent / "serve.log").read_text()
     hm = Heatmap(Settings(db=str(db), secret="serve-secret", k_min=K_MIN))  # type: ignore[call-arg]
     try:
-        wins = hm.windows()
+        wins = hm.store.windows()
         assert sum(w.devices for w in wins) >= stream.n_unique("device_id")
         assert wins[-1].window.start <= int(stream["ts"].max()) < wins[-1].window.end  # type: ignore[arg-type]
     finally:

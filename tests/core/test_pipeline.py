@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from heatmap.config import Settings
 from heatmap.ingest import ParseOptions
+from heatmap.read import Reader
 from heatmap.service import Heatmap
 from tests.conftest import reference_counts
 
@@ -64,8 +65,9 @@ def _write(rows: list, path: Path, group_rows: int) -> None:
 
 def _published(hm: Heatmap) -> dict[tuple[int, int, str], int]:
     out = {}
-    for info in hm.windows():
-        for res, snap in hm.snapshots(info).items():
+    reader = Reader.of(hm)
+    for info in hm.store.windows():
+        for res, snap in reader.snapshots(info).items():
             assert len(set(snap.cells.tolist())) == len(snap.cells), "a cell published twice"
             for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
                 out[(info.w, res, h3.int_to_str(cell))] = round(people)
@@ -124,5 +126,5 @@ def test_a_window_reached_again_by_a_late_chunk_is_recounted(tmp_path: Path) -> 
     hm = Heatmap(s)
     hm.ingest_paths([path], ParseOptions(now=NOW, chunk_rows=1))
     assert _published(hm) == reference_counts(rows, 300, s.base_res, 9)
-    first = next(i for i in hm.windows() if i.w == T0 // 300)
+    first = next(i for i in hm.store.windows() if i.w == T0 // 300)
     assert first.devices == 2

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from heatmap.ingest import ParseOptions
+from heatmap.policy import PublishPolicy
 from heatmap.privacy import DeviceHasher
 from heatmap.publish import counts_to_published
 from heatmap.service import Heatmap
@@ -42,7 +43,7 @@ def _blobs(
     hm: Heatmap, table: str, dtypes: tuple[type, ...], names: tuple[str, ...]
 ) -> pl.DataFrame:
     """Read every stored blob of a table in one query (the embedded store's layout)."""
-    from heatmap.store.base import blob_to_arrays
+    from heatmap.store.codec import blob_to_arrays
 
     con = sqlite3.connect(hm.settings.db)
     cols: list[list[np.ndarray]] = [[] for _ in names]
@@ -87,7 +88,8 @@ def test_published_numbers_are_exact_and_private(ingested, k: int) -> None:
     hm, _report, _rows, ref = ingested
     base = _closed_base_counts(hm)
     settings = hm.settings.model_copy(update={"k_min": k})
-    pub = counts_to_published(base, settings) if k != 2 else _stored_published(hm)
+    policy = PublishPolicy.from_settings(settings)
+    pub = counts_to_published(base, policy) if k != 2 else _stored_published(hm)
     closed = set(base["w"].unique().to_list())
     eligible = {key: d for key, d in ref.items() if key[0] in closed and d >= k}
     published = {
@@ -120,7 +122,7 @@ def test_nothing_identifying_on_disk(ingested) -> None:
     db = Path(hm.settings.db)
     ids = sorted({r[0] for r in rows})
     hasher = DeviceHasher(hm.key)
-    open_ws = {w.w for w in hm.windows() if not w.closed}
+    open_ws = {w.w for w in hm.store.windows() if not w.closed}
     open_devices = {d for d, ts, _a, _b in rows if ts // hm.settings.window_s in open_ws}
     closed_only = [d for d in ids if d not in open_devices]
     blob = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from heatmap.errors import StoreUnavailable
 from heatmap.ingest import ParseOptions
+from heatmap.read import Reader
 from heatmap.service import Heatmap
 
 T0 = 1_764_000_000 // 300 * 300  # a window boundary
@@ -41,8 +42,9 @@ def _write(frame: pl.DataFrame, path: Path) -> Path:
 
 def _published(hm: Heatmap) -> dict:
     out = {}
-    for info in hm.windows():
-        for res, snap in hm.snapshots(info).items():
+    reader = Reader.of(hm)
+    for info in hm.store.windows():
+        for res, snap in reader.snapshots(info).items():
             out[(info.w, res)] = (snap.cells.tolist(), snap.people.tolist(), info.closed)
     return out
 
@@ -69,7 +71,7 @@ def test_a_then_b_equals_a_and_b_together(make_settings, tmp_path: Path) -> None
 def test_late_rows_of_a_closed_window_are_rejected_and_reported(make_settings, tmp_path) -> None:
     hm = Heatmap(make_settings(k_min=2, allowed_lateness_s=0))
     hm.ingest_paths([_write(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
-    closed_before = [w.w for w in hm.windows() if w.closed]
+    closed_before = [w.w for w in hm.store.windows() if w.closed]
     assert closed_before  # windows ended before the watermark closed
     late = _pings(5, T0, T0 + 100, seed=4)
     report = hm.ingest_paths([_write(late, tmp_path / "late.csv")], OPTS)
@@ -93,7 +95,7 @@ def test_closed_windows_lose_their_device_state(make_settings, tmp_path) -> None
     hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
     first = T0 // 300
     assert con.execute("SELECT count(*) FROM device_state WHERE w = ?", (first,)).fetchone()[0] == 0
-    assert [w.closed for w in hm.windows() if w.w == first] == [True]
+    assert [w.closed for w in hm.store.windows() if w.w == first] == [True]
 
 
 def test_store_files_hold_no_hash_of_a_closed_window(make_settings, tmp_path) -> None:
@@ -151,11 +153,11 @@ def test_duplicate_batch_id_is_counted_once(make_settings) -> None:
     one = hm.ingest_frame(frame, OPTS, batch_id="b-1")
     two = hm.ingest_frame(frame, OPTS, batch_id="b-1")
     assert two.duplicate and one.accepted == two.accepted
-    assert hm.windows()[-1].devices == 5
+    assert hm.store.windows()[-1].devices == 5
 
 
 def test_blobs_are_compressed_and_old_uncompressed_blobs_still_read() -> None:
-    from heatmap.store.base import arrays_to_blob, blob_to_arrays
+    from heatmap.store.codec import arrays_to_blob, blob_to_arrays
 
     rng = np.random.default_rng(3)
     base = 0x8A2A1072B4000000  # res-10 cells around Shanghai, as stored (int64)
@@ -222,9 +224,10 @@ def test_live_counts_follow_every_batch(batches: list) -> None:
             for (w, _d), (_t, cell) in latest.items():
                 want[(w, cell)] = want.get((w, cell), 0) + 1
             got = {}
-            for info in hm.windows():
+            reader = Reader.of(hm)
+            for info in hm.store.windows():
                 assert not info.closed
-                snap = hm.snapshots(info)[10]
+                snap = reader.snapshots(info)[10]
                 for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
                     got[(info.w, cell)] = int(people)
                 assert info.devices == len({d for (w, d) in latest if w == info.w})

@@ -22,7 +22,8 @@ from heatmap.api import create_app
 from heatmap.api.caching import accepts_gzip, etag_matches
 from heatmap.config import Settings
 from heatmap.errors import BadInput
-from heatmap.query import parse_bbox, when_to_ts
+from heatmap.read.answers import parse_bbox
+from heatmap.read.ref import when_to_ts
 
 T0 = (int(time.time()) - 3 * 3600) // 300 * 300
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from heatmap.errors import BadInput, HeatmapError
 from heatmap.ingest import ParseOptions, Rejects, body_to_frame, frame_to_pings, read_pings
-from heatmap.service import parse_when
+from heatmap.read.ref import parse_when
 
 NOW = 1_800_000_000.0
 TYPES = ["text/csv", "application/x-ndjson", "application/json", "text/plain", ""]

@@ -36,6 +36,7 @@ from heatmap.engines import (
 )
 from heatmap.errors import BadInput
 from heatmap.ingest import ParseOptions
+from heatmap.policy import PublishPolicy
 from heatmap.publish import counts_to_published
 from heatmap.service import Heatmap
 from heatmap.simulate import simulate_pings
@@ -62,7 +63,8 @@ def _positions(
 
 def _published(positions: pl.DataFrame) -> pl.DataFrame:
     s = Settings(secret="x", basemap_url="", k_min=2)
-    return counts_to_published(cells_to_counts(positions), s).sort("w", "res", "cell")
+    policy = PublishPolicy.from_settings(s)
+    return counts_to_published(cells_to_counts(positions), policy).sort("w", "res", "cell")
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path, row_group: int) -> Path:
@@ -171,7 +173,7 @@ def test_aggregate_into_stores_publishes_the_same(
         assert report.summary()["accepted"] == city[0].height
         assert report.late == 0  # one unit: its own rows are never late
         published = {}
-        for info in hm.windows():
+        for info in hm.store.windows():
             pub = hm.store.read_published(info.w) if info.closed else None
             published[info.w] = (info.closed, None if pub is None else pub.frame.to_dicts())
         answers.append((report.summary(), published))
@@ -222,7 +224,7 @@ def test_strict_bad_row_on_a_worker_fails_the_whole_backfill(
     strict = ParseOptions(now=OPTS.now, strict=True)
     with pytest.raises(BadInput, match="row 1: lat out of range"):
         aggregate_paths(hm, [str(tmp_path / "*.csv")], strict, dask_engine)
-    assert hm.windows() == []  # nothing written
+    assert hm.store.windows() == []  # nothing written
     hm.close()
 
 

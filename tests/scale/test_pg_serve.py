@@ -26,6 +26,7 @@ import pytest
 
 from heatmap.config import Settings
 from heatmap.ingest import ParseOptions
+from heatmap.read import Reader
 from heatmap.service import Heatmap
 from heatmap.simulate import simulate_pings
 from tiles.grid import TMS
@@ -185,8 +186,9 @@ def _single_process(stream: pl.DataFrame, tmp: Path) -> Heatmap:
 
 def _published(hm: Heatmap) -> dict:
     out = {}
-    for info in hm.windows():
-        for res, snap in hm.snapshots(info).items():
+    reader = Reader.of(hm)
+    for info in hm.store.windows():
+        for res, snap in reader.snapshots(info).items():
             out[(info.w, res)] = (snap.cells.tolist(), snap.people.tolist(), info.closed)
     return out
 
@@ -256,7 +258,7 @@ def test_two_nodes_count_like_one_process(nodes, stream: pl.DataFrame, tmp_path:
     expected = httpx.get(f"{urls[0]}/api/v1/windows", params={"limit": 1000}).json()
     _wait_for_versions(urls, [expected])
     open_windows = [datetime.fromtimestamp(w.window.start, UTC).isoformat() for w in
-                    single.windows()][-3:]  # fmt: skip
+                    single.store.windows()][-3:]  # fmt: skip
     assert _same_everywhere(urls, open_windows) > 0
 
     # A last batch moves the watermark past the stream: every window closes, on both sides.
@@ -271,7 +273,7 @@ def test_two_nodes_count_like_one_process(nodes, stream: pl.DataFrame, tmp_path:
     expected = httpx.get(f"{urls[1]}/api/v1/windows", params={"limit": 1000}).json()
     _wait_for_versions(urls, [expected])
     closed = [datetime.fromtimestamp(w.window.start, UTC).isoformat() for w in
-              single.windows() if w.closed][::2]  # fmt: skip
+              single.store.windows() if w.closed][::2]  # fmt: skip
     assert _same_everywhere(urls, closed) > 0
     single.close()
     shared.close()

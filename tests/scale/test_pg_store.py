@@ -99,7 +99,7 @@ def test_a_then_b_equals_a_and_b_together_and_sqlite(
 def test_late_rows_of_a_closed_window_are_rejected(pg_url: str, make_settings, tmp_path) -> None:
     hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=0))
     hm.ingest_paths([_write(_pings(10, T0, T0 + 1200, seed=3), tmp_path / "a.csv")], OPTS)
-    assert [w.w for w in hm.windows() if w.closed]
+    assert [w.w for w in hm.store.windows() if w.closed]
     late = _pings(5, T0, T0 + 100, seed=4)
     report = hm.ingest_paths([_write(late, tmp_path / "late.csv")], OPTS)
     assert report.late == late.height and report.accepted == 0
@@ -111,10 +111,10 @@ def test_closed_windows_lose_their_device_state(pg_url: str, make_settings, tmp_
     hm.ingest_paths([_write(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
     first = T0 // 300
     assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(15,)]
-    assert hm.windows()[0].devices == 15 and not hm.windows()[0].closed
+    assert hm.store.windows()[0].devices == 15 and not hm.store.windows()[0].closed
     hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
     assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(0,)]
-    info = next(w for w in hm.windows() if w.w == first)
+    info = next(w for w in hm.store.windows() if w.w == first)
     assert info.closed and info.devices == 15
     assert hm.store.read_base_counts([first])[first][1].sum() == 15
     hm.close()
@@ -155,7 +155,7 @@ def test_duplicate_batch_id_is_counted_once_across_nodes(pg_url: str, make_setti
     one = node1.ingest_frame(frame, OPTS, batch_id="b-1")
     two = node2.ingest_frame(frame, OPTS, batch_id="b-1")
     assert two.duplicate and not one.duplicate and one.accepted == two.accepted
-    assert node1.windows()[-1].devices == node2.windows()[-1].devices == 5
+    assert node1.store.windows()[-1].devices == node2.store.windows()[-1].devices == 5
     node1.close()
     node2.close()
 

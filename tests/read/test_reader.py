@@ -1,4 +1,4 @@
-"""The read-side core: window catalog, usual level by hour of week, forecast, paging at scale."""
+"""The read side: window catalog, usual level by hour of week, forecast, paging at scale."""
 
 from __future__ import annotations
 
@@ -11,27 +11,32 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from api_testdata import api_settings
 
 from fastapi.testclient import TestClient
 
 from heatmap.api import create_app
+from heatmap.config import Settings
 from heatmap.ingest import ParseOptions
 from heatmap.model import Window
 from heatmap.places import load_places
-from heatmap.query import (
-    FORECAST_TAU_H,
-    PlaceBook,
-    Reader,
-    WindowList,
-    bbox_cell_estimate,
-    forecast_value,
-)
+from heatmap.read import LATEST, Reader, WindowList
+from heatmap.read.answers import bbox_cell_estimate
+from heatmap.read.places import FORECAST_TAU_H, PlaceBook, forecast_value
 from heatmap.service import Heatmap
 from heatmap.store import WindowInfo
 
 ZONE = "Asia/Shanghai"
 T0 = int(datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp())  # Tuesday 18:00 in Shanghai
+
+
+def api_settings(tmp: Path, **kw: object) -> Settings:
+    """Settings on a temp store with ingest enabled and a small k (as the HTTP tests use)."""
+    kw.setdefault("db", str(tmp / "store" / "heatmap.db"))
+    kw.setdefault("basemap_url", "")
+    kw.setdefault("secret", "test-secret")
+    kw.setdefault("k_min", 2)
+    kw.setdefault("ingest_token", "test-token-1234")
+    return Settings(**kw)  # type: ignore[arg-type]
 
 
 # -- forecast ------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def frame(ts: int, n: int, lat: float = 31.23, tag: str = "d") -> pl.DataFrame:
 def test_catalog_sees_every_commit_incrementally(tmp_path: Path) -> None:
     s = api_settings(tmp_path)
     hm = Heatmap(s)
-    reader = Reader(hm)
+    reader = Reader.of(hm)
     reader.catalog.check_every_s = 0.0
     opts = ParseOptions(now=2e9)
     base = 1_795_900_200
@@ -139,13 +144,13 @@ def test_catalog_sees_every_commit_incrementally(tmp_path: Path) -> None:
         hm.ingest_frame(frame(base + 300 * i, 3 + i, tag=f"w{i}-"), opts)
         reader.invalidate()
         wl = reader.windows()
-        assert wl.infos() == hm.windows()
+        assert wl.infos() == hm.store.windows()
     # Another writer (a CLI ingest in another process) is seen through the change token.
     other = Heatmap(s)
     other.ingest_frame(frame(base + 300 * 6, 4, tag="x"), opts)
     other.close()
-    assert reader.windows().infos() == hm.windows()
-    assert reader.window(None).w == (base + 1800) // 300
+    assert reader.windows().infos() == hm.store.windows()
+    assert reader.window(LATEST).w == (base + 1800) // 300
     reader.close()
     hm.close()
 

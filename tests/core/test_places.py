@@ -49,7 +49,7 @@ REQUIRED = {
     "zhujiajiao",
 }
 SHARED_OUTLINE = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "boundaries" / "shanghai.json"
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "boundaries" / "shanghai.json"
 )
 
 

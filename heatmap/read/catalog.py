@@ -1,0 +1,213 @@
+"""The store's windows kept in memory: a columnar list with O(log n) lookups, refreshed
+incrementally when the store changes (cheap change token), so a request costs no scan of 100k
+windows and still sees a committed batch at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from heatmap.model import Window
+from heatmap.store import Store, WindowInfo
+
+
+class WindowList:
+    """An immutable, sorted, columnar view of the store's windows with O(log n) lookups.
+
+    Rows are ``(w, start, end, closed, version, devices)`` in an int64 matrix, so 100k windows
+    cost a few MB and no Python object each; :class:`WindowInfo` is made on access.
+
+    >>> from heatmap.model import Window
+    >>> wl = WindowList.of([WindowInfo(1, Window(300, 600), True, 1, 5)])
+    >>> wl.get(1).window.start, wl.get(2)
+    (300, None)
+    """
+
+    def __init__(self, rows: npt.NDArray[np.int64]) -> None:
+        self.rows = rows.reshape(-1, 6)
+        self.ws = self.rows[:, 0]
+        self.starts = self.rows[:, 1]
+        self._latest = self.info(-1) if len(self.rows) else None
+
+    @classmethod
+    def of(cls, infos: Sequence[WindowInfo]) -> WindowList:
+        """Return the list of some :class:`WindowInfo`."""
+        return cls(
+            np.array(
+                [(i.w, *i.window, int(i.closed), i.version, i.devices) for i in infos],
+                dtype=np.int64,
+            )
+        )
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def info(self, i: int) -> WindowInfo:
+        """Return the ``i``-th window (oldest first; negative counts from the newest)."""
+        w, a, b, c, v, d = self.rows[i].tolist()
+        return WindowInfo(w, Window(a, b), bool(c), v, d)
+
+    def infos(self, lo: int = 0, hi: int | None = None) -> list[WindowInfo]:
+        """Return the windows ``lo:hi`` as :class:`WindowInfo`, oldest first."""
+        return [self.info(i) for i in range(*slice(lo, hi).indices(len(self)))]
+
+    def first(self) -> WindowInfo | None:
+        """Return the oldest window, or None without data."""
+        return self.info(0) if len(self) else None
+
+    def latest(self) -> WindowInfo | None:
+        """Return the newest window, or None without data."""
+        return self._latest
+
+    def latest_closed(self) -> WindowInfo | None:
+        """Return the newest closed window, or None."""
+        idx = np.flatnonzero(self.rows[:, 3])
+        return self.info(int(idx[-1])) if idx.size else None
+
+    def get(self, w: int) -> WindowInfo | None:
+        """Return window number ``w`` if the store has it."""
+        i = int(np.searchsorted(self.ws, w))
+        if i < len(self) and int(self.ws[i]) == w:
+            return self.info(i)
+        return None
+
+    def between(self, start_ts: int, end_ts: int) -> list[WindowInfo]:
+        """Return the windows whose start lies in ``[start_ts, end_ts)``, oldest first."""
+        lo = int(np.searchsorted(self.starts, start_ts, side="left"))
+        hi = int(np.searchsorted(self.starts, end_ts, side="left"))
+        return self.infos(lo, hi)
+
+    def page(self, limit: int, before_ts: int | None = None) -> list[WindowInfo]:
+        """Return up to ``limit`` windows starting before ``before_ts``, newest first."""
+        hi = len(self) if before_ts is None else int(np.searchsorted(self.starts, before_ts))
+        return self.infos(max(0, hi - limit), hi)[::-1]
+
+    def splice(self, lo_w: int, tail: WindowList) -> WindowList:
+        """Return this list with every window ``w >= lo_w`` replaced by ``tail``."""
+        cut = int(np.searchsorted(self.ws, lo_w))
+        return WindowList(np.concatenate([self.rows[:cut], tail.rows]))
+
+
+class WindowCatalog:
+    """The store's windows kept in memory, refreshed incrementally when the store changes.
+
+    Parameters
+    ----------
+    store : Store
+        The store the service writes to.
+    window_s : int
+        Window length (``HEATMAP_WINDOW_S``).
+    check_every_s : float
+        How often the change token is read at most (writes by *this* process call
+        :meth:`invalidate` and are seen at once; other processes within this delay).
+    ttl_s : float
+        Without a change token (non-SQLite stores), the list is reloaded this often.
+
+    Notes
+    -----
+    Only windows that are not older than the watermark can change (late rows are rejected, and
+    every window before the watermark is closed), so a refresh reads ``w >= watermark // window_s
+    - 1`` and keeps the older prefix: a commit costs a primary-key range read, not a scan.
+    """
+
+    def __init__(
+        self, store: Store, window_s: int, check_every_s: float = 0.05, ttl_s: float = 1.0
+    ) -> None:
+        self.store = store
+        self.window_s = window_s
+        self.check_every_s = check_every_s
+        self.ttl_s = ttl_s
+        self._incremental = store.change_token() is not None
+        self._list = WindowList(np.zeros((0, 6), dtype=np.int64))
+        self._token: int | None = None
+        self._watermark: int | None = None
+        self._next_check = 0.0
+        self._loaded = False
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def invalidate(self) -> None:
+        """Make the next access check the store (call after committing a batch)."""
+        self._gen += 1
+        self._next_check = 0.0
+
+    def current(self) -> WindowList:
+        """Return the up-to-date window list."""
+        if time.monotonic() >= self._next_check:
+            self.refresh()
+        return self._list
+
+    def peek(self) -> WindowList | None:
+        """Return the window list if no check is due (never touches the store), else None."""
+        return self._list if time.monotonic() < self._next_check else None
+
+    def cached(self) -> WindowList:
+        """Return the window list as last loaded (never touches the store)."""
+        return self._list
+
+    def refresh(self, force: bool = False) -> WindowList:
+        """Check the change token and reload what changed (everything with ``force``)."""
+        with self._lock:
+            gen = self._gen
+            if not self._incremental:
+                self._list = WindowList(self.store.window_rows_since(None)[0])
+                self._loaded = True
+                valid = self.ttl_s
+            else:
+                token = self.store.change_token()
+                if force or not self._loaded or token != self._token:
+                    self._reload()
+                    self._token = token
+                valid = self.check_every_s
+            if self._gen == gen:  # no commit was announced meanwhile
+                # With a background refresher the list stays valid for two of its periods, so
+                # requests do not fall due between two of its runs.
+                scale = 2.0 if self._refresher is not None else 1.0
+                self._next_check = time.monotonic() + valid * scale
+            return self._list
+
+    def start_refresher(self) -> None:
+        """Refresh in a daemon thread, so requests never wait on the change check."""
+        if self._refresher is not None:
+            return
+        self._stop.clear()
+        period = self.check_every_s if self._incremental else self.ttl_s
+
+        def run() -> None:
+            while not self._stop.wait(period):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - requests refresh themselves and report
+                    self._next_check = 0.0
+
+        self._refresher = threading.Thread(target=run, name="window-catalog", daemon=True)
+        self._refresher.start()
+
+    def stop_refresher(self) -> None:
+        """Stop the background refresher (if running)."""
+        if self._refresher is not None:
+            self._stop.set()
+            self._refresher.join(5)
+            self._refresher = None
+
+    def _reload(self) -> None:
+        old = self._list
+        if not self._loaded or self._watermark is None or not len(old):
+            rows, wm = self.store.window_rows_since(None)
+            self._list = WindowList(rows)
+        else:
+            lo = self._watermark // self.window_s - 1
+            rows, wm = self.store.window_rows_since(lo)
+            self._list = old.splice(lo, WindowList(rows))
+        self._watermark = wm
+        self._loaded = True
+
+    def close(self) -> None:
+        """Stop refreshing."""
+        self.stop_refresher()

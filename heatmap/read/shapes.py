@@ -1,0 +1,228 @@
+"""The shapes of the read side's JSON answers: one definition for the code and for OpenAPI.
+
+The answers are built as plain dicts (no validation cost per request); these ``TypedDict`` s
+type them for mypy, and the HTTP layer hands the same classes to OpenAPI as response models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from typing_extensions import TypedDict
+
+
+class Label(TypedDict):
+    """A text label in both languages."""
+
+    en: str
+    zh: str
+
+
+class WindowOut(TypedDict):
+    """A window ``[start, end)`` in ISO-8601 UTC; ``complete`` once it is closed."""
+
+    start: str
+    end: str
+    complete: bool
+
+
+class Trend(TypedDict):
+    """Change from the previous window (nulls when either side is withheld)."""
+
+    previous_window: WindowOut | None
+    previous_people: float | None
+    change: float | None
+    ratio: float | None
+    direction: Literal["busier", "quieter", "steady"] | None
+
+
+class DensityAnswer(TypedDict):
+    """Density at a point (``people: null, suppressed: true`` when withheld)."""
+
+    cell: str
+    res: int
+    window: WindowOut
+    people: float | None
+    density_km2: float | None
+    band: str | None
+    label: Label
+    suppressed: bool
+    trend: Trend
+
+
+class CellProperties(TypedDict):
+    """Properties of one published cell (same as the MVT)."""
+
+    cell: str
+    people: float
+    density_km2: float
+    band: str
+
+
+class CellFeature(TypedDict):
+    """A GeoJSON feature of one cell."""
+
+    type: Literal["Feature"]
+    id: str
+    geometry: dict[str, Any]
+    properties: CellProperties
+
+
+class CellCollection(TypedDict):
+    """Published cells in a bbox as a GeoJSON FeatureCollection."""
+
+    type: Literal["FeatureCollection"]
+    bbox: list[float]
+    res: int
+    window: WindowOut
+    count: int
+    features: list[CellFeature]
+
+
+class WindowsAnswer(TypedDict):
+    """A page of windows, newest first."""
+
+    total: int
+    window_s: int
+    first: WindowOut | None
+    latest: WindowOut | None
+    windows: list[WindowOut]
+    next_before: str | None
+
+
+class LegendBand(TypedDict):
+    """One band of the legend."""
+
+    band: str
+    color: str
+    label: Label
+    min_km2: float
+    max_km2: float | None
+
+
+class LegendAnswer(TypedDict):
+    """The legend and privacy parameters."""
+
+    unit: str
+    bands: list[LegendBand]
+    k_min: int
+    dp_epsilon: float | None
+    expansion: float
+    suppressed: Label
+
+
+class ResStats(TypedDict):
+    """Published figures at one resolution."""
+
+    res: int
+    cells: int
+    people: float
+    cells_by_band: dict[str, int]
+
+
+class StatsAnswer(TypedDict):
+    """City figures of a window."""
+
+    window: WindowOut
+    people: float
+    published_cells: int
+    by_res: list[ResStats]
+    k_min: int
+    dp_epsilon: float | None
+    expansion: float
+
+
+class BandValue(TypedDict):
+    """Density, band and label of a value (nulls and the withheld label when it is None)."""
+
+    density_km2: float | None
+    band: str | None
+    label: Label
+
+
+class PlaceHead(TypedDict):
+    """What identifies a place and the cells it reads."""
+
+    id: str
+    name: Label
+    kind: str
+    lat: float
+    lng: float
+    res: int
+    cells: int
+    area_km2: float
+
+
+class PlaceItem(PlaceHead, BandValue):
+    """A place in the ranking."""
+
+    people: float | None
+    suppressed: bool
+    trend: Trend
+    rank: int
+
+
+class PlacesAnswer(TypedDict):
+    """Places ranked by crowding."""
+
+    window: WindowOut
+    places: list[PlaceItem]
+
+
+class PlaceNow(BandValue):
+    """A place's value now."""
+
+    people: float | None
+    suppressed: bool
+
+
+UsualBasis = Literal["hour_of_week", "hour_of_day", "none"]
+"""What a usual level was computed from."""
+
+
+class PlaceUsual(BandValue):
+    """A place's usual level at this hour and how today compares."""
+
+    people: float | None
+    basis: UsualBasis
+    ratio: float | None
+    busier_than_usual: bool | None
+
+
+class ForecastStep(BandValue):
+    """The expected level some minutes ahead."""
+
+    at: str
+    minutes: int
+    people: float | None
+    method: str
+
+
+class UsualHour(TypedDict):
+    """The usual level of one local hour of the day."""
+
+    hour: int
+    start: str
+    usual: float | None
+
+
+class BestTime(BandValue):
+    """The coming local hour with the lowest expected level."""
+
+    hour: int
+    start: str
+    end: str
+    people: float
+
+
+class PlaceDetail(PlaceHead):
+    """One place: now, trend, usual, forecast, best time today."""
+
+    window: WindowOut
+    now: PlaceNow
+    trend: Trend
+    usual: PlaceUsual
+    forecast: list[ForecastStep]
+    today: list[UsualHour]
+    best_time_today: BestTime | None
+    timezone: str
