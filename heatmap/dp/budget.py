@@ -191,29 +191,10 @@ def make_budget(
     )
 
 
-def budget(
-    epsilon: float,
-    n_resolutions: int,
-    release_s: int,
-    horizon_s: int,
-    window_s: int,
-    *,
-    k_min: int | None = None,
-    delta: float = DEFAULT_DELTA,
-) -> dict[str, Any]:
-    """Return :func:`make_budget` as a JSON-able dict (for ``GET /api/v1/privacy``).
+def budget(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return :func:`make_budget` (same arguments) as a JSON-able dict (``GET /api/v1/privacy``).
 
-    Parameters
-    ----------
-    epsilon, n_resolutions, release_s, horizon_s, window_s, k_min, delta
-        As in :func:`make_budget`.
-
-    Returns
-    -------
-    dict
-        All :class:`Budget` fields, ``noise`` (sd, 90% half-width...), ``mechanism``,
-        ``composition``, ``unit`` and ``explanation: {"en": ...}``.
+    The dict holds all :class:`Budget` fields, ``noise`` (sd, 90% half-width...), ``mechanism``,
+    ``composition``, ``unit`` and ``explanation: {"en": ...}``.
     """
-    return make_budget(
-        epsilon, n_resolutions, release_s, horizon_s, window_s, k_min=k_min, delta=delta
-    ).to_dict()
+    return make_budget(*args, **kwargs).to_dict()
