@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     allowed_lateness_s: int = Field(120, ge=0, description="watermark lag before a window closes")
     secret: str | None = Field(None, description="device-id hashing key; generated if unset")
     ingest_token: str | None = Field(None, description="bearer token for POST /api/v1/pings")
+    metrics_token: str | None = Field(
+        None, description="bearer token for GET /metrics (operations); unset = not served"
+    )
     tz: str = Field("Asia/Shanghai", description="display time zone")
     basemap_url: str = Field(OSM_TILES, description="XYZ basemap template; empty = none")
     basemap_attribution: str = "© OpenStreetMap contributors"

@@ -5,6 +5,7 @@ Each parameter carries its description into OpenAPI (``Annotated[..., Query(...)
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from starlette.responses import Response
 from heatmap.api.caching import json_response
 from heatmap.api.metrics import Metrics
 from heatmap.config import Settings
-from heatmap.errors import StoreUnavailable
+from heatmap.errors import NotFound, StoreUnavailable, Unauthorized
 from heatmap.read import LATEST, Reader, Ref
 from heatmap.read.answers import parse_bbox
 from heatmap.read.places import PlaceBook
@@ -108,6 +109,20 @@ async def get_services(request: Request) -> Services:
 
 Svc = Annotated[Services, Depends(get_services)]
 """Handler parameter giving the app's services."""
+
+
+def check_bearer(expected: str | None, authorization: str | None, what: str) -> None:
+    """Allow a request only with ``Authorization: Bearer <expected>``.
+
+    ``NotFound`` when no token is configured (the route is off), ``Unauthorized`` when the
+    header is missing or wrong (compared in constant time).
+    """
+    if not expected:
+        raise NotFound(f"{what} is not enabled on this server")
+    scheme, _, given = (authorization or "").partition(" ")
+    ok = hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise Unauthorized(f"{what} needs the operations bearer token")
 
 
 def services(request: Request) -> Services:

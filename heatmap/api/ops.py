@@ -7,13 +7,13 @@ import time
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 import heatmap
 from heatmap.api.caching import NO_STORE
-from heatmap.api.dependencies import Services, Svc
+from heatmap.api.dependencies import Services, Svc, check_bearer
 from heatmap.api.schemas import Health
 from heatmap.errors import HeatmapError
 from heatmap.read.answers import window_json
@@ -64,10 +64,20 @@ async def healthz(svc: Svc) -> Response:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={
+        200: {"content": {"text/plain": {}}},
+        401: {"description": "Missing or wrong operations token"},
+        404: {"description": "No operations token configured"},
+    },
+    include_in_schema=False,  # operations, not the public API
 )
-async def metrics(svc: Svc) -> Response:
-    """Return the Prometheus text exposition of this process's metrics."""
+async def metrics(svc: Svc, request: Request) -> Response:
+    """Return the Prometheus text exposition of this process's metrics (operations token).
+
+    Not public: request counts and cache hits tell what others looked at, and ingest counters
+    how big each batch was. Without ``HEATMAP_METRICS_TOKEN`` the route does not exist (404).
+    """
+    check_bearer(svc.settings.metrics_token, request.headers.get("authorization"), "/metrics")
     return Response(
         generate_latest(svc.metrics.registry),
         media_type=CONTENT_TYPE_LATEST,

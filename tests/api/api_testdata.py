@@ -16,6 +16,9 @@ from heatmap.api.dependencies import Services
 from heatmap.config import Settings
 
 TOKEN = "test-token-1234"
+OPS_TOKEN = "ops-token-5678"
+OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
+"""Headers of an operations request (``/metrics``)."""
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WINDOW_S = 300
 BASE_RES = 10
@@ -31,6 +34,7 @@ def api_settings(tmp: Path, **kw: object) -> Settings:
     kw.setdefault("secret", "test-secret")
     kw.setdefault("k_min", K_MIN)
     kw.setdefault("ingest_token", TOKEN)
+    kw.setdefault("metrics_token", OPS_TOKEN)
     return Settings(**kw)  # type: ignore[arg-type]
 
 

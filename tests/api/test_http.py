@@ -11,7 +11,7 @@ import jsonschema
 import mapbox_vector_tile
 import morecantile
 import polars as pl
-from api_testdata import Loaded, api_settings, post
+from api_testdata import OPS, Loaded, api_settings, post
 
 from fastapi.testclient import TestClient
 
@@ -194,7 +194,7 @@ def test_metrics_count_requests_pings_cache_and_builds(loaded: Loaded) -> None:
     loaded.client.get(tile_url(13))
     loaded.client.get(tile_url(13))
     loaded.client.get("/tiles/99/0/0.mvt")
-    text = loaded.client.get("/metrics").text
+    text = loaded.client.get("/metrics", headers=OPS).text
     assert 'route="/tiles/{z}/{x}/{y}.mvt",status="200"' in text
     assert 'route="/tiles/{z}/{x}/{y}.mvt",status="404"' in text
     assert 'heatmap_http_request_seconds_bucket{le="0.005",route="/api/v1/density"}' in text
@@ -243,3 +243,16 @@ def test_a_memoised_fast_tile_follows_a_new_batch(loaded: Loaded) -> None:
     after = loaded.client.get(url)
     assert after.status_code == 200 and after.headers["etag"] != first.headers.get("etag")
     assert after.content != first.content
+
+
+def test_metrics_are_for_operations_only(loaded: Loaded, tmp_path: Path) -> None:
+    # What others looked at (requests, cache hits) and how big each batch was are not public.
+    anonymous = loaded.client.get("/metrics")
+    assert anonymous.status_code == 401 and "heatmap_" not in anonymous.text
+    wrong = loaded.client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401 and "heatmap_" not in wrong.text
+    assert loaded.client.get("/metrics", headers=OPS).status_code == 200
+    # Without an operations token the route does not exist at all.
+    with TestClient(create_app(api_settings(tmp_path, metrics_token=None))) as client:
+        off = client.get("/metrics", headers=OPS)
+        assert off.status_code == 404 and "heatmap_" not in off.text

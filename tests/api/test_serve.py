@@ -18,7 +18,7 @@ import mapbox_vector_tile
 import morecantile
 import polars as pl
 import pytest
-from api_testdata import AUTH, BASE_RES, K_MIN, TOKEN, encode, slices
+from api_testdata import AUTH, BASE_RES, K_MIN, OPS, OPS_TOKEN, TOKEN, encode, slices
 
 from heatmap.config import Settings
 from heatmap.service import Heatmap
@@ -42,6 +42,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]
         **os.environ,
         "HEATMAP_DB": str(db),
         "HEATMAP_INGEST_TOKEN": TOKEN,
+        "HEATMAP_METRICS_TOKEN": OPS_TOKEN,
         "HEATMAP_K_MIN": str(K_MIN),
         "HEATMAP_SECRET": "serve-secret",
         "HEATMAP_BASEMAP_URL": "",
@@ -105,7 +106,7 @@ def test_served_batches_are_visible_within_a_second(
             assert [f["properties"]["people"] for f in feats if f["id"] == cell] == [3.0 + i]
             assert seen < 1.0
         assert posted == stream.height + sum(3 + i for i in range(4))
-        assert "heatmap_pings_accepted_total" in http.get("/metrics").text
+        assert "heatmap_pings_accepted_total" in http.get("/metrics", headers=OPS).text
     proc.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully (lifespan: in-flight commit, store closed), then re-raises
     # the signal, so the exit status is -SIGTERM.

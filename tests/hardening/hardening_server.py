@@ -36,9 +36,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+OPS_TOKEN = "ops-token-5678"
+OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
+"""Headers of an operations request (``/metrics``)."""
+
+
 def clean_env(**settings: object) -> dict[str, str]:
-    """Return the environment without inherited ``HEATMAP_*`` values, plus ``settings``."""
+    """Return the environment without inherited ``HEATMAP_*`` values, plus ``settings``.
+
+    The operations token is set unless ``settings`` says otherwise.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEATMAP_")}
+    env["HEATMAP_METRICS_TOKEN"] = OPS_TOKEN
     env.update({f"HEATMAP_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

@@ -27,6 +27,7 @@ import pytest
 from hardening_server import (
     AUTH,
     HEATMAP,
+    OPS,
     Row,
     Server,
     clean_env,
@@ -157,7 +158,7 @@ def test_full_disk_answers_503_with_the_reason_and_keeps_the_store_sound(
         # Reads go on, unchanged; the service still says what it can.
         assert http.get("/api/v1/stats").json() == stats
         assert http.get("/healthz").status_code == 200
-        metrics = http.get("/metrics").text
+        metrics = http.get("/metrics", headers=OPS).text
         assert 'heatmap_ingest_batches_total{outcome="failed"} 2.0' in metrics
     full.stop()
     assert integrity(db) == "ok"

@@ -26,7 +26,7 @@ import morecantile
 import polars as pl
 import pyarrow as pa
 import pytest
-from hardening_server import SECRET, TOKEN, Server, reference_counts
+from hardening_server import OPS, SECRET, TOKEN, Server, reference_counts
 
 from fastapi.testclient import TestClient
 
@@ -361,7 +361,7 @@ def test_no_raw_id_or_closed_hash_in_store_logs_or_metrics(geolife: Path, tmp_pa
             answers.append(
                 http.get("/api/v1/cells", params={"bbox": "116.2,39.8,116.5,40.1", "res": 8}).text
             )
-            metrics = http.get("/metrics").text
+            metrics = http.get("/metrics", headers=OPS).text
     finally:
         server.stop()
     log = server.log()

@@ -22,6 +22,8 @@ from heatmap.api.shedding import LoadShedder
 from heatmap.config import Settings
 
 TOKEN = "shed-token"
+OPS_TOKEN = "shed-ops-token"
+OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 CSV = b"device_id,ts,lat,lng\na,1795900000,31.23,121.47\n"
 
 
@@ -30,6 +32,7 @@ def _settings(tmp: Path, **kw: object) -> Settings:
     kw.setdefault("basemap_url", "")
     kw.setdefault("secret", "shed-secret")
     kw.setdefault("ingest_token", TOKEN)
+    kw.setdefault("metrics_token", OPS_TOKEN)
     return Settings(**kw)  # type: ignore[arg-type]
 
 
@@ -140,7 +143,7 @@ def test_the_real_app_limits_ingest_on_its_own_and_exports_metrics(tmp_path: Pat
             finally:
                 await asyncio.to_thread(svc.write_lock.release)
             assert (await first).status_code == 200
-            text = (await c.get("/metrics")).text
+            text = (await c.get("/metrics", headers=OPS)).text
             assert 'heatmap_http_shed_total{limit="ingest"} 1.0' in text
             assert "heatmap_http_inflight 0.0" in text
 
