@@ -19,18 +19,6 @@ from heatmap.model import Band, Published, Snapshot, Window
 from heatmap.policy import PublishPolicy
 from heatmap.privacy import laplace_noise, suppress
 
-__all__ = [
-    "Published",
-    "cell_area_km2",
-    "counts_to_published",
-    "density_to_band",
-    "legend",
-    "legend_text",
-    "make_bands",
-    "published_to_snapshots",
-    "version_of",
-]
-
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -45,11 +33,9 @@ _PALETTE = (
 )
 
 
-def make_bands(bands: PublishPolicy | Sequence[float], alpha: int = 190) -> tuple[Band, ...]:
-    """Return the four bands of a policy, or for the lower bounds of green, yellow and red
-    (people per km2)."""
-    thresholds = bands.bands_km2 if isinstance(bands, PublishPolicy) else bands
-    lowers = [0.0, *thresholds]
+def make_bands(thresholds_km2: Sequence[float], alpha: int = 190) -> tuple[Band, ...]:
+    """Return the four bands for the lower bounds of green, yellow and red (people per km2)."""
+    lowers = [0.0, *thresholds_km2]
     return tuple(
         Band(name, color, alpha, lower, en, zh)
         for (name, color, en, zh), lower in zip(_PALETTE, lowers, strict=True)
@@ -72,7 +58,7 @@ def cell_area_km2(cells: U64) -> F64:
 
 def legend(policy: PublishPolicy) -> dict[str, object]:
     """Return the structured legend: bands with colours, zh/en labels and thresholds."""
-    bands = make_bands(policy)
+    bands = make_bands(policy.bands_km2)
     out = []
     for i, b in enumerate(bands):
         upper = bands[i + 1].lower_km2 if i + 1 < len(bands) else None
@@ -139,7 +125,7 @@ def published_to_snapshots(
     pub: Published, policy: PublishPolicy, version: str, complete: bool
 ) -> dict[int, Snapshot]:
     """Return one immutable snapshot per resolution with density and band."""
-    bands = make_bands(policy)
+    bands = make_bands(policy.bands_km2)
     parts = {int(k[0]): v for k, v in pub.frame.partition_by("res", as_dict=True).items()}
     snaps = {}
     for res in policy.resolutions:

@@ -181,7 +181,8 @@ class TileService:
         info: WindowInfo | None = None
         if ref.pinned or len(self.reader.windows()):
             info = self.reader.window(ref)
-        return service_tilejson(self.settings, fmt, base_url, info if ref.pinned else None, info)
+        policy = self.reader.policy
+        return service_tilejson(policy, fmt, base_url, info if ref.pinned else None, info)
 
 
 @cache
@@ -192,7 +193,7 @@ def city_bounds() -> tuple[float, float, float, float]:
 
 
 def service_tilejson(
-    settings: Settings,
+    policy: PublishPolicy,
     fmt: Format,
     base_url: str,
     pinned: WindowInfo | None = None,
@@ -204,7 +205,6 @@ def service_tilejson(
     ``latest`` describes the window the default template currently serves.
     """
     root = base_url.rstrip("/")
-    policy = PublishPolicy.from_settings(settings)
     suffix = "" if pinned is None else f"?window={pinned.window.isoformat()}"
     bounds = round_bounds(city_bounds(), 4)
     described = pinned or latest
@@ -220,13 +220,13 @@ def service_tilejson(
         legend=legend_text(policy),
         name="Shanghai crowd density",
         description=(
-            f"People per H3 hexagon per {settings.window_s // 60}-minute window; cells with "
-            f"fewer than {settings.k_min} devices are withheld"
+            f"People per H3 hexagon per {policy.window_s // 60}-minute window; cells with "
+            f"fewer than {policy.k_min} devices are withheld"
         ),
         extra={
             "window": None if described is None else window_json(described),
-            "k_min": settings.k_min,
-            "dp_epsilon": settings.dp_epsilon,
+            "k_min": policy.k_min,
+            "dp_epsilon": policy.dp_epsilon,
             "legend_bands": legend(policy)["bands"],
             "tiles_2x": [f"{root}/tiles/{{z}}/{{x}}/{{y}}@2x.png{suffix}"] if png else None,
         },
@@ -261,12 +261,7 @@ def export_pmtiles(
         reader = Reader.of(hm)
         try:
             if window is None or not window.pinned:
-                try:
-                    info = reader.latest_closed()
-                except NotFound:
-                    raise NotFound(
-                        "no closed window yet: PMTiles exports closed windows only"
-                    ) from None
+                info = reader.latest_closed()
             else:
                 info = reader.window(window)
                 if not info.closed:
@@ -287,7 +282,7 @@ def export_pmtiles(
     if not len(coarse):
         raise NotFound(f"window {info.window.isoformat()} has no published cell")
     bounds = round_bounds(data_bounds(coarse), 6)
-    doc = service_tilejson(s, fmt, "pmtiles://", info, info)  # type: ignore[arg-type]
+    doc = service_tilejson(reader.policy, fmt, "pmtiles://", info, info)  # type: ignore[arg-type]
     meta: dict[str, Any] = {
         k: doc[k] for k in ("name", "description", "attribution", "legend") if k in doc
     }

@@ -119,7 +119,7 @@ class PlaceBook:
             owner = np.concatenate([np.full(len(self.cells[i].cells), i) for i in own])
             self._by_res[r] = (cells.astype(np.uint64), owner.astype(np.intp))
         self.policy = PublishPolicy.from_settings(settings)
-        self.bands = make_bands(self.policy)
+        self.bands = make_bands(self.policy.bands_km2)
         try:
             self.tz = ZoneInfo(settings.tz)
         except (ZoneInfoNotFoundError, ValueError):

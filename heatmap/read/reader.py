@@ -111,7 +111,7 @@ class Reader:
         """Return the newest closed window; ``NotFound`` when none has closed yet."""
         found = self.windows().latest_closed()
         if found is None:
-            raise NotFound("no closed window yet")
+            raise NotFound("no closed window yet: only closed windows are final")
         return found
 
     def previous(self, info: WindowInfo) -> WindowInfo | None:
