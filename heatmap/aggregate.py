@@ -254,6 +254,20 @@ def pings_to_positions(pings: pl.DataFrame, window_s: int, res: int) -> pl.DataF
     return index_candidates(latest_candidates(pings, window_s), res)
 
 
+def slots_to_windows(slots: pl.DataFrame, slot_s: int, window_s: int) -> pl.DataFrame:
+    """Return per-window positions from per-slot ones (``w`` = slot number ``ts // slot_s``).
+
+    ``slot_s`` divides ``window_s``, so each slot lies in one window and a device's latest ping
+    in a window is the latest of its slots there (ties to the larger cell, as everywhere).
+    """
+    if not slots.height:
+        return slots
+    windows = slots.with_columns(w=pl.col("w") * slot_s // window_s)
+    return windows.sort(["w", "device", "ts", "cell"]).unique(
+        subset=["w", "device"], keep="last", maintain_order=True
+    )
+
+
 def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Merge position frames (chunks, partitions, stored state) into one row per (w, device).
 

@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     dp_epsilon: float | None = Field(None, gt=0, description="DP epsilon per window; None = off")
     expansion: float = Field(1.0, gt=0, description="people per device (sampling factor)")
     allowed_lateness_s: int = Field(120, ge=0, description="watermark lag before a window closes")
+    release_s: int = Field(60, ge=1, le=86400, description="release clock: a release every n s")
+    horizon_s: int | None = Field(
+        None, ge=1, description="trailing horizon of a release, s; None = window_s"
+    )
+    release_grace_s: int = Field(
+        5, ge=0, le=3600, description="a release at t is made once the input passes t + grace"
+    )
+    release_keep_s: int = Field(
+        7200, ge=0, description="how long past releases stay readable (?release=), s"
+    )
     secret: str | None = Field(None, description="device-id hashing key; generated if unset")
     ingest_token: str | None = Field(None, description="bearer token for POST /api/v1/pings")
     metrics_token: str | None = Field(
@@ -38,6 +48,9 @@ class Settings(BaseSettings):
     tz: str = Field("Asia/Shanghai", description="display time zone")
     basemap_url: str = Field(OSM_TILES, description="XYZ basemap template; empty = none")
     basemap_attribution: str = "© OpenStreetMap contributors"
+    planner_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="bearer tokens of the planner audience (exact values)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     frame_ancestors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["'self'"])
     bands_km2: Annotated[list[float], NoDecode] = Field(
@@ -60,7 +73,9 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="time to receive a request's headers, then its body"
     )
 
-    @field_validator("cors_origins", "frame_ancestors", "bands_km2", mode="before")
+    @field_validator(
+        "cors_origins", "frame_ancestors", "bands_km2", "planner_tokens", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -69,9 +84,20 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.min_res > self.base_res:
             raise ValueError(f"min_res ({self.min_res}) must be <= base_res ({self.base_res})")
+        if self.window_s % self.release_s:
+            raise ValueError(f"release_s ({self.release_s}) must divide window_s ({self.window_s})")
+        if self.horizon < self.release_s or self.horizon % self.release_s:
+            raise ValueError(
+                f"horizon_s ({self.horizon}) must be a multiple of release_s ({self.release_s})"
+            )
         if len(self.bands_km2) != 3 or sorted(self.bands_km2) != self.bands_km2:
             raise ValueError("bands_km2 must be 3 increasing thresholds (green, yellow, red)")
         return self
+
+    @property
+    def horizon(self) -> int:
+        """Return the trailing horizon of a release in seconds (``horizon_s`` or ``window_s``)."""
+        return self.window_s if self.horizon_s is None else self.horizon_s
 
     @property
     def resolutions(self) -> range:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PublishPolicy:
-    """What decides the published values of a window: privacy, scale, bands and resolutions."""
+    """What decides the published values of a window or release: privacy, scale, bands,
+    resolutions, and the spans counted (window length, release horizon)."""
 
     k_min: int
     dp_epsilon: float | None
@@ -29,6 +30,8 @@ class PublishPolicy:
     min_res: int
     base_res: int
     window_s: int
+    horizon_s: int
+    release_s: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PublishPolicy:
@@ -41,6 +44,8 @@ class PublishPolicy:
             min_res=settings.min_res,
             base_res=settings.base_res,
             window_s=settings.window_s,
+            horizon_s=settings.horizon,
+            release_s=settings.release_s,
         )
 
     @property

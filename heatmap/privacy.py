@@ -1,11 +1,12 @@
-"""Privacy: keyed device hashing at the edge, k-anonymity with complementary suppression, DP noise.
+"""Privacy: keyed device hashing at the edge, k-anonymity with complementary suppression.
 
-Rules (DESIGN.md): (1) raw device ids never reach disk, only a keyed hash of open windows;
+Rules (DESIGN.md): (1) raw device ids never reach disk, only a keyed hash, and only while a
+window or release still needs it;
 (2) nothing describing fewer than ``k_min`` devices is published; (3) the *atom rule*: the H3
 roll-up is a tree, so every number derivable by differencing a release (any mix of resolutions)
 is a sum of atoms ``atom(X) = X - sum(maximal published cells strictly inside X)``, one per
-published cell ``X``; every atom is 0 or at least ``k_min`` (see :func:`suppress`);
-(4) optional Laplace noise, drawn once per published value and kept.
+published cell ``X``; every atom is 0 or at least ``k_min`` (see :func:`suppress`).
+Differential privacy (rule 5) is :mod:`heatmap.dp`, applied by :mod:`heatmap.publish`.
 """
 
 from __future__ import annotations
@@ -262,11 +263,3 @@ def _withhold_for(
     lost = np.ones(len(bad), dtype=bool)
     lost[own[pick]] = False
     pub[i][bad[lost]] = False
-
-
-def laplace_noise(n: int, scale: float, seed: bytes | int | None = None) -> npt.NDArray[np.float64]:
-    """Return ``n`` Laplace(0, scale) draws; a ``seed`` makes them reproducible."""
-    if isinstance(seed, bytes):
-        seed = int.from_bytes(hashlib.blake2b(seed, digest_size=16).digest(), "little")
-    rng = np.random.default_rng(seed)
-    return rng.laplace(0.0, scale, n)

@@ -15,9 +15,10 @@ import polars as pl
 import polars_h3 as plh3
 
 from heatmap.aggregate import rollup
+from heatmap.dp import budget, noisy_publish
 from heatmap.model import Band, Published, Snapshot, Window
 from heatmap.policy import PublishPolicy
-from heatmap.privacy import laplace_noise, suppress
+from heatmap.privacy import suppress
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -56,6 +57,46 @@ def cell_area_km2(cells: U64) -> F64:
     return pl.select(plh3.cell_area(s, unit="km^2")).to_series().to_numpy()
 
 
+TEMPORAL_LIMIT = (
+    "Without differential privacy, k-anonymity protects each release on its own but not the "
+    "difference between two of them: someone who plants phones next to a person can see the "
+    "count change by that one person from one release to the next. Set HEATMAP_DP_EPSILON to "
+    "add noise that hides single devices across releases too; the public also sees rounded "
+    "numbers only."
+)
+"""What k-anonymity alone cannot stop (README, ``GET /api/v1/privacy``)."""
+
+
+def privacy_summary(policy: PublishPolicy) -> dict[str, object]:
+    """Return the privacy parameters in force and, with DP, the budget they spend per device.
+
+    The budget (:func:`heatmap.dp.budget`) states epsilon per release, per closed window, per
+    ping and per day under basic composition, the noise a reader sees and the noisy threshold.
+    """
+    dp = None
+    if policy.dp_epsilon:
+        dp = budget(
+            policy.dp_epsilon,
+            len(policy.resolutions),
+            policy.release_s,
+            policy.horizon_s,
+            policy.window_s,
+            k_min=policy.k_min,
+        )
+    return {
+        "k_min": policy.k_min,
+        "unit": "device",
+        "expansion": policy.expansion,
+        "resolutions": list(policy.resolutions),
+        "release_s": policy.release_s,
+        "horizon_s": policy.horizon_s,
+        "window_s": policy.window_s,
+        "dp_epsilon": policy.dp_epsilon,
+        "dp": dp,
+        "temporal_limit": None if dp else {"en": TEMPORAL_LIMIT},
+    }
+
+
 def legend(policy: PublishPolicy) -> dict[str, object]:
     """Return the structured legend: bands with colours, zh/en labels and thresholds."""
     bands = make_bands(policy.bands_km2)
@@ -81,6 +122,7 @@ def legend(policy: PublishPolicy) -> dict[str, object]:
             "en": f"Not enough data: fewer than {policy.k_min} devices, or withheld for privacy",
             "zh": f"数据不足：少于{policy.k_min}台设备，或因隐私保护未显示",
         },
+        "privacy": privacy_summary(policy),
     }
 
 
@@ -94,30 +136,46 @@ def legend_text(policy: PublishPolicy) -> str:
         )
     text = "People per km2. " + "; ".join(parts)
     text += f". Cells with fewer than {policy.k_min} devices are not shown."
-    if policy.dp_epsilon:
-        text += f" Differential privacy: epsilon={policy.dp_epsilon:g} per window."
+    dp = privacy_summary(policy)["dp"]
+    if isinstance(dp, dict):
+        text += (
+            f" Differential privacy: epsilon={dp['epsilon_per_release']:g} per device per release"
+            f" and per window ({dp['epsilon_per_day']:g} per device-day, basic composition);"
+            f" cells shown from {dp['threshold']} noisy devices."
+        )
     return text
 
 
-def counts_to_published(
-    counts: pl.DataFrame, policy: PublishPolicy, noise_seed: bytes | None = None
-) -> pl.DataFrame:
-    """Roll up, suppress (rules 2-3), add optional DP noise and expand base-resolution counts.
+def counts_to_published(counts: pl.DataFrame, policy: PublishPolicy) -> pl.DataFrame:
+    """Roll up, apply the privacy rules and expand base-resolution counts into published values.
 
-    ``counts`` has ``w``, ``cell`` (base_res), ``devices`` for any number of windows; the result
-    has ``w``, ``res``, ``cell``, ``people`` for the published cells only. ``noise_seed`` makes
-    the noise reproducible (the open window is recomputed as it fills, and the same counts must
-    always get the same noise); closed windows draw fresh noise once and store it.
+    ``counts`` has ``w``, ``cell`` (base_res), ``devices`` for any number of windows (or one
+    release); the result has ``w``, ``res``, ``cell``, ``people`` for the published cells only.
+
+    Without DP: cells under ``k_min`` devices are withheld and complementary suppression makes
+    every atom 0 or at least ``k_min`` (rules 2-3, :func:`heatmap.privacy.suppress`); numbers
+    are exact. With ``dp_epsilon`` (rule 5): every cell with a device, at every resolution, gets
+    OpenDP's discrete Laplace noise once (scale ``n_resolutions / epsilon``: a device is in one
+    cell per resolution), and *which* cells appear is decided on the noisy counts (published at
+    or above ``k_min`` plus a margin that a cell under ``k_min`` clears with probability at most
+    ``dp.DEFAULT_DELTA``). Everything published is then post-processing of the noisy counts,
+    so the atom rule is not applied on top: differences of noisy numbers are noisy too. The
+    noise cannot be drawn again (OpenDP samples from a secure generator): callers store the
+    result, once per window or release.
     """
     rolled = rollup(counts, policy.base_res, policy.min_res)
-    pub = rolled.filter(suppress(rolled, policy.k_min))
-    people = pub["devices"].to_numpy().astype(np.float64)
-    if policy.dp_epsilon:
-        # A device is in one cell per resolution, so the L1 sensitivity of a window's release is
-        # the number of resolutions; the Laplace scale accounts for all of them.
-        scale = len(policy.resolutions) / policy.dp_epsilon
-        noise = laplace_noise(len(people), scale, noise_seed)
-        people = np.maximum(np.round(people + noise), 0.0)
+    if not policy.dp_epsilon:
+        pub = rolled.filter(suppress(rolled, policy.k_min))
+        people = pub["devices"].to_numpy().astype(np.float64)
+    else:
+        release = noisy_publish(
+            rolled["devices"].to_numpy().astype(np.int64),
+            policy.dp_epsilon,
+            len(policy.resolutions),
+            policy.k_min,
+        )
+        pub = rolled.filter(pl.Series(release.published))
+        people = release.noisy[release.published].astype(np.float64)
     return pub.select("w", "res", "cell").with_columns(people=pl.Series(people * policy.expansion))
 
 
@@ -158,3 +216,34 @@ def version_of(window: Window, counter: int, policy: PublishPolicy) -> str:
     """
     key = f"{window.start}:{window.end}:{counter}:{policy.fingerprint}"
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def round_for_public(snap: Snapshot, step: float) -> Snapshot:
+    """Return the public audience's view of a snapshot: people rounded to multiples of ``step``.
+
+    ``step`` is ``k_min * expansion`` (the people ``k_min`` devices stand for), so no public
+    number, and no difference of two public numbers, can show a change of fewer than ``k_min``
+    devices. A published cell holds at least ``k_min`` devices, so it rounds to at least
+    ``step``: nothing published vanishes. Density and band follow from the rounded people (the
+    exact density times the cell's area would give the exact count back). The version differs
+    from the exact snapshot's, so tiles and ETags of the two views never mix.
+    """
+    if step <= 0 or not len(snap):
+        people = snap.people.copy()
+    else:
+        people = np.maximum(np.round(snap.people / step), 1.0) * step
+    with np.errstate(divide="ignore", invalid="ignore"):
+        area = np.where(snap.density_km2 > 0, snap.people / snap.density_km2, 0.0)
+        density = np.where(area > 0, people / area, 0.0)
+    return Snapshot(
+        window=snap.window,
+        res=snap.res,
+        version=snap.version + "p",
+        complete=snap.complete,
+        cells=snap.cells.copy(),
+        people=people,
+        density_km2=density,
+        band=density_to_band(density, snap.bands),
+        bands=snap.bands,
+        dp_epsilon=snap.dp_epsilon,
+    )

@@ -23,12 +23,15 @@ from heatmap.aggregate import (
     index_candidates,
     latest_candidates,
     merge_positions,
+    reduce_candidates,
+    slots_to_windows,
     windows_of,
 )
-from heatmap.commit import CommitResult, Precomputed, commit_unit
+from heatmap.commit import CommitResult, Precomputed, ReleaseClock, commit_unit
 from heatmap.config import Settings
 from heatmap.errors import BadInput
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
+from heatmap.model import epoch_to_iso
 from heatmap.policy import PublishPolicy
 from heatmap.privacy import DeviceHasher, load_or_create_secret
 from heatmap.store import Store, open_store
@@ -47,6 +50,8 @@ class _Chunk:
     max_ts: int | None = None
     min_w: int = 0
     candidates: pl.DataFrame | None = None
+    tail: pl.DataFrame | None = None
+    """Candidates per release slot of the chunk's last pings (see ``Heatmap._positions``)."""
 
 
 @dataclass
@@ -59,6 +64,8 @@ class IngestReport:
     rejects: Rejects = field(default_factory=Rejects)
     duplicate: bool = False
     units: int = 0
+    release: int | None = None
+    """The latest release tick made by these units, if any."""
     rejected_rows: list[tuple[str, int, str]] = field(default_factory=list)
     """The first rejected rows of each file: (path, row, reason)."""
 
@@ -69,6 +76,8 @@ class IngestReport:
         self.windows_closed += len(result.windows_closed)
         self.duplicate = self.duplicate or result.duplicate
         self.units += 1
+        if result.release is not None:
+            self.release = max(result.release, self.release or result.release)
 
     def summary(self) -> dict[str, object]:
         """Return the JSON summary (``accepted``, ``rejected``, ``late``, ...)."""
@@ -80,6 +89,7 @@ class IngestReport:
             "rejected": self.rejects.total,
             "late": self.late,
             "windows_closed": self.windows_closed,
+            "release": None if self.release is None else epoch_to_iso(self.release),
             "reasons": reasons,
         }
 
@@ -104,8 +114,15 @@ class Heatmap:
         tasks: Iterable[ChunkTask],
         report: IngestReport,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[pl.DataFrame, int | None, Precomputed | None]:
+        key_s: int | None = None,
+    ) -> tuple[pl.DataFrame, int | None, Precomputed | None, pl.DataFrame | None]:
         """Reduce a unit's chunks to hashed positions (``w``, ``device``, ``ts``, ``cell``).
+
+        ``w`` is the window number, or with ``key_s`` the number of the ``key_s``-second slot
+        (a batch keeps one position per release slot, so a release stays exact whatever the
+        batch spans). Per window, a file also keeps the positions per release slot of its
+        last ``horizon + grace + release_s`` seconds: all that its release (the latest tick
+        it passes) and the releases after it need, exactly.
 
         Each chunk is read, validated and reduced to position candidates on a small thread pool
         (pyarrow, numpy, polars and the compiled kernels release the GIL) while this thread
@@ -115,9 +132,13 @@ class Heatmap:
         reaches those windows). Only the distinct device ids are hashed. ``report`` gets the
         accepted and late pings and the rejected rows.
 
-        Returns the positions, the latest ping time and the values computed ahead.
+        Returns the positions, the latest ping time, the values computed ahead and the tail's
+        positions per release slot (None when the positions are per slot already).
         """
         s = self.settings
+        key_s = key_s or s.window_s
+        tail_s = None if key_s == s.release_s else s.horizon + s.release_grace_s + s.release_s
+        tails: list[pl.DataFrame] = []
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
         cands = Candidates()
@@ -137,8 +158,13 @@ class Heatmap:
             if pings.height:
                 ts = pings["ts"]
                 out.max_ts = int(ts.max())  # type: ignore[arg-type]
-                out.min_w = int(ts.min()) // s.window_s  # type: ignore[arg-type]
-                out.candidates = latest_candidates(pings, s.window_s)
+                out.min_w = int(ts.min()) // key_s  # type: ignore[arg-type]
+                out.candidates = latest_candidates(pings, key_s)
+                if tail_s is not None:
+                    # Pings near this chunk's end may be near the unit's end, which only the
+                    # last chunk knows: keep them per slot (a small share of a long file).
+                    tail = pings.filter(pl.col("ts") >= out.max_ts - tail_s)
+                    out.tail = latest_candidates(tail, s.release_s)
             return out
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
@@ -153,6 +179,8 @@ class Heatmap:
             report.rejects.merge(done.rejects)
             if done.max_ts is not None:
                 max_ts = done.max_ts if max_ts is None else max(max_ts, done.max_ts)
+            if done.tail is not None and done.tail.height:
+                tails.append(done.tail)
             if done.candidates is not None:
                 cands.add(done.candidates)
                 ripe = cands.ripe(done.min_w)
@@ -172,12 +200,19 @@ class Heatmap:
             parts = [index_candidates(last, s.base_res, pool.map)] if last.height else []
             parts = [hasher.replace_ids(p) for p in parts]
             settled = [f.result() for f in ahead]
+            slots = None
+            if tail_s is not None:
+                tail = reduce_candidates(tails) if tails else None
+                if tail is not None and max_ts is not None:
+                    tail = tail.filter(pl.col("ts") >= max_ts - tail_s)
+                if tail is not None and tail.height:
+                    slots = hasher.replace_ids(index_candidates(tail, s.base_res, pool.map))
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
         seen = Counter(w for p in parts for w in windows_of(p))
         once = {w for w, n in seen.items() if n == 1}
         pre = Precomputed.combine([a for _, a in settled], once)
-        return merge_positions(parts), max_ts, pre
+        return merge_positions(parts), max_ts, pre, slots
 
     def commit(
         self,
@@ -187,17 +222,25 @@ class Heatmap:
         batch_id: str | None = None,
         accepted: int = 0,
         ahead: Precomputed | None = None,
+        slots: pl.DataFrame | None = None,
     ) -> CommitResult:
-        """Commit one unit's positions to the store under this service's policy."""
+        """Commit one unit's positions to the store under this service's policy.
+
+        ``slots`` are the unit's positions per release slot (a batch, a file's tail); without
+        them the release is made at a window boundary (see :func:`heatmap.commit.commit_unit`).
+        """
+        s = self.settings
         return commit_unit(
             self.store,
             positions,
             max_ts,
             self.policy,
-            lateness_s=self.settings.allowed_lateness_s,
+            lateness_s=s.allowed_lateness_s,
+            clock=ReleaseClock(s.release_s, s.horizon, s.release_grace_s, s.release_keep_s),
             batch_id=batch_id,
             accepted=accepted,
             ahead=ahead,
+            slots=slots,
         )
 
     def ingest_paths(
@@ -225,8 +268,10 @@ class Heatmap:
             unit = IngestReport()
             cb = (lambda n, p=path: progress(p, n)) if progress else None
             tasks = ping_tasks(path, opts, unit.rejects)
-            positions, max_ts, ahead = self._positions(tasks, unit, cb)
-            report.add(self.commit(positions, max_ts, accepted=unit.accepted, ahead=ahead))
+            positions, max_ts, ahead, slots = self._positions(tasks, unit, cb)
+            report.add(
+                self.commit(positions, max_ts, accepted=unit.accepted, ahead=ahead, slots=slots)
+            )
             report.late += unit.late
             report.rejects.merge(unit.rejects)
             report.rejected_rows += [(str(path), r, why) for r, why in sorted(unit.rejects.rows)]
@@ -241,8 +286,12 @@ class Heatmap:
         pings = frame_to_pings(frame, opts, report.rejects, source="batch")
         unit = IngestReport()
         task = ChunkTask(1, pings.height, lambda _: pings)
-        positions, max_ts, _ = self._positions([task], unit)
-        report.add(self.commit(positions, max_ts, batch_id=batch_id, accepted=unit.accepted))
+        s = self.settings
+        slots, max_ts, _, _ = self._positions([task], unit, key_s=s.release_s)
+        positions = slots_to_windows(slots, s.release_s, s.window_s)
+        report.add(
+            self.commit(positions, max_ts, batch_id=batch_id, accepted=unit.accepted, slots=slots)
+        )
         if not report.duplicate:
             report.late += unit.late
         return report

@@ -3,9 +3,10 @@
 The glue between :mod:`heatmap` (windows and snapshots) and the :mod:`tiles` library (renderers,
 cache, TileJSON, PMTiles writer). No web framework: ``heatmap.api.tiles`` wraps what this returns.
 
-A tile's bytes are a pure function of the snapshot version and the tile address, so the strong
-ETag is derived from both (:func:`tiles.cache.etag`) and the cache is keyed by them: a new
-version of the live window misses and re-renders; nothing needs to be purged.
+A tile's bytes are a pure function of the snapshot version and the tile address, so the cache
+is keyed by both: a new release misses and re-renders; nothing needs to be purged. The strong
+ETag is a hash of the bytes sent (:func:`tiles.cache.etag`), so it tells nothing the bytes do
+not: a tile that did not change between releases keeps its tag.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from heatmap.errors import BadInput, NotFound
 from heatmap.model import Snapshot, Window
 from heatmap.places import load_outline
 from heatmap.policy import PublishPolicy
-from heatmap.publish import legend, legend_text
+from heatmap.publish import legend, legend_text, privacy_summary
 from heatmap.read.answers import window_json
 from heatmap.read.reader import Reader
 from heatmap.read.ref import LATEST, Ref
@@ -76,11 +77,13 @@ class Tile:
     complete: bool
     pinned: bool
     key: TileKey
+    final: bool = False
+    """True for a closed window or a release: their values never change."""
 
     @property
     def immutable(self) -> bool:
-        """Return True when the URL can never answer anything else (closed, pinned window)."""
-        return self.complete and self.pinned
+        """Return True when the URL can never answer anything else (a named, final answer)."""
+        return self.final and self.pinned
 
 
 class TileService:
@@ -94,8 +97,10 @@ class TileService:
         Rendered tiles (identity bytes, and gzip bytes of MVT) keyed by version and address.
     """
 
-    def __init__(self, reader: Reader, cache: TileCache) -> None:
+    def __init__(self, reader: Reader, cache: TileCache, private: bool = False) -> None:
         self.reader = reader
+        self.private = private
+        """True for an audience behind authentication (answers ``Cache-Control: private``)."""
         self.settings = reader.settings
         self.cache = cache
         self.render_seconds = 0.0
@@ -115,11 +120,12 @@ class TileService:
         key = self._key(req, snap)
         return Tile(
             data=data,
-            etag=etag(*key),
+            etag=etag(data, key.fmt),
             media_type=MEDIA_TYPES[req.fmt],
             window=info.window,
             complete=info.closed,
             pinned=req.ref.pinned,
+            final=info.closed or info.is_release,
             key=key,
         )
 
@@ -227,6 +233,7 @@ def service_tilejson(
             "window": None if described is None else window_json(described),
             "k_min": policy.k_min,
             "dp_epsilon": policy.dp_epsilon,
+            "privacy": privacy_summary(policy),
             "legend_bands": legend(policy)["bands"],
             "tiles_2x": [f"{root}/tiles/{{z}}/{{x}}/{{y}}@2x.png{suffix}"] if png else None,
         },

@@ -31,13 +31,15 @@ GZIP_MIN_BYTES = 1024
 """JSON bodies smaller than this are sent as they are."""
 
 
-def cache_control(immutable: bool, max_age: int | None = None) -> str:
-    """Return the Cache-Control value of a resource."""
+def cache_control(immutable: bool, max_age: int | None = None, private: bool = False) -> str:
+    """Return the Cache-Control value of a resource (``private`` behind authentication)."""
     if immutable:
-        return IMMUTABLE
-    if max_age is not None:
-        return f"public, max-age={max_age}, must-revalidate"
-    return LIVE
+        value = IMMUTABLE
+    elif max_age is not None:
+        value = f"public, max-age={max_age}, must-revalidate"
+    else:
+        value = LIVE
+    return value.replace("public", "private", 1) if private else value
 
 
 def body_etag(body: bytes) -> str:
@@ -109,6 +111,7 @@ def json_response(
     max_age: int | None = None,
     status_code: int = 200,
     extra: dict[str, str] | None = None,
+    private: bool = False,
 ) -> Response:
     """Return JSON with a strong ETag, ``304`` when the client has it, gzip when large.
 
@@ -125,7 +128,7 @@ def json_response(
     """
     body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     tag = body_etag(body)
-    cache = cache_control(immutable, max_age)
+    cache = cache_control(immutable, max_age, private)
     use_gzip = len(body) >= GZIP_MIN_BYTES and accepts_gzip(accept_encoding)
     sent_tag = gzip_etag(tag) if use_gzip else tag
     if status_code == 200 and etag_matches(if_none_match, tag, gzip_etag(tag)):

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from heatmap.api.dependencies import BBox, Page, Point, WindowParam, answer, services
+from heatmap.api.dependencies import BBox, Page, Point, WindowParam, answer, audience, services
 from heatmap.read import answers
 from heatmap.read.shapes import (
     CellCollection,
     DensityAnswer,
     LegendAnswer,
+    PrivacyAnswer,
     StatsAnswer,
     WindowsAnswer,
 )
@@ -42,9 +43,17 @@ async def density(
     Without ``res`` the finest resolution at which the point's cell is published answers.
     A withheld cell answers ``people: null, suppressed: true``.
     """
-    reader = services(request).reader
+    who = audience(request)
     return await answer(
-        request, answers.density_at, reader, point.lat, point.lng, point.res, window, ref=window
+        request,
+        answers.density_at,
+        who.reader,
+        point.lat,
+        point.lng,
+        point.res,
+        window,
+        ref=window,
+        who=who,
     )
 
 
@@ -64,9 +73,9 @@ async def cells(
     Bounded: a bbox covering more than ``HEATMAP_MAX_CELLS`` cells of that resolution is a 422
     naming the limit.
     """
-    reader = services(request).reader
+    who = audience(request)
     return await answer(
-        request, answers.cells_geojson, reader, box.bbox, box.res, window, ref=window
+        request, answers.cells_geojson, who.reader, box.bbox, box.res, window, ref=window, who=who
     )
 
 
@@ -100,6 +109,21 @@ async def legend(
 
 
 @router.get(
+    "/privacy",
+    summary="Privacy parameters and budget",
+    responses={200: {"model": PrivacyAnswer}, **_ERRORS},
+    response_class=Response,
+)
+async def privacy(
+    request: Request,
+) -> Response:
+    """Return k, the expansion, and with differential privacy the epsilon spent per device per
+    release, per window, per ping and per day, the noise a reader sees and the threshold."""
+    policy = services(request).reader.policy
+    return await answer(request, answers.privacy_json, policy, max_age=3600)
+
+
+@router.get(
     "/stats",
     summary="City figures of a window",
     responses={200: {"model": StatsAnswer}, **_ERRORS},
@@ -110,5 +134,5 @@ async def stats(
     window: WindowParam,
 ) -> Response:
     """Return people seen and published cells by band, per resolution."""
-    reader = services(request).reader
-    return await answer(request, answers.stats_json, reader, window, ref=window)
+    who = audience(request)
+    return await answer(request, answers.stats_json, who.reader, window, ref=window, who=who)

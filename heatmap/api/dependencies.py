@@ -19,13 +19,26 @@ from starlette.responses import Response
 from heatmap.api.caching import json_response
 from heatmap.api.metrics import Metrics
 from heatmap.config import Settings
-from heatmap.errors import NotFound, StoreUnavailable, Unauthorized
+from heatmap.errors import BadInput, NotFound, StoreUnavailable, Unauthorized
 from heatmap.read import LATEST, Reader, Ref
 from heatmap.read.answers import parse_bbox
 from heatmap.read.places import PlaceBook
 from heatmap.service import Heatmap
 from heatmap.tiling import TileService
 from tiles.cache import TileCache
+
+
+@dataclass(frozen=True)
+class Audience:
+    """What one audience reads: its reader and tile service, and whether answers are private.
+
+    The public (citizens, the widget, anonymous calls) reads rounded people; planners (a bearer
+    token) read the exact published values, answered ``Cache-Control: private``.
+    """
+
+    reader: Reader
+    tiles: TileService
+    private: bool
 
 
 class Services:
@@ -52,11 +65,14 @@ class Services:
             if not self.closed:
                 return
             hm = Heatmap(self.settings)
-            reader = Reader.of(hm, on_build=self.metrics.snapshot_build.observe)
-            reader.catalog.refresh(force=True)
-            reader.catalog.start_refresher()
-            self._hm, self._reader = hm, reader
-            self._tiles = TileService(reader, self.cache)
+            exact = Reader.of(hm, on_build=self.metrics.snapshot_build.observe)
+            exact.catalog.refresh(force=True)
+            exact.catalog.start_refresher()
+            public = exact.as_public()
+            self._hm, self._reader = hm, public
+            self._planner = Audience(exact, TileService(exact, self.cache, private=True), True)
+            self._public = Audience(public, TileService(public, self.cache), private=False)
+            self._tiles = self._public.tiles
             self.closed = False
 
     def close(self) -> None:
@@ -80,9 +96,24 @@ class Services:
 
     @property
     def reader(self) -> Reader:
-        """Return the window/snapshot reader (``StoreUnavailable`` once closed)."""
+        """Return the public audience's reader (``StoreUnavailable`` once closed)."""
         self._check_open()
         return self._reader
+
+    def audience(self, authorization: str | None) -> Audience:
+        """Return who is asking: the public (no ``Authorization``) or a planner (a token of
+        ``HEATMAP_PLANNER_TOKENS``); a wrong or unknown credential is ``Unauthorized``."""
+        self._check_open()
+        if authorization is None:
+            return self._public
+        scheme, _, given = authorization.partition(" ")
+        token = given.strip().encode("utf-8", "replace")
+        ok = False
+        for planner in self.settings.planner_tokens:  # compare with every one, constant time
+            ok |= hmac.compare_digest(token, planner.encode())
+        if scheme.lower() != "bearer" or not ok:
+            raise Unauthorized("wrong planner token (omit Authorization for the public view)")
+        return self._planner
 
     @property
     def tiles(self) -> TileService:
@@ -93,8 +124,8 @@ class Services:
     def _latest_age(self) -> float | None:
         if self.closed:
             return None
-        latest = self._reader.catalog.cached().latest()
-        return None if latest is None else time.time() - latest.window.start
+        latest = self._reader.catalog.cached().releases.latest()
+        return None if latest is None else time.time() - latest.window.end
 
     @cached_property
     def places(self) -> PlaceBook:
@@ -141,12 +172,17 @@ def context(request: Request) -> tuple[Services, str | None, str | None]:
     return svc, h.get("if-none-match"), h.get("accept-encoding")
 
 
-async def call_core(svc: Services, ref: Ref | None, fn: Any, *args: Any) -> Any:
+def audience(request: Request) -> Audience:
+    """Return the audience of a request (see :meth:`Services.audience`)."""
+    return services(request).audience(request.headers.get("authorization"))
+
+
+async def call_core(reader: Reader, ref: Ref | None, fn: Any, *args: Any) -> Any:
     """Run a core query inline when it needs no store access or build, else in a thread.
 
     ``ref`` is the window the query reads (None: it reads no snapshot, only the window list).
     """
-    if svc.reader.warm(LATEST if ref is None else ref):
+    if reader.warm(LATEST if ref is None else ref):
         return fn(*args)
     return await run_in_threadpool(fn, *args)
 
@@ -158,28 +194,33 @@ async def answer(
     ref: Ref | None = None,
     max_age: int | None = None,
     history: bool = False,
+    who: Audience | None = None,
 ) -> Response:
     """Run a read-side function and answer its JSON with ETag, ``304``, gzip, Cache-Control.
 
     The common steps of every JSON route: headers of the request, the core call (inline when
-    warm, else in a thread), and the answer, ``immutable`` when the request named a window
-    and that window is complete (its answer can never change). ``history`` marks answers that
+    warm, else in a thread), and the answer, ``immutable`` when the request named a closed
+    window or a release (its answer can never change). ``history`` marks answers that
     read more than the named window (places: usual levels, forecast): always in a thread, and
-    never ``immutable``.
+    never ``immutable``. ``who`` is the audience the answer was built for (default the
+    public); a planner's answer is ``private``.
     """
     svc, if_none_match, accept_encoding = context(request)
+    who = who or svc.audience(None)
     if history:
         payload = await run_in_threadpool(fn, *args)
     else:
-        payload = await call_core(svc, ref, fn, *args)
+        payload = await call_core(who.reader, ref, fn, *args)
     window = payload.get("window") if isinstance(payload, dict) else None
-    complete = bool(window.get("complete")) if isinstance(window, dict) else False
+    # A closed window and a release never change: named in the URL, their answer is final.
+    final = isinstance(window, dict) and (window["complete"] or window["kind"] == "release")
     return json_response(
         payload,
         if_none_match=if_none_match,
         accept_encoding=accept_encoding,
-        immutable=ref is not None and ref.pinned and complete and not history,
+        immutable=ref is not None and ref.pinned and final and not history,
         max_age=max_age,
+        private=who.private,
     )
 
 
@@ -187,8 +228,8 @@ WindowText = Annotated[
     str | None,
     Query(
         description=(
-            "A time inside the wanted window: ISO-8601 (UTC when no offset, e.g. "
-            "2026-11-28T09:00:00Z), epoch seconds, or `latest`. Default: the latest window."
+            "A time inside the wanted closed window: ISO-8601 (UTC when no offset, e.g. "
+            "2026-11-28T09:00:00Z), epoch seconds, or `latest`. Default: the latest release."
         ),
         max_length=64,
         examples=["2026-11-28T09:00:00Z"],
@@ -197,9 +238,28 @@ WindowText = Annotated[
 """``?window=`` of every read endpoint, as written."""
 
 
-async def window_ref(window: WindowText = None) -> Ref:
-    """Return the window a request names (``BadInput``, a 422, when it is not a time)."""
-    return Ref.parse(window)
+ReleaseText = Annotated[
+    str | None,
+    Query(
+        description=(
+            "The tick of a kept release (ISO-8601 or epoch seconds; releases are made every "
+            "HEATMAP_RELEASE_S and kept HEATMAP_RELEASE_KEEP_S). Default: the latest release."
+        ),
+        max_length=64,
+        examples=["2026-11-28T09:00:00Z"],
+    ),
+]
+"""``?release=`` of every read endpoint, as written."""
+
+
+async def window_ref(window: WindowText = None, release: ReleaseText = None) -> Ref:
+    """Return what a request names: the latest release, a closed window or a kept release.
+
+    ``BadInput`` (a 422) when a value is not a time, or both are given.
+    """
+    if window is not None and release is not None:
+        raise BadInput("use ?window= (a closed window) or ?release= (a release), not both")
+    return Ref.parse(window) if release is None else Ref.parse_release(release)
 
 
 WindowParam = Annotated[Ref, Depends(window_ref)]

@@ -31,6 +31,7 @@ _TEMPLATES = {
     "@2x.png": "/tiles/{z}/{x}/{y}@2x.png",
 }
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
+_REFS = {"window": Ref.parse, "release": Ref.parse_release}
 
 
 class TileFastPath:
@@ -67,8 +68,8 @@ class TileFastPath:
                 inm = v.decode("latin-1")
             elif k == b"accept-encoding":
                 ae = v.decode("latin-1")
-            elif k == b"origin":
-                return False  # CORS: the app's middleware answers
+            elif k in (b"origin", b"authorization"):
+                return False  # CORS, or a planner: the app answers
         suffix = m.group(4)
         fmt: Format = "mvt" if suffix == ".mvt" else "png"
         gz = fmt == "mvt" and accepts_gzip(ae)
@@ -83,10 +84,10 @@ class TileFastPath:
         ref = LATEST
         if scope["query_string"]:
             params = parse_qsl(scope["query_string"].decode("latin-1"))
-            if len(params) != 1 or params[0][0] != "window" or len(params[0][1]) > 64:
+            if len(params) != 1 or params[0][0] not in _REFS or len(params[0][1]) > 64:
                 return False
             try:
-                ref = Ref.parse(params[0][1])
+                ref = _REFS[params[0][0]](params[0][1])
             except BadInput:
                 return False  # the app answers the 422
         req = TileRequest(

@@ -144,6 +144,7 @@ def report_json(report: IngestReport, batch_id: str | None) -> IngestAnswer:
         "late": report.late,
         "windows_closed": report.windows_closed,
         "reasons": cast(dict[str, int], summary["reasons"]),
+        "release": cast(str | None, summary["release"]),
         "duplicate": report.duplicate,
         "batch_id": batch_id,
     }

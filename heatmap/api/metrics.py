@@ -36,8 +36,8 @@ class _CacheCollector(Collector):
         age = self.age()
         if age is not None:
             yield GaugeMetricFamily(
-                "heatmap_latest_window_age_seconds",
-                "Seconds since the latest window started",
+                "heatmap_latest_release_age_seconds",
+                "Seconds since the tick of the latest release (release lag plus feed delay)",
                 value=age,
             )
 

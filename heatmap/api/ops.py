@@ -29,14 +29,19 @@ def health(svc: Services) -> tuple[int, Health]:
     except HeatmapError as exc:
         return 503, {"status": "unavailable", "store": str(exc)}
     latest = wl.latest()
+    release = wl.releases.latest()
     return 200, {
         "status": "ok",
         "store": "ok",
         "version": heatmap.__version__,
-        "windows": len(wl),
+        "windows": len(wl.closed()),
         "latest_window": None if latest is None else window_json(latest),
         "latest_window_age_s": (
             None if latest is None else round(time.time() - latest.window.start, 1)
+        ),
+        "latest_release": None if release is None else window_json(release),
+        "latest_release_age_s": (
+            None if release is None else round(time.time() - release.window.end, 1)
         ),
         "ingest_enabled": bool(svc.settings.ingest_token),
         "uptime_s": round(time.time() - svc.started, 1),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from starlette.responses import Response
 
-from heatmap.api.dependencies import WindowParam, answer, services
+from heatmap.api.dependencies import WindowParam, answer, audience, services
 from heatmap.read.places import place_detail, places_ranking
 from heatmap.read.shapes import PlaceDetail, PlacesAnswer
 
@@ -32,9 +32,9 @@ async def places(
     window: WindowParam,
 ) -> Response:
     """Return the named places, busiest first, with people, band and trend."""
-    svc = services(request)
+    who, book = audience(request), services(request).places
     return await answer(
-        request, places_ranking, svc.reader, svc.places, window, ref=window, history=True
+        request, places_ranking, who.reader, book, window, ref=window, history=True, who=who
     )
 
 
@@ -53,7 +53,7 @@ async def place(
 ) -> Response:
     """Return a place now, its trend, its usual level for this hour of the week, a forecast
     for the next two hours and the best time to go today."""
-    svc = services(request)
+    who, book = audience(request), services(request).places
     return await answer(
-        request, place_detail, svc.reader, svc.places, place_id, window, ref=window, history=True
+        request, place_detail, who.reader, book, place_id, window, ref=window, history=True, who=who
     )

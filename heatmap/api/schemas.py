@@ -30,6 +30,8 @@ class IngestAnswer(TypedDict):
     late: int
     windows_closed: int
     reasons: dict[str, int]
+    release: str | None
+    """The release tick this batch made (ISO), or null: it shows from the next release on."""
     duplicate: bool
     batch_id: str | None
 
@@ -43,5 +45,7 @@ class Health(TypedDict):
     windows: NotRequired[int]
     latest_window: NotRequired[WindowOut | None]
     latest_window_age_s: NotRequired[float | None]
+    latest_release: NotRequired[WindowOut | None]
+    latest_release_age_s: NotRequired[float | None]
     ingest_enabled: NotRequired[bool]
     uptime_s: NotRequired[float]

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from heatmap.api.caching import accepts_gzip, cache_control, etag_matches, gzip_etag
-from heatmap.api.dependencies import Svc, WindowParam, answer, context, services
+from heatmap.api.dependencies import WindowParam, answer, audience, context
 from heatmap.model import epoch_to_iso
 from heatmap.tiling import Tile, TileRequest, TileService
 
@@ -44,7 +44,7 @@ def tile_answer(
     Shared by the routes and :mod:`heatmap.api.fastpath`, so both answer byte for byte alike.
     """
     headers = {
-        "Cache-Control": cache_control(tile.immutable),
+        "Cache-Control": cache_control(tile.immutable, private=service.private),
         "Vary": "Accept-Encoding",
         "X-Heatmap-Window": _iso(tile.window.start),
         "X-Heatmap-Complete": "true" if tile.complete else "false",
@@ -64,9 +64,9 @@ def tile_answer(
 
 
 async def _serve(
-    svc: Svc, req: TileRequest, if_none_match: str | None, accept_encoding: str | None
+    request: Request, req: TileRequest, if_none_match: str | None, accept_encoding: str | None
 ) -> Response:
-    tiles = svc.tiles
+    tiles = audience(request).tiles
     tile = tiles.lookup(req)
     if tile is None:
         tile = await run_in_threadpool(tiles.tile, req)
@@ -89,7 +89,7 @@ async def png_tile_2x(
 ) -> Response:
     """Return a 512 px PNG tile of the density bands (same area as the 256 px tile)."""
     svc, if_none_match, accept_encoding = context(request)
-    return await _serve(svc, TileRequest("png", z, x, y, 2, window), if_none_match, None)
+    return await _serve(request, TileRequest("png", z, x, y, 2, window), if_none_match, None)
 
 
 @router.get(
@@ -107,7 +107,7 @@ async def png_tile(
 ) -> Response:
     """Return a 256 px PNG tile of the density bands (never re-compressed)."""
     svc, if_none_match, accept_encoding = context(request)
-    return await _serve(svc, TileRequest("png", z, x, y, 1, window), if_none_match, None)
+    return await _serve(request, TileRequest("png", z, x, y, 1, window), if_none_match, None)
 
 
 @router.get(
@@ -130,7 +130,7 @@ async def mvt_tile(
     """Return an MVT tile: layer ``density``, one hexagon per published cell (gzip if accepted)."""
     svc, if_none_match, accept_encoding = context(request)
     req = TileRequest("mvt", z, x, y, 1, window)
-    return await _serve(svc, req, if_none_match, accept_encoding)
+    return await _serve(request, req, if_none_match, accept_encoding)
 
 
 @router.get("/tiles.json", summary="TileJSON 3.0.0")
@@ -140,5 +140,7 @@ async def tilejson(
     format: Annotated[Literal["mvt", "png"], Query(description="Tile format")] = "mvt",
 ) -> Response:
     """Return the TileJSON of the density tiles (URL template, bounds, zooms, legend)."""
-    tiles = services(request).tiles
-    return await answer(request, tiles.tilejson, format, str(request.base_url), window, ref=window)
+    who = audience(request)
+    return await answer(
+        request, who.tiles.tilejson, format, str(request.base_url), window, ref=window, who=who
+    )

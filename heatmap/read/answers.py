@@ -23,7 +23,7 @@ import polars_h3 as plh3
 from heatmap.errors import BadInput
 from heatmap.model import Snapshot, epoch_to_iso
 from heatmap.policy import PublishPolicy
-from heatmap.publish import legend
+from heatmap.publish import legend, privacy_summary
 from heatmap.read.reader import Reader
 from heatmap.read.ref import LATEST, Ref
 from heatmap.read.shapes import (
@@ -32,6 +32,7 @@ from heatmap.read.shapes import (
     DensityAnswer,
     Label,
     LegendAnswer,
+    PrivacyAnswer,
     ResStats,
     StatsAnswer,
     Trend,
@@ -53,8 +54,20 @@ def _iso(ts: int) -> str:
 
 
 def window_json(info: WindowInfo) -> WindowOut:
-    """Return ``{start, end, complete}`` of a window (ISO-8601 UTC)."""
-    return {"start": _iso(info.window.start), "end": _iso(info.window.end), "complete": info.closed}
+    """Return what an answer describes: a release or a closed window (ISO-8601 UTC).
+
+    ``as_of`` is the time the numbers hold for (a release's tick, a window's end) and
+    ``horizon_s`` the span counted, so a client can tell "now" from history.
+    """
+    start, end = info.window
+    return {
+        "start": _iso(start),
+        "end": _iso(end),
+        "complete": info.closed,
+        "kind": "release" if info.is_release else "window",
+        "as_of": _iso(end),
+        "horizon_s": end - start,
+    }
 
 
 def _label(snap: Snapshot, band: int) -> Label:
@@ -290,22 +303,26 @@ def cells_geojson(
 
 
 def windows_json(reader: Reader, limit: int = 100, before: Ref = LATEST) -> WindowsAnswer:
-    """Return a page of windows, newest first, with the range of the whole history.
+    """Return a page of closed windows, newest first, the range of the history, and the latest
+    release (windows still filling are not listed: they change with every batch).
 
     ``before`` (a time; the latest = no bound) pages back; ``next_before`` is the value of
     ``before`` that fetches the next (older) page.
     """
     if not 1 <= limit <= 1000:
         raise BadInput("limit must be in [1, 1000]")
-    wl = reader.windows()
+    every = reader.windows()
+    wl = every.closed()
     page = wl.page(limit, before.at)
     first, latest = wl.first(), wl.latest()
+    release = every.releases.latest()
     more = bool(page) and first is not None and page[-1].w > first.w
     return {
         "total": len(wl),
         "window_s": reader.settings.window_s,
         "first": None if first is None else window_json(first),
         "latest": None if latest is None else window_json(latest),
+        "latest_release": None if release is None else window_json(release),
         "windows": [window_json(i) for i in page],
         "next_before": page[-1].window.isoformat() if more else None,
     }
@@ -314,6 +331,11 @@ def windows_json(reader: Reader, limit: int = 100, before: Ref = LATEST) -> Wind
 def legend_json(policy: PublishPolicy) -> LegendAnswer:
     """Return the legend (bands, colours, zh/en labels, thresholds, privacy parameters)."""
     return cast(LegendAnswer, legend(policy))
+
+
+def privacy_json(policy: PublishPolicy) -> PrivacyAnswer:
+    """Return the privacy parameters in force and, with DP, the budget per device."""
+    return cast(PrivacyAnswer, privacy_summary(policy))
 
 
 def stats_json(reader: Reader, ref: Ref = LATEST) -> StatsAnswer:

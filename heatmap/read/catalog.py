@@ -1,6 +1,6 @@
-"""The store's windows kept in memory: a columnar list with O(log n) lookups, refreshed
-incrementally when the store changes (cheap change token), so a request costs no scan of 100k
-windows and still sees a committed batch at once."""
+"""The store's windows and kept releases in memory: columnar lists with O(log n) lookups,
+refreshed incrementally when the store changes (cheap change token), so a request costs no scan
+of 100k windows and still sees a committed batch at once."""
 
 from __future__ import annotations
 
@@ -15,6 +15,45 @@ from heatmap.model import Window
 from heatmap.store import Store, WindowInfo
 
 
+class Releases:
+    """The kept releases: ticks ``t`` and device totals, oldest first, with O(log n) lookups.
+
+    >>> r = Releases(np.array([[600, 7], [660, 8]]), horizon_s=300)
+    >>> r.latest().window, r.get(630)
+    (Window(start=360, end=660), None)
+    """
+
+    def __init__(self, rows: npt.NDArray[np.int64], horizon_s: int) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        self.ticks = self.rows[:, 0]
+        self.horizon_s = horizon_s
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def info(self, i: int) -> WindowInfo:
+        """Return the ``i``-th release as a :class:`WindowInfo` (``kind="release"``)."""
+        t, devices = self.rows[i].tolist()
+        return WindowInfo(t, Window(t - self.horizon_s, t), False, 0, devices, "release")
+
+    def latest(self) -> WindowInfo | None:
+        """Return the newest release, or None before the first."""
+        return self.info(-1) if len(self) else None
+
+    def at_or_before(self, t: int) -> WindowInfo | None:
+        """Return the newest kept release with a tick at or before ``t``."""
+        i = int(np.searchsorted(self.ticks, t, side="right"))
+        return self.info(i - 1) if i else None
+
+    def get(self, t: int) -> WindowInfo | None:
+        """Return the release at tick ``t`` if it is kept."""
+        i = int(np.searchsorted(self.ticks, t))
+        return self.info(i) if i < len(self) and int(self.ticks[i]) == t else None
+
+
+NO_RELEASES = Releases(np.zeros((0, 2), np.int64), 0)
+
+
 class WindowList:
     """An immutable, sorted, columnar view of the store's windows with O(log n) lookups.
 
@@ -27,7 +66,9 @@ class WindowList:
     (300, None)
     """
 
-    def __init__(self, rows: npt.NDArray[np.int64]) -> None:
+    def __init__(self, rows: npt.NDArray[np.int64], releases: Releases = NO_RELEASES) -> None:
+        self.releases = releases
+        self._closed: WindowList | None = None
         self.rows = rows.reshape(-1, 6)
         self.ws = self.rows[:, 0]
         self.starts = self.rows[:, 1]
@@ -68,6 +109,27 @@ class WindowList:
         idx = np.flatnonzero(self.rows[:, 3])
         return self.info(int(idx[-1])) if idx.size else None
 
+    def closed(self) -> WindowList:
+        """Return the history: every window of the clock from the first closed to the last.
+
+        Windows still filling are left out (they change with every batch), and windows in which
+        nobody pinged are filled in (version 0, nothing published), so the list tells nothing of
+        where or whether anyone pinged, only when the store began.
+        """
+        if self._closed is None:
+            done = self.rows[self.rows[:, 3] != 0]
+            if len(done):
+                w0, w1 = int(done[0, 0]), int(done[-1, 0])
+                span = int(done[0, 2] - done[0, 1])
+                ws = np.arange(w0, w1 + 1, dtype=np.int64)
+                full = np.zeros((len(ws), 6), dtype=np.int64)
+                full[:, 0], full[:, 1], full[:, 2], full[:, 3] = ws, ws * span, ws * span + span, 1
+                at = np.searchsorted(ws, done[:, 0])
+                full[at] = done
+                done = full
+            self._closed = WindowList(done, self.releases)
+        return self._closed
+
     def get(self, w: int) -> WindowInfo | None:
         """Return window number ``w`` if the store has it."""
         i = int(np.searchsorted(self.ws, w))
@@ -89,7 +151,7 @@ class WindowList:
     def splice(self, lo_w: int, tail: WindowList) -> WindowList:
         """Return this list with every window ``w >= lo_w`` replaced by ``tail``."""
         cut = int(np.searchsorted(self.ws, lo_w))
-        return WindowList(np.concatenate([self.rows[:cut], tail.rows]))
+        return WindowList(np.concatenate([self.rows[:cut], tail.rows]), tail.releases)
 
 
 class WindowCatalog:
@@ -101,6 +163,8 @@ class WindowCatalog:
         The store the service writes to.
     window_s : int
         Window length (``HEATMAP_WINDOW_S``).
+    horizon_s : int
+        Trailing horizon of a release (``HEATMAP_HORIZON_S``).
     check_every_s : float
         How often the change token is read at most (writes by *this* process call
         :meth:`invalidate` and are seen at once; other processes within this delay).
@@ -115,10 +179,16 @@ class WindowCatalog:
     """
 
     def __init__(
-        self, store: Store, window_s: int, check_every_s: float = 0.05, ttl_s: float = 1.0
+        self,
+        store: Store,
+        window_s: int,
+        horizon_s: int | None = None,
+        check_every_s: float = 0.05,
+        ttl_s: float = 1.0,
     ) -> None:
         self.store = store
         self.window_s = window_s
+        self.horizon_s = window_s if horizon_s is None else horizon_s
         self.check_every_s = check_every_s
         self.ttl_s = ttl_s
         self._incremental = store.change_token() is not None
@@ -156,7 +226,8 @@ class WindowCatalog:
         with self._lock:
             gen = self._gen
             if not self._incremental:
-                self._list = WindowList(self.store.window_rows_since(None)[0])
+                rows = self.store.window_rows_since(None)[0]
+                self._list = WindowList(rows, self._releases())
                 self._loaded = True
                 valid = self.ttl_s
             else:
@@ -200,13 +271,16 @@ class WindowCatalog:
         old = self._list
         if not self._loaded or self._watermark is None or not len(old):
             rows, wm = self.store.window_rows_since(None)
-            self._list = WindowList(rows)
+            self._list = WindowList(rows, self._releases())
         else:
             lo = self._watermark // self.window_s - 1
             rows, wm = self.store.window_rows_since(lo)
-            self._list = old.splice(lo, WindowList(rows))
+            self._list = old.splice(lo, WindowList(rows, self._releases()))
         self._watermark = wm
         self._loaded = True
+
+    def _releases(self) -> Releases:
+        return Releases(self.store.release_rows(), self.horizon_s)
 
     def close(self) -> None:
         """Stop refreshing."""

@@ -9,6 +9,7 @@ window's stored values, its version counter and the publishing policy, so the me
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +23,12 @@ from heatmap.config import Settings
 from heatmap.errors import BadInput, NotFound
 from heatmap.model import Published, Snapshot
 from heatmap.policy import PublishPolicy
-from heatmap.publish import counts_to_published, published_to_snapshots, version_of
+from heatmap.publish import (
+    counts_to_published,
+    published_to_snapshots,
+    round_for_public,
+    version_of,
+)
 from heatmap.read.catalog import WindowCatalog, WindowList
 from heatmap.read.ref import LATEST, Ref
 from heatmap.store import Store, WindowInfo
@@ -62,10 +68,12 @@ class Reader:
         self.settings = settings
         self.policy = PublishPolicy.from_settings(settings)
         self.key = key
-        self.catalog = WindowCatalog(store, settings.window_s)
+        self.catalog = WindowCatalog(store, settings.window_s, settings.horizon)
         self.on_build = on_build
         self.last_build_s = 0.0
-        self._memo: OrderedDict[tuple[int, int], dict[int, Snapshot]] = OrderedDict()
+        self.public = False
+        """True for the public audience's view (rounded people), see :meth:`as_public`."""
+        self._memo: OrderedDict[tuple[str, int, int, bool], dict[int, Snapshot]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._build_lock = threading.Lock()
 
@@ -88,23 +96,50 @@ class Reader:
         return self.catalog.current()
 
     def window(self, ref: Ref = LATEST) -> WindowInfo:
-        """Return the window a reference names (the newest one for the latest)."""
+        """Return the release or closed window a reference names (default the latest release)."""
         return self.resolve(self.catalog.current(), ref)
 
     def resolve(self, wl: WindowList, ref: Ref) -> WindowInfo:
-        """Return the window of ``wl`` that ``ref`` names; ``NotFound`` if there is none."""
+        """Return what ``ref`` names in ``wl``; ``NotFound`` if there is none.
+
+        The latest is the latest release (before the first one, the latest closed window). A
+        time names the *closed* window containing it: a window still filling undercounts, so
+        it is never served (the latest release is the live answer).
+        """
         if ref.at is None:
-            info = wl.latest()
+            info = wl.releases.latest() or wl.latest_closed()
             if info is None:
                 raise NotFound("no data yet: ingest pings first")
             return info
-        found = wl.get(ref.at // self.settings.window_s)
+        if ref.kind == "release":
+            return self._release(wl, ref)
+        found = wl.closed().get(ref.at // self.settings.window_s) or wl.get(
+            ref.at // self.settings.window_s
+        )
         if found is None:
             have = ""
             if len(wl):
                 have = f" (windows run from {wl.info(0).window.isoformat()} to "
                 have += f"{wl.info(-1).window.isoformat()})"
             raise NotFound(f"no window at {ref.text}{have}")
+        if not found.closed:
+            raise NotFound(
+                f"window {found.window.isoformat()} is still filling: the live answer is the "
+                "latest release (omit ?window=)"
+            )
+        return found
+
+    def _release(self, wl: WindowList, ref: Ref) -> WindowInfo:
+        assert ref.at is not None
+        release_s = self.settings.release_s
+        found = wl.releases.get(ref.at // release_s * release_s)
+        if found is None:
+            rel = wl.releases
+            have = ""
+            if len(rel):
+                have = f" (releases are kept from {rel.info(0).window.isoformat()} end to "
+                have += f"{rel.info(-1).window.isoformat()} end, one every {release_s} s)"
+            raise NotFound(f"no release at {ref.text}{have}")
         return found
 
     def latest_closed(self) -> WindowInfo:
@@ -115,8 +150,19 @@ class Reader:
         return found
 
     def previous(self, info: WindowInfo) -> WindowInfo | None:
-        """Return the window just before ``info``, if the store has it."""
-        return self.catalog.current().get(info.w - 1)
+        """Return what ``info`` is compared with: like with like.
+
+        For a release, the newest kept release at least one horizon earlier (the same span,
+        just before; releases are skipped while no input arrives); for a closed window, the
+        window before it. None if the store does not have it.
+        """
+        return self._previous(self.catalog.current(), info)
+
+    def _previous(self, wl: WindowList, info: WindowInfo) -> WindowInfo | None:
+        if info.is_release:
+            return wl.releases.at_or_before(info.w - self.settings.horizon)
+        prev = wl.closed().get(info.w - 1)
+        return prev if prev is not None and prev.closed else None
 
     def check_res(self, res: int) -> int:
         """Return ``res`` if it is published; ``BadInput`` naming the range otherwise."""
@@ -128,11 +174,32 @@ class Reader:
     # -- snapshots ----------------------------------------------------------------------------
     def peek(self, info: WindowInfo) -> dict[int, Snapshot] | None:
         """Return the memoised snapshots of a window version, or None (never blocks)."""
-        return self._memo.get((info.w, info.version))
+        return self._memo.get((info.kind, info.w, info.version, self.public))
+
+    def as_public(self) -> Reader:
+        """Return a view of this reader for the public audience (same catalog and cache).
+
+        Its snapshots carry rounded people (:func:`heatmap.publish.round_for_public`); the
+        planners' view (this reader) carries the exact published values.
+        """
+        view = copy.copy(self)
+        view.public = True
+        return view
 
     def snapshots(self, info: WindowInfo) -> dict[int, Snapshot]:
         """Return the window's snapshots per resolution, building them once per version."""
-        key = (info.w, info.version)
+        if not self.public:
+            return self._memoised(info, False, lambda: self._build(info))
+        exact = self._memoised(info, False, lambda: self._build(info))
+        step = self.policy.k_min * self.policy.expansion
+        return self._memoised(
+            info, True, lambda: {r: round_for_public(s, step) for r, s in exact.items()}
+        )
+
+    def _memoised(
+        self, info: WindowInfo, public: bool, build: Callable[[], dict[int, Snapshot]]
+    ) -> dict[int, Snapshot]:
+        key = (info.kind, info.w, info.version, public)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
@@ -141,7 +208,7 @@ class Reader:
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
-            snaps = self._build(info)
+            snaps = build()
             self.last_build_s = time.perf_counter() - t0
             if self.on_build is not None:
                 self.on_build(self.last_build_s)
@@ -159,13 +226,15 @@ class Reader:
     def _build(self, info: WindowInfo) -> dict[int, Snapshot]:
         policy = self.policy
         version = version_of(info.window, info.version, policy)
-        if info.closed:
+        if info.is_release:
+            pub = self.store.read_release(info.w, info.window) or Published(info.window, _EMPTY)
+        elif info.closed:
             pub = self.store.read_published(info.w) or Published(info.window, _EMPTY)
         else:
             cells, dev = self.store.read_open_counts(info.w)
             counts = pl.DataFrame({"w": np.full(len(cells), info.w), "cell": cells, "devices": dev})
-            seed = self.key + info.w.to_bytes(8, "little", signed=True) + version.encode()
-            pub = Published(info.window, counts_to_published(counts, policy, noise_seed=seed))
+            # Open windows are never served (tests and tools only): built fresh, never kept.
+            pub = Published(info.window, counts_to_published(counts, policy))
         return published_to_snapshots(pub, policy, version, complete=info.closed)
 
     def warm(self, ref: Ref) -> bool:
@@ -177,5 +246,5 @@ class Reader:
             info = self.resolve(wl, ref)
         except (BadInput, NotFound):
             return True  # the answer is an error, known without blocking
-        prev = wl.get(info.w - 1)
+        prev = self._previous(wl, info)
         return self.peek(info) is not None and (prev is None or self.peek(prev) is not None)

@@ -17,17 +17,23 @@ _LATEST = ("", "latest")
 
 
 class Ref(NamedTuple):
-    """A reference to what a read answers: the latest data (``at is None``) or a time.
+    """A reference to what a read answers: the latest release (``at is None``), the closed
+    window containing a time, or the release at a tick.
 
     >>> Ref.parse("latest").pinned, Ref.parse("2026-11-28T09:00:00Z").at
     (False, 1795856400)
+    >>> Ref.parse_release("2026-11-28T09:00:00Z").kind
+    'release'
     """
 
     at: int | None = None
-    """Epoch seconds inside the wanted window; None = the latest."""
+    """Epoch seconds inside the wanted window, or of the wanted release; None = the latest."""
 
     text: str = "latest"
     """The value as the user wrote it (for messages)."""
+
+    kind: str = "window"
+    """``window`` (a closed window) or ``release`` (a kept release)."""
 
     @classmethod
     def parse(cls, text: str | None) -> Ref:
@@ -35,6 +41,13 @@ class Ref(NamedTuple):
         if text is None or text.strip() in _LATEST:
             return LATEST
         return cls(when_to_ts(text), text)
+
+    @classmethod
+    def parse_release(cls, text: str | None) -> Ref:
+        """Return the reference of a ``?release=`` value (None, ``""``, ``latest`` or a time)."""
+        if text is None or text.strip() in _LATEST:
+            return LATEST
+        return cls(when_to_ts(text, "release"), text, "release")
 
     @property
     def pinned(self) -> bool:
@@ -62,7 +75,7 @@ def parse_when(when: str) -> int:
     return int(dt.timestamp())
 
 
-def when_to_ts(when: str) -> int:
+def when_to_ts(when: str, what: str = "window") -> int:
     """Return epoch seconds of a ``?window=`` value; ``BadInput`` when it is not a time.
 
     >>> when_to_ts("2026-11-28T09:00:00Z")
@@ -70,8 +83,10 @@ def when_to_ts(when: str) -> int:
     """
     try:
         ts = parse_when(when)
+    except BadInput:
+        raise BadInput(f"{what} {when!r} is not ISO-8601 ({_EXAMPLE})") from None
     except (OverflowError, ValueError) as exc:
-        raise BadInput(f"window {when!r} is not ISO-8601 ({_EXAMPLE})") from exc
+        raise BadInput(f"{what} {when!r} is not ISO-8601 ({_EXAMPLE})") from exc
     if not -(2**53) < ts < 2**53:
-        raise BadInput(f"window {when!r} is out of range")
+        raise BadInput(f"{what} {when!r} is out of range")
     return ts

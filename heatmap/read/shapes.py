@@ -19,11 +19,18 @@ class Label(TypedDict):
 
 
 class WindowOut(TypedDict):
-    """A window ``[start, end)`` in ISO-8601 UTC; ``complete`` once it is closed."""
+    """What an answer describes: a release (the live answer) or a closed window.
+
+    ``[start, end)`` in ISO-8601 UTC; ``complete`` for a closed window; ``as_of`` the time
+    the numbers hold for; ``horizon_s`` the span counted.
+    """
 
     start: str
     end: str
     complete: bool
+    kind: Literal["release", "window"]
+    as_of: str
+    horizon_s: int
 
 
 class Trend(TypedDict):
@@ -86,6 +93,7 @@ class WindowsAnswer(TypedDict):
     window_s: int
     first: WindowOut | None
     latest: WindowOut | None
+    latest_release: WindowOut | None
     windows: list[WindowOut]
     next_before: str | None
 
@@ -100,6 +108,23 @@ class LegendBand(TypedDict):
     max_km2: float | None
 
 
+class PrivacyAnswer(TypedDict):
+    """The privacy parameters in force and the budget they spend per device."""
+
+    k_min: int
+    unit: Literal["device"]
+    expansion: float
+    resolutions: list[int]
+    release_s: int
+    horizon_s: int
+    window_s: int
+    dp_epsilon: float | None
+    dp: dict[str, Any] | None
+    """With DP: epsilon per release, window, ping and day; noise; threshold; explanation."""
+    temporal_limit: dict[str, str] | None
+    """Without DP: what k-anonymity alone cannot stop, in plain words."""
+
+
 class LegendAnswer(TypedDict):
     """The legend and privacy parameters."""
 
@@ -109,6 +134,7 @@ class LegendAnswer(TypedDict):
     dp_epsilon: float | None
     expansion: float
     suppressed: Label
+    privacy: PrivacyAnswer
 
 
 class ResStats(TypedDict):

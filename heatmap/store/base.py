@@ -1,9 +1,18 @@
 """The store interface: persistence and reads, one implementation per backend.
 
 A store keeps the durable state (device state of open windows, closed windows' blobs made by
-:mod:`heatmap.store.codec`, the watermark, committed batch ids) and offers the primitives the
-commit rules of :mod:`heatmap.commit` run inside one ``transaction``. It decides nothing about
-what is late, what closes or what gets published.
+:mod:`heatmap.store.codec`, the release state, releases' blobs, the watermark, committed batch ids)
+and offers the primitives the commit rules of :mod:`heatmap.commit` run inside one
+``transaction``. It decides nothing about what is late, what closes or what gets published.
+
+Release state (schema 3) is two tables of keyed hashes. *pending* holds, per (device, tick
+``k = ts // release_s``), the device's latest (ts, cell) not yet released; *live* holds one row per
+device, its latest (ts, cell) among released pings, as long as a future release may count it.
+Making release ``t`` is ``fold_pending(t // release_s)``, ``expire_live(t - horizon_s)``, then
+``live_counts()``. "Latest" is always the larger (ts, cell): ties on ts go to the larger cell.
+Schema 4 keeps devices per cell of *live* (``live_cells``) in step with it: folding and expiry
+move the counter by the rows they change, so the work of a release follows the rows folded and
+expired, and ``live_counts()`` reads the cells instead of grouping every live device.
 """
 
 from __future__ import annotations
@@ -23,18 +32,28 @@ from heatmap.store.codec import ClosedWindow
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4  # 2: SQLite's open_counts; 3: release state; 4: live_cells
 
 
 @dataclass(frozen=True)
 class WindowInfo:
-    """A window the store knows: open (live, partial) or closed (final)."""
+    """A window the store knows (open, or closed and final), or a release (``kind``).
+
+    A release at tick ``t`` has ``w = t``, ``window = [t - horizon, t)``, ``closed = False``
+    (it is not a complete window) and version 0: it never changes.
+    """
 
     w: int
     window: Window
     closed: bool
     version: int
     devices: int
+    kind: str = "window"
+
+    @property
+    def is_release(self) -> bool:
+        """Return True for a release."""
+        return self.kind == "release"
 
 
 class Store(abc.ABC):
@@ -87,6 +106,48 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def record_batch(self, batch_id: str, result: str) -> None:
         """Remember a committed batch id (idempotent ingest)."""
+
+    # -- release state (called inside ``transaction``) -----------------------------------------
+    @abc.abstractmethod
+    def add_pending(self, rows: pl.DataFrame) -> None:
+        """Merge pings (``device, k, ts, cell``) into pending: per (device, k) the larger (ts, cell)
+        of the stored and the new rows stays (duplicates in ``rows`` too)."""
+
+    @abc.abstractmethod
+    def fold_pending(self, below_k: int) -> int:
+        """Move pending rows with ``k < below_k`` into live and return how many there were.
+
+        Per device, the larger (ts, cell) of its folded rows and its live row is kept (one live
+        row per device); the folded rows leave pending.
+        """
+
+    @abc.abstractmethod
+    def expire_live(self, min_ts: int) -> int:
+        """Delete live rows with ``ts < min_ts`` (no later release needs them); return the count."""
+
+    @abc.abstractmethod
+    def live_counts(self) -> tuple[U64, I64]:
+        """Return (cells ascending, devices per cell) over every live row (cells with devices
+        only), from the per-cell counter: no grouping of the live rows."""
+
+    @abc.abstractmethod
+    def write_release(self, t: int, blob: bytes, devices: int) -> None:
+        """Store release ``t`` (a published blob, its device total) and move the change token.
+
+        Releases are immutable: a release already stored at ``t`` is kept as it is.
+        """
+
+    @abc.abstractmethod
+    def read_release(self, t: int, window: Window) -> Published | None:
+        """Return the published values of release ``t`` (labelled ``window``), if stored."""
+
+    @abc.abstractmethod
+    def release_rows(self) -> I64:
+        """Return every stored release as int64 rows ``(t, devices)``, ascending ``t``."""
+
+    @abc.abstractmethod
+    def delete_releases_before(self, t: int) -> None:
+        """Delete the releases older than ``t`` (past the retention span)."""
 
     # -- reads ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -142,7 +203,8 @@ class Store(abc.ABC):
         """Run after a unit's transaction committed; ``state_deleted`` if it deleted device state.
 
         A backend whose deleted rows may linger elsewhere on disk (a write-ahead log) removes
-        them here. The default does nothing.
+        them here, also when ``fold_pending`` or ``expire_live`` deleted rows in the unit (the
+        backend tracks those itself). The default does nothing.
         """
         del state_deleted  # nothing lingers
 

@@ -23,6 +23,12 @@ increments are visible before the commit, so a reader could cache the old window
 token); commits also ``NOTIFY heatmap_windows`` for listeners that prefer to be told.
 
 Bulk data moves with binary ``COPY`` built and parsed by numpy (no Python loop per row).
+
+This module holds :class:`PostgresStore`: connecting, migrating, transactions, window state and
+reads. The tables (DDL by migration, staging tables, partition names) are in
+:mod:`heatmap.store.postgres_schema`, the binary COPY codec in :mod:`heatmap.store.postgres_copy`,
+and the release-state methods (schemas 3 and 4, partitioned likewise) are the mixin
+:class:`heatmap.store.postgres_releases.PostgresReleases`, run on this store's connections.
 """
 
 from __future__ import annotations
@@ -44,6 +50,19 @@ from heatmap.errors import StoreUnavailable
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
+from heatmap.store.postgres_copy import copy_to_int64_columns, int64_columns_to_copy
+from heatmap.store.postgres_releases import PostgresReleases
+from heatmap.store.postgres_schema import MIGRATIONS, STAGING, part
+
+# ``_migrate`` reads MIGRATIONS as a global of this module: tests replace it here to make
+# a store of an older schema. The COPY codec is re-exported for them too.
+__all__ = [
+    "MIGRATIONS",
+    "NOTIFY_CHANNEL",
+    "PostgresStore",
+    "copy_to_int64_columns",
+    "int64_columns_to_copy",
+]
 
 # Advisory lock keys (64-bit, arbitrary but fixed): ASCII "HEATMAP" + a role byte.
 COMMIT_LOCK = 0x484541544D415001
@@ -51,84 +70,13 @@ MIGRATE_LOCK = 0x484541544D415002
 NOTIFY_CHANNEL = "heatmap_windows"
 POOL_MAX = 16  # connections per process: API threads beyond this wait for one
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
-        """CREATE TABLE windows (
-            w bigint PRIMARY KEY, start bigint NOT NULL, "end" bigint NOT NULL,
-            closed boolean NOT NULL DEFAULT false, version bigint NOT NULL DEFAULT 0,
-            devices bigint NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX windows_open ON windows (w) WHERE NOT closed",
-        """CREATE TABLE device_state (
-            w bigint NOT NULL, device bigint NOT NULL, ts bigint NOT NULL, cell bigint NOT NULL,
-            PRIMARY KEY (w, device)
-        ) PARTITION BY LIST (w)""",
-        "CREATE TABLE base_counts (w bigint PRIMARY KEY, data bytea NOT NULL)",
-        "CREATE TABLE published (w bigint PRIMARY KEY, data bytea NOT NULL)",
-        """CREATE TABLE batches (
-            batch_id text PRIMARY KEY, result text NOT NULL,
-            created_at timestamptz NOT NULL DEFAULT now()
-        )""",
-        # Unused since the change token moved to meta('window_changes'); kept for old stores.
-        "CREATE SEQUENCE window_changes",
-    ),
-}
-
-# Per-connection staging tables for COPY; emptied at every commit.
-_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS state_in "
-    "(w bigint, device bigint, ts bigint, cell bigint) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS blob_in (w bigint, data bytea) ON COMMIT DELETE ROWS",
-)
-
-# Binary COPY framing (PostgreSQL docs, "COPY", binary format): signature, flags, header
-# extension length; each tuple is int16 field count then (int32 length, bytes) per field.
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_HEADER = _COPY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-_COPY_TRAILER = b"\xff\xff"
-
-
-def _row_dtype(ncols: int) -> np.dtype[Any]:
-    fields: list[tuple[str, str]] = [("n", ">i2")]
-    for i in range(ncols):
-        fields += [(f"l{i}", ">i4"), (f"v{i}", ">i8")]
-    return np.dtype(fields)  # packed: numpy adds no padding unless align=True
-
-
-def int64_columns_to_copy(columns: Sequence[np.ndarray]) -> bytes:
-    """Encode aligned int64 columns (no NULLs) as a binary COPY stream."""
-    dtype = _row_dtype(len(columns))
-    rows = np.empty(len(columns[0]) if columns else 0, dtype=dtype)
-    rows["n"] = len(columns)
-    for i, col in enumerate(columns):
-        rows[f"l{i}"] = 8
-        rows[f"v{i}"] = np.asarray(col).view(np.int64)
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
-
-
-def copy_to_int64_columns(data: bytes, ncols: int) -> list[np.ndarray]:
-    """Decode a binary COPY stream of ``ncols`` non-NULL int8 columns into int64 arrays."""
-    if not data:
-        return [np.zeros(0, np.int64) for _ in range(ncols)]
-    if not data.startswith(_COPY_SIGNATURE):
-        raise StoreUnavailable("unexpected COPY data from the server (not binary format)")
-    ext = int.from_bytes(data[15:19], "big")
-    start = 19 + ext
-    dtype = _row_dtype(ncols)
-    n, rest = divmod(len(data) - start - len(_COPY_TRAILER), dtype.itemsize)
-    if rest:
-        raise StoreUnavailable("unexpected COPY data from the server (NULL or non-int8 field)")
-    rows = np.frombuffer(data, dtype=dtype, count=n, offset=start)
-    return [rows[f"v{i}"].astype(np.int64) for i in range(ncols)]
-
 
 def _cells(a: np.ndarray) -> np.ndarray:
     # H3 indexes keep bit 63 at zero, so they fit bigint unchanged (and compare the same).
     return np.asarray(a, dtype=np.uint64).view(np.int64)
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresReleases, Store):
     """PostgreSQL backend: several processes (and threads) may read and commit concurrently."""
 
     def __init__(self, settings: Settings) -> None:
@@ -162,7 +110,11 @@ class PostgresStore(Store):
             raise StoreUnavailable(
                 f"{self._where()}: cannot open the store ({_one_line(exc)})"
             ) from exc
-        self.check_compatible()
+        try:
+            self.check_compatible()
+        except BaseException:
+            self.pool.close()  # else its threads outlive the refused store
+            raise
 
     def _where(self) -> str:
         # The URL without its password, for messages and logs.
@@ -176,7 +128,7 @@ class PostgresStore(Store):
 
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
-        for stmt in _STAGING:
+        for stmt in STAGING:
             conn.execute(stmt)
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -212,6 +164,12 @@ class PostgresStore(Store):
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(newest),),
             )
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('live_bucket_s', %s) ON CONFLICT DO NOTHING",
+                (str(self.settings.release_s),),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'live_bucket_s'").fetchone()
+            self._bucket = int(row[0])  # type: ignore[index]
 
     # -- connections -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -253,6 +211,11 @@ class PostgresStore(Store):
         with self._conn() as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
+
+    def _n(self, query: str, params: Sequence[object] = ()) -> int:
+        """Run a statement and return how many rows it changed."""
+        with self._conn() as conn:
+            return int(conn.execute(query, params).rowcount)  # type: ignore[arg-type]
 
     def _copy_out(self, query: str, params: Sequence[object], ncols: int) -> list[np.ndarray]:
         with self._conn() as conn, conn.cursor() as cur:
@@ -311,18 +274,21 @@ class PostgresStore(Store):
             )
 
     def _add_partitions(self, ws: list[int]) -> None:
-        # Inside the commit transaction (under the lock): two nodes never race to create one.
         for w in ws:
-            self._q(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF device_state FOR VALUES IN ({})"
-                ).format(_partition(w), sql.Literal(int(w)))
+            self._add_part("device_state", w, "IN ({})", w)
+
+    def _add_part(self, parent: str, key: int, bounds: str, *values: int) -> None:
+        # Inside the commit transaction (under the lock): two nodes never race to create one.
+        self._q(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES " + bounds).format(
+                part(parent, key), sql.Identifier(parent), *(sql.Literal(int(v)) for v in values)
             )
+        )
 
     def delete_state(self, ws: list[int]) -> None:
         """Drop the device state partitions of closed windows (their files are truncated)."""
         for w in ws:
-            self._q(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(w)))
+            self._q(sql.SQL("DROP TABLE IF EXISTS {}").format(part("device_state", w)))
 
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
         """Create or bump windows (version += 1); refresh open windows' device counts."""
@@ -344,6 +310,10 @@ class PostgresStore(Store):
                 ") AS c WHERE x.w = c.w",
                 (ws,),
             )
+        self._changed()
+
+    def _changed(self) -> None:
+        """Move the change token and notify listeners (both visible when the commit is)."""
         # A row, not the (non-transactional) sequence: a reader sees the new token only once the
         # commit is visible, so it can never cache the old windows under the new token.
         self._q(
@@ -434,10 +404,6 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Close the pool."""
         self.pool.close()
-
-
-def _partition(w: int) -> sql.Identifier:
-    return sql.Identifier(f"device_state_{int(w)}")
 
 
 def _one_line(exc: BaseException) -> str:

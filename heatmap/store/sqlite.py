@@ -2,9 +2,17 @@
 
 Closed windows keep one row holding the published arrays as a (zstd) blob, and the raw
 base-resolution counts likewise; open windows keep one row per device (keyed hash) and a live
-counter per (window, cell) (``open_counts``, schema 2) that moves with every upsert. Deleted
-state is overwritten (``secure_delete``) and the WAL truncated after windows close, so no hash of
-a closed window stays on disk.
+counter per (window, cell) (``open_counts``, schema 2) that moves with every upsert. Release
+state (schema 3) is ``pending`` (device, tick) and ``live`` (one row per device), with a counter
+of live devices per cell (``live_cells``, schema 4) that folding and expiry move by the rows they
+change; releases keep a blob each. Deleted state is overwritten (``secure_delete``) and the WAL
+truncated after a unit deleted hashes (windows closed, pending folded, live expired), so no
+unneeded hash stays on disk.
+
+This module holds :class:`SQLiteStore`: opening and migrating the file, transactions, window
+state and reads. The tables (DDL by migration) and the bulk row writer are in
+:mod:`heatmap.store.sqlite_schema`; the release-state methods are the mixin
+:class:`heatmap.store.sqlite_releases.SQLiteReleases`, run on this store's connection and lock.
 """
 
 from __future__ import annotations
@@ -25,35 +33,12 @@ from heatmap.errors import StoreUnavailable
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, SCHEMA_VERSION, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
+from heatmap.store.sqlite_releases import SQLiteReleases
+from heatmap.store.sqlite_schema import APPLICATION_ID, MIGRATIONS, i64, insert_rows
 
-APPLICATION_ID = 0x48454154  # "HEAT": marks the file as ours
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE windows (
-        w INTEGER PRIMARY KEY, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
-        closed INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0,
-        devices INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE device_state (
-        w INTEGER NOT NULL, device INTEGER NOT NULL, ts INTEGER NOT NULL, cell INTEGER NOT NULL,
-        PRIMARY KEY (w, device)
-    ) WITHOUT ROWID;
-    CREATE TABLE base_counts (w INTEGER PRIMARY KEY, data BLOB NOT NULL);
-    CREATE TABLE published (w INTEGER PRIMARY KEY, data BLOB NOT NULL);
-    CREATE TABLE batches (batch_id TEXT PRIMARY KEY, result TEXT NOT NULL);
-    """,
-    # Devices per (open window, base cell), kept in step with device_state by upsert_state, so
-    # a live snapshot reads the (few) counted cells instead of grouping every device.
-    2: """
-    CREATE TABLE open_counts (
-        w INTEGER NOT NULL, cell INTEGER NOT NULL, devices INTEGER NOT NULL,
-        PRIMARY KEY (w, cell)
-    ) WITHOUT ROWID;
-    INSERT INTO open_counts(w, cell, devices)
-        SELECT w, cell, count(*) FROM device_state GROUP BY w, cell;
-    """,
-}
+# ``_migrate`` reads MIGRATIONS and SCHEMA_VERSION as globals of this module: tests replace them
+# here to make a store of an older schema.
+
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
     w INTEGER NOT NULL, device INTEGER NOT NULL, ts INTEGER NOT NULL, cell INTEGER NOT NULL,
@@ -88,12 +73,7 @@ def _store_fault(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
-def _i64(cells: np.ndarray) -> np.ndarray:
-    # H3 indexes keep bit 63 at zero, so they fit SQLite's signed 64-bit INTEGER unchanged.
-    return np.asarray(cells, dtype=np.uint64).view(np.int64)
-
-
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteReleases, Store):
     """SQLite (WAL) backend; safe to share between threads of one process."""
 
     def __init__(self, settings: Settings) -> None:
@@ -106,6 +86,7 @@ class SQLiteStore(Store):
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
             self._lock = threading.RLock()
+            self._hashes_deleted = False  # by fold_pending / expire_live: see after_commit
             self._read_lock = threading.Lock()
             self._read: sqlite3.Connection | None = None
             for pragma in (
@@ -145,9 +126,17 @@ class SQLiteStore(Store):
     def _migrate(self) -> None:
         with self._lock:
             cur = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if cur > max(MIGRATIONS):
+                raise StoreUnavailable(
+                    f"{self.path}: store schema v{cur} is newer than this heatmap "
+                    f"(v{max(MIGRATIONS)}); upgrade heatmap"
+                )
             for version in sorted(v for v in MIGRATIONS if v > cur):
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if self._conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                        self._conn.execute("COMMIT")  # another process migrated meanwhile
+                        continue
                     for stmt in MIGRATIONS[version].split(";"):
                         if stmt.strip():
                             self._conn.execute(stmt)
@@ -157,12 +146,12 @@ class SQLiteStore(Store):
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
-            if cur == 0:
+            if cur < max(MIGRATIONS):
                 with self.transaction():
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
-                    self.set_meta("window_s", str(self.settings.window_s))
-                    self.set_meta("base_res", str(self.settings.base_res))
-            if cur < max(MIGRATIONS):
+                    if cur == 0:
+                        self.set_meta("window_s", str(self.settings.window_s))
+                        self.set_meta("base_res", str(self.settings.base_res))
                 # Move the new header (application id, schema version) from the WAL into the
                 # file itself, where the next opener's _check_file reads it.
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -251,7 +240,7 @@ class SQLiteStore(Store):
             w[order],
             device[order],
             positions["ts"].to_numpy()[order],
-            _i64(positions["cell"].to_numpy())[order],
+            i64(positions["cell"].to_numpy())[order],
         ]
         with self._lock:
             stored = [
@@ -269,15 +258,15 @@ class SQLiteStore(Store):
     def _insert_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
         """Windows without stored state: plain inserts, counts made in numpy."""
         conn = self._conn
-        _insert_rows(conn, "device_state(w, device, ts, cell)", cols)
+        insert_rows(conn, "device_state(w, device, ts, cell)", cols)
         w, cell = cols[0], cols[3]
         counts = cells_to_counts(pl.DataFrame({"w": w, "cell": cell.view(np.uint64)}))
-        _insert_rows(
+        insert_rows(
             conn,
             "open_counts(w, cell, devices)",
             [
                 counts["w"].to_numpy(),
-                _i64(counts["cell"].to_numpy()),
+                i64(counts["cell"].to_numpy()),
                 counts["devices"].to_numpy(),
             ],
         )
@@ -299,7 +288,7 @@ class SQLiteStore(Store):
         conn = self._conn
         conn.execute(_STAGE)
         conn.execute("DELETE FROM incoming")
-        _insert_rows(conn, "incoming(w, device, ts, cell)", cols)
+        insert_rows(conn, "incoming(w, device, ts, cell)", cols)
         new = conn.execute(_NEW_DEVICES).fetchall()
         conn.execute(_COUNT_MOVES)
         self._add_devices(new)
@@ -356,9 +345,11 @@ class SQLiteStore(Store):
         self._q("INSERT INTO batches(batch_id, result) VALUES (?, ?)", (batch_id, result))
 
     def after_commit(self, state_deleted: bool) -> None:
-        """Truncate the WAL if the unit deleted device state (no stale hashes on disk)."""
-        if state_deleted:
-            self._q("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Truncate the WAL if the unit deleted hashes (device state, pending or live rows)."""
+        with self._lock:  # a transaction holds it throughout: any that set the flag committed
+            deleted, self._hashes_deleted = state_deleted or self._hashes_deleted, False
+            if deleted:
+                self._q("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reads -----------------------------------------------------------------------------------
     def windows(self) -> list[WindowInfo]:
@@ -439,31 +430,3 @@ class SQLiteStore(Store):
             self._conn.close()
             if self._read is not None:
                 self._read.close()
-
-
-_ROWS_PER_INSERT = 256
-
-
-def _insert_rows(conn: sqlite3.Connection, target: str, cols: list[npt.NDArray[np.int64]]) -> None:
-    """Insert aligned integer columns as rows of ``target`` (``table(col, ...)``).
-
-    Rows go ``_ROWS_PER_INSERT`` to a statement (multi-row ``VALUES``): about 2.5x faster than
-    one ``executemany`` row at a time, which pays a statement step and a tuple per row.
-    """
-    n, width = len(cols[0]), len(cols)
-    if not n:
-        return
-    flat = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1).ravel().tolist()
-    row = "(" + ", ".join("?" * width) + ")"
-    full = n - n % _ROWS_PER_INSERT
-    if full:
-        step = _ROWS_PER_INSERT * width
-        conn.executemany(
-            f"INSERT INTO {target} VALUES {', '.join([row] * _ROWS_PER_INSERT)}",  # noqa: S608 - fixed names
-            (flat[i : i + step] for i in range(0, full * width, step)),
-        )
-    if full < n:
-        conn.execute(
-            f"INSERT INTO {target} VALUES {', '.join([row] * (n - full))}",  # noqa: S608 - fixed names
-            flat[full * width :],
-        )

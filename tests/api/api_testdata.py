@@ -20,6 +20,9 @@ OPS_TOKEN = "ops-token-5678"
 OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 """Headers of an operations request (``/metrics``)."""
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PLANNER_TOKEN = "planner-token-9012"
+PLANNER = {"Authorization": f"Bearer {PLANNER_TOKEN}"}
+"""Headers of a planner's read (exact published values)."""
 WINDOW_S = 300
 BASE_RES = 10
 MIN_RES = 5
@@ -35,6 +38,7 @@ def api_settings(tmp: Path, **kw: object) -> Settings:
     kw.setdefault("k_min", K_MIN)
     kw.setdefault("ingest_token", TOKEN)
     kw.setdefault("metrics_token", OPS_TOKEN)
+    kw.setdefault("planner_tokens", PLANNER_TOKEN)
     return Settings(**kw)  # type: ignore[arg-type]
 
 
@@ -58,6 +62,54 @@ def post(client: TestClient, frame: pl.DataFrame, fmt: str = "csv", **params: ob
     return client.post(
         "/api/v1/pings", content=body, headers={**AUTH, "Content-Type": ctype}, params=params
     )
+
+
+RELEASE_S = 60
+GRACE_S = 5
+_clocks = iter(range(10**9))
+
+
+def release_after(client: TestClient, frame: pl.DataFrame, fmt: str = "csv") -> dict[str, object]:
+    """POST ``frame``, then move the input past the next tick + grace so a release holds it.
+
+    The clock ping comes from a fresh device in the southern ocean (alone in its cells at every
+    resolution, so it never adds to a published number). Returns the new release's window.
+    """
+    r = post(client, frame, fmt)
+    assert r.status_code == 200, r.text
+    return advance_clock(client, int(frame["ts"].max()))  # type: ignore[arg-type]
+
+
+def advance_clock(client: TestClient, after_ts: int) -> dict[str, object]:
+    """Move the input past the tick after ``after_ts`` + grace (see :func:`release_after`)."""
+    tick = (after_ts // RELEASE_S + 1) * RELEASE_S
+    i = next(_clocks)
+    clock = pl.DataFrame(
+        {"device_id": [f"clock-{i}"], "ts": [tick + GRACE_S], "lat": [-60.0 + (i % 40) * 0.5],
+         "lng": [-150.0 + (i // 40) * 0.5]}
+    )  # fmt: skip
+    assert post(client, clock).status_code == 200
+    window: dict[str, object] = client.get("/api/v1/windows").json()["latest_release"]
+    assert window["as_of"] >= _iso(tick)  # type: ignore[operator]
+    return window
+
+
+def live_ts(client: TestClient) -> int:
+    """Return a ping time after the latest release's tick (so the next release holds it)."""
+    as_of = client.get("/api/v1/windows").json()["latest_release"]["as_of"]
+    return _epoch(as_of) + 1
+
+
+def _epoch(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def _iso(ts: int) -> str:
+    from heatmap.model import epoch_to_iso
+
+    return epoch_to_iso(ts)
 
 
 def slices(frame: pl.DataFrame, n: int) -> list[pl.DataFrame]:

@@ -11,7 +11,7 @@ import jsonschema
 import mapbox_vector_tile
 import morecantile
 import polars as pl
-from api_testdata import OPS, Loaded, api_settings, post
+from api_testdata import OPS, Loaded, api_settings, live_ts, post, release_after
 
 from fastapi.testclient import TestClient
 
@@ -102,12 +102,12 @@ def test_cache_control_latest_is_short_and_closed_is_immutable(loaded: Loaded) -
     assert loaded.client.get("/api/v1/density", params=params).headers["cache-control"] == LIVE
     pinned = loaded.client.get("/api/v1/density", params={**params, "window": when})
     assert pinned.headers["cache-control"] == IMMUTABLE
-    # The live window named explicitly is still live.
-    live_when = loaded.client.get("/api/v1/windows").json()["latest"]["start"]
-    assert (
-        loaded.client.get(tile_url(12), params={"window": live_when}).headers["cache-control"]
-        == LIVE
-    )
+    # A release named by its tick never changes either; a window still filling is not served.
+    listed = loaded.client.get("/api/v1/windows").json()
+    named = loaded.client.get(tile_url(12), params={"release": listed["latest_release"]["as_of"]})
+    assert named.headers["cache-control"] == IMMUTABLE
+    filling = loaded.client.get(tile_url(12), params={"window": listed["latest"]["end"]})
+    assert filling.status_code == 404
 
 
 def test_mvt_is_gzipped_when_accepted_and_png_never(loaded: Loaded) -> None:
@@ -135,7 +135,7 @@ def test_empty_tile_is_204_with_validators(loaded: Loaded) -> None:
 def test_a_new_batch_changes_the_live_tile_and_its_etag(loaded: Loaded) -> None:
     url = tile_url(12)
     before = loaded.client.get(url)
-    ts = int(loaded.frame["ts"].max())  # type: ignore[arg-type]
+    ts = live_ts(loaded.client)
     batch = pl.DataFrame(
         {
             "device_id": [f"etag-{i}" for i in range(5)],
@@ -144,7 +144,7 @@ def test_a_new_batch_changes_the_live_tile_and_its_etag(loaded: Loaded) -> None:
             "lng": [PEOPLES_SQUARE[1]] * 5,
         }
     )
-    assert post(loaded.client, batch).status_code == 200
+    release_after(loaded.client, batch)
     after = loaded.client.get(url, headers={"If-None-Match": before.headers["etag"]})
     assert after.status_code == 200
     assert after.headers["etag"] != before.headers["etag"]
@@ -186,7 +186,7 @@ def test_healthz(loaded: Loaded) -> None:
     h = loaded.client.get("/healthz")
     assert h.status_code == 200 and h.headers["cache-control"] == "no-store"
     body = h.json()
-    assert body["status"] == "ok" and body["store"] == "ok" and body["windows"] >= 8
+    assert body["status"] == "ok" and body["store"] == "ok" and body["windows"] >= 7
     assert body["latest_window"]["complete"] is False and body["latest_window_age_s"] >= 0
 
 
@@ -233,13 +233,13 @@ def test_a_memoised_fast_tile_follows_a_new_batch(loaded: Loaded) -> None:
     at = (30.50, 123.50)
     url = tile_url(14, at=at)
     first = [loaded.client.get(url) for _ in range(3)][-1]  # rendered, cached, memoised
-    ts = int(loaded.frame["ts"].max())  # type: ignore[arg-type]
+    ts = live_ts(loaded.client)
     n = 7
     batch = pl.DataFrame(
         {"device_id": [f"memo-{i}" for i in range(n)], "ts": [ts] * n, "lat": [at[0]] * n,
          "lng": [at[1]] * n}
     )  # fmt: skip
-    assert post(loaded.client, batch).status_code == 200
+    release_after(loaded.client, batch)
     after = loaded.client.get(url)
     assert after.status_code == 200 and after.headers["etag"] != first.headers.get("etag")
     assert after.content != first.content
@@ -256,3 +256,45 @@ def test_metrics_are_for_operations_only(loaded: Loaded, tmp_path: Path) -> None
     with TestClient(create_app(api_settings(tmp_path, metrics_token=None))) as client:
         off = client.get("/metrics", headers=OPS)
         assert off.status_code == 404 and "heatmap_" not in off.text
+
+
+def test_privacy_states_k_and_the_budget_per_device(loaded: Loaded, tmp_path: Path) -> None:
+    off = loaded.client.get("/api/v1/privacy").json()
+    assert off["dp"] is None and off["unit"] == "device"
+    assert "one person" in off["temporal_limit"]["en"]  # the limit of k-anonymity, plainly
+    eps = 1.0
+    with TestClient(create_app(api_settings(tmp_path, dp_epsilon=eps))) as client:
+        doc = client.get("/api/v1/privacy").json()
+        dp = doc["dp"]
+        releases, windows = 86400 // doc["release_s"], 86400 // doc["window_s"]
+        assert dp["epsilon_per_release"] == dp["epsilon_per_window"] == eps
+        assert dp["epsilon_per_day"] == eps * (releases + windows)  # basic composition
+        assert dp["releases_per_ping"] == doc["horizon_s"] // doc["release_s"]
+        assert dp["threshold"] > doc["k_min"] and dp["noise"]["half_width"] > 0
+        assert client.get("/api/v1/legend").json()["privacy"] == doc
+        assert client.get("/tiles.json").json()["privacy"] == doc
+        assert (
+            f"{dp['epsilon_per_day']:g} per device-day"
+            in client.get("/tiles.json").json()["legend"]
+        )
+
+
+def test_the_window_list_does_not_tell_whether_anyone_pinged(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client()
+    t0 = 1_795_900_200 // 300 * 300
+    # One lone device pings in windows 0, 3 and 6 only; a far crowd moves the clock on.
+    lone = [("lone", t0 + 300 * k + 10, 31.23, 121.47) for k in (0, 3, 6)]
+    clock = [(f"c{k}", t0 + 300 * 8 + k, -60.0, -150.0) for k in range(3)]
+    frame = pl.DataFrame(lone + clock, schema=["device_id", "ts", "lat", "lng"], orient="row")
+    assert post(client, frame).status_code == 200
+    listed = client.get("/api/v1/windows", params={"limit": 100}).json()
+    starts = [w["start"] for w in listed["windows"]][::-1]
+    assert len(starts) == listed["total"] >= 7  # every window of the clock, none skipped
+    from heatmap.model import epoch_to_iso
+
+    assert starts[:7] == [epoch_to_iso(t0 + 300 * k) for k in range(7)]
+    # A window nobody pinged in answers like one whose only device was withheld.
+    empty = client.get("/api/v1/stats", params={"window": epoch_to_iso(t0 + 300)}).json()
+    lonely = client.get("/api/v1/stats", params={"window": epoch_to_iso(t0)}).json()
+    assert empty["people"] == lonely["people"] == 0.0
+    assert empty["published_cells"] == lonely["published_cells"] == 0

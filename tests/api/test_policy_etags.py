@@ -1,8 +1,8 @@
 """Every publishing setting versions what clients cache.
 
 Change any setting that changes published values and no client revalidating a resource gets
-``304`` for bytes that changed: tile ETags (versioned by the policy fingerprint) all change, and
-every other ETag stays only where the bytes are the same.
+``304`` for bytes that changed: every ETag (tiles and JSON are tagged by a hash of their
+bytes) stays only where the bytes are the same.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ CHANGED: dict[str, object] = {
     "expansion": 2.5,
     "bands_km2": "1000,2000,3000",
     "min_res": 6,
+    "horizon_s": 600,
+    "release_s": 30,
 }
 
 
@@ -81,8 +83,5 @@ def test_changing_any_publishing_setting_never_keeps_an_etag_for_other_bytes(
             after = _etags(other, closed)
         stale = [k for k in before if before[k][0] == after[k][0] and before[k][1] != after[k][1]]
         assert not stale, f"changing {name} kept these ETags for other bytes: {stale}"
-        tiles = [k for k in before if k.startswith("/tiles/")]
-        kept = [k for k in tiles if before[k][0] == after[k][0]]
-        assert not kept, f"changing {name} left these tile ETags unchanged: {kept}"
         changed = [k for k in before if before[k][0] != after[k][0]]
-        assert len(changed) > len(tiles), f"changing {name} changed no JSON answer"
+        assert changed, f"changing {name} changed no answer"

@@ -18,9 +18,23 @@ import mapbox_vector_tile
 import morecantile
 import polars as pl
 import pytest
-from api_testdata import AUTH, BASE_RES, K_MIN, OPS, OPS_TOKEN, TOKEN, encode, slices
+from api_testdata import (
+    AUTH,
+    BASE_RES,
+    GRACE_S,
+    K_MIN,
+    OPS,
+    OPS_TOKEN,
+    PLANNER,
+    PLANNER_TOKEN,
+    RELEASE_S,
+    TOKEN,
+    encode,
+    slices,
+)
 
 from heatmap.config import Settings
+from heatmap.model import epoch_to_iso
 from heatmap.service import Heatmap
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -43,6 +57,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]
         "HEATMAP_DB": str(db),
         "HEATMAP_INGEST_TOKEN": TOKEN,
         "HEATMAP_METRICS_TOKEN": OPS_TOKEN,
+        "HEATMAP_PLANNER_TOKENS": PLANNER_TOKEN,
         "HEATMAP_K_MIN": str(K_MIN),
         "HEATMAP_SECRET": "serve-secret",
         "HEATMAP_BASEMAP_URL": "",
@@ -83,11 +98,13 @@ def test_served_batches_are_visible_within_a_second(
         assert http.get("/api/v1/stats").status_code == 404  # empty store
         posted = 0
         for i, part in enumerate(slices(stream, 4)):
-            # Each batch adds a marker crowd far from the city, in that batch's latest window.
+            # Each batch adds a marker crowd far from the city, just before the tick the batch
+            # releases (the latest one its last ping passes by the grace): "now" shows it.
             ts = int(part["ts"].max())  # type: ignore[arg-type]
+            tick = (ts - GRACE_S) // RELEASE_S * RELEASE_S
             lat, lng = 30.0 + i * 0.1, 119.5
             marker = pl.DataFrame(
-                {"device_id": [f"m{i}-{k}" for k in range(3 + i)], "ts": [ts] * (3 + i),
+                {"device_id": [f"m{i}-{k}" for k in range(3 + i)], "ts": [tick - 1] * (3 + i),
                  "lat": [lat] * (3 + i), "lng": [lng] * (3 + i)}
             )  # fmt: skip
             body, ctype = encode(pl.concat([part, marker]), "csv")
@@ -95,11 +112,12 @@ def test_served_batches_are_visible_within_a_second(
             acked = time.monotonic()
             assert r.status_code == 200 and r.json()["rejected"] == []
             posted += r.json()["accepted"]
-            when = {"window": str(ts)}
-            d = http.get("/api/v1/density", params={"lat": lat, "lng": lng, "res": 10, **when})
+            point = {"lat": lat, "lng": lng, "res": 10}
+            d = http.get("/api/v1/density", params=point, headers=PLANNER)  # exact values
             t = TMS.tile(lng, lat, 14)
-            tile = http.get(f"/tiles/14/{t.x}/{t.y}.mvt", params=when)
+            tile = http.get(f"/tiles/14/{t.x}/{t.y}.mvt", headers=PLANNER)
             seen = time.monotonic() - acked
+            assert d.json()["window"]["as_of"] == epoch_to_iso(tick)
             assert d.json()["people"] == 3 + i
             cell = h3.str_to_int(h3.latlng_to_cell(lat, lng, BASE_RES))
             feats = mapbox_vector_tile.decode(tile.content)["density"]["features"]

@@ -13,6 +13,7 @@ from heatmap.policy import PublishPolicy
 from heatmap.publish import version_of
 
 FIELDS = [f.name for f in dataclasses.fields(PublishPolicy)]
+CLOCK_ALIGNED = {"window_s": 600, "horizon_s": 600, "release_s": 30}
 
 
 def _settings(**update: object) -> Settings:
@@ -54,7 +55,9 @@ def test_the_fingerprint_is_stable() -> None:
 @pytest.mark.parametrize("name", FIELDS)
 def test_from_settings_reads_every_field(name: str) -> None:
     base = _settings()
-    changed = _settings(**{name: _perturb(getattr(base, name))})
+    # Spans must stay multiples of the release clock (60 s); others are simply perturbed.
+    value = CLOCK_ALIGNED.get(name) or _perturb(getattr(base, name))
+    changed = _settings(**{name: value})
     before, after = PublishPolicy.from_settings(base), PublishPolicy.from_settings(changed)
     assert getattr(after, name) != getattr(before, name)
     want = getattr(changed, name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,12 @@ from hypothesis import strategies as st
 
 from heatmap.errors import StoreUnavailable
 from heatmap.ingest import ParseOptions
+from heatmap.model import Window
 from heatmap.read import Reader
 from heatmap.service import Heatmap
+from heatmap.store import Store
+from heatmap.store.codec import arrays_to_blob
+from heatmap.store.sqlite import SQLiteStore
 
 T0 = 1_764_000_000 // 300 * 300  # a window boundary
 NOW = T0 + 86_400.0
@@ -233,3 +239,381 @@ def test_live_counts_follow_every_batch(batches: list) -> None:
                 assert info.devices == len({d for (w, d) in latest if w == info.w})
             assert got == want
         hm.close()
+
+
+# -- release state: one contract, checked on both backends (tests/scale/test_pg_store.py) ------
+CELL0 = 0x8A2A1072B407FFF  # a res-10 cell around Shanghai
+BIG_CELL = 0x8AFFFFFFFFFFFFF  # bit 63 clear, like every H3 index
+Key = tuple[int, int]  # (device, k)
+Pos = tuple[int, int]  # (ts, cell): the larger one is the latest
+
+
+def _pending_frame(rows: list[tuple[int, int, int, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={"device": pl.Int64, "k": pl.Int64, "ts": pl.Int64, "cell": pl.UInt64},
+        orient="row",
+    )
+
+
+def _random_pings(rng: np.random.Generator, devices: list[int], ks: range, n: int) -> list:
+    """``n`` pings of the devices in ticks ``ks`` (60 s): few ts values per tick and few cells,
+    so (device, k) repeats, ts ties with other cells, and exact duplicates all occur."""
+    cells = [CELL0 + i for i in range(4)] + [BIG_CELL]
+    rows = []
+    for _ in range(n):
+        k = int(rng.choice(ks))
+        rows.append(
+            (
+                int(rng.choice(devices)),
+                k,
+                k * 60 + int(rng.integers(0, 3)),
+                int(rng.choice(cells)),
+            )
+        )
+    return rows + rows[: n // 10]  # exact duplicates
+
+
+def check_release_state(store: Store, sql: Callable[[str], list[tuple]]) -> None:
+    """Pending, fold, live, expire and counts against a plain-Python model of the same rules;
+    ``sql`` reads the store's tables directly (the same SQL on both backends). After every step
+    ``live_counts()`` and the per-cell counter equal a plain count of the model's live rows. The
+    store may hold release state already (a migrated one): the model starts from its tables."""
+    rng = np.random.default_rng(13)
+    devices = [-(2**63), 2**63 - 1, 0, *rng.integers(-(2**62), 2**62, 60).tolist()]
+    pending: dict[Key, Pos] = {
+        (d, k): (ts, cell) for d, k, ts, cell in sql("SELECT device, k, ts, cell FROM pending")
+    }
+    live: dict[int, Pos] = {
+        d: (ts, cell) for d, ts, cell in sql("SELECT device, ts, cell FROM live")
+    }
+
+    def tables_match() -> None:
+        got = sorted(sql("SELECT device, k, ts, cell FROM pending"))
+        assert got == sorted((d, k, *v) for (d, k), v in pending.items())
+        assert sorted(sql("SELECT device, ts, cell FROM live")) == sorted(
+            (d, *v) for d, v in live.items()
+        )
+        counts_match()
+
+    def counts_match(want: dict[int, int] | None = None) -> None:
+        """``live_counts()`` and ``live_cells`` (no cell kept at zero) are a plain count of the
+        model's live rows, which is ``want`` where the test spells it out."""
+        plain = Counter(cell for _, cell in live.values())
+        if want is not None:
+            assert plain == want
+        cells, n = store.live_counts()
+        assert cells.dtype == np.uint64 and n.dtype == np.int64
+        assert list(zip(cells.tolist(), n.tolist(), strict=True)) == sorted(plain.items())
+        assert sorted(sql("SELECT cell, devices FROM live_cells")) == sorted(plain.items())
+
+    def add(rows: list[tuple[int, int, int, int]]) -> None:
+        with store.transaction():
+            store.add_pending(_pending_frame(rows))
+        for d, k, ts, cell in rows:
+            pending[(d, k)] = max(pending.get((d, k), (ts, cell)), (ts, cell))
+        tables_match()
+
+    def fold(below: int, want: dict[int, int] | None = None) -> None:
+        with store.transaction():
+            n = store.fold_pending(below)
+        moved = [key for key in pending if key[1] < below]
+        assert n == len(moved)
+        for d, k in moved:
+            pos = pending.pop((d, k))
+            live[d] = max(live.get(d, pos), pos)
+        tables_match()
+        counts_match(want)
+
+    def expire(min_ts: int, want: dict[int, int] | None = None) -> None:
+        with store.transaction():
+            n = store.expire_live(min_ts)
+        gone = [d for d, (ts, _) in live.items() if ts < min_ts]
+        assert n == len(gone)
+        for d in gone:
+            del live[d]
+        tables_match()
+        counts_match(want)
+
+    counts_match()
+    add(_random_pings(rng, devices, range(100, 104), 400))
+    add(_random_pings(rng, devices, range(101, 105), 400))  # overlaps stored (device, k)
+    add([])
+    fold(102)
+    # Pings of ticks already folded (late) and of older times than live: they merge by max.
+    add(_random_pings(rng, devices, range(99, 106), 400))
+    fold(104)
+    assert live and pending
+    fold(104)  # nothing left below: a no-op
+    expire(103 * 60 + 1)
+    fold(106)
+    expire(104 * 60)
+    expire(10**9)
+    assert not live and not pending
+
+    # Spelled out: devices enter, move, tie and expire; cells empty and leave the counter.
+    a, b, c = CELL0 + 10, CELL0 + 11, BIG_CELL  # a < b < c
+    d1, d2, d3, d4 = -(2**63), 2**63 - 1, 0, 4
+    add([(d1, 200, 12_000, a), (d2, 200, 12_000, a), (d3, 200, 12_001, b)])
+    fold(201, {a: 2, b: 1})
+    add(
+        [
+            (d1, 201, 12_060, b),  # d1 moves a -> b ...
+            (d1, 200, 12_010, c),  # ... its late ping of a folded tick is older: two ticks fold
+            (d2, 200, 12_000, c),  # same ts as its live row, larger cell: moves a -> c
+            (d3, 200, 12_001, a),  # same ts, smaller cell: stays in b
+            (d4, 201, 12_070, a),  # a new device, a tie within one tick: b
+            (d4, 201, 12_070, b),
+            (d4, 202, 12_130, a),  # not folded yet
+        ]
+    )
+    fold(202, {b: 3, c: 1})  # a emptied: gone from the counter
+    expire(12_002, {b: 2})  # d2, d3 expire; d1 moved away from its expired position, stays
+    fold(203, {a: 1, b: 1})  # one tick: d4 moves b -> a
+    add([(d4, 201, 12_065, c)])  # late and older than d4's live row: one tick, no move
+    fold(203, {a: 1, b: 1})
+    expire(12_120, {a: 1})  # d1's bucket expires whole
+    add([(d1, 203, 12_180, b), (d3, 203, 12_181, b)])  # back into the emptied cell
+    fold(204, {a: 1, b: 2})
+    expire(10**9, {})
+    assert not sql("SELECT * FROM live_cells")
+
+
+# Release state as a schema-3 store holds it (before live_cells): devices the contract above
+# moves too, on cells it uses, in ticks around its own.
+V3_LIVE = [
+    (-(2**63), 100 * 60 + 1, CELL0),
+    (2**63 - 1, 101 * 60, BIG_CELL),
+    (0, 99 * 60 + 5, CELL0),
+    (7, 102 * 60, CELL0 + 1),
+    (8, 102 * 60 + 2, CELL0 + 1),
+]
+V3_PENDING = [(0, 104, 104 * 60 + 2, BIG_CELL), (9, 101, 101 * 60, CELL0)]  # (device, k, ts, cell)
+
+
+def check_releases(store: Store) -> None:
+    """Releases are written once, read back, listed in order, deleted by age; writing one moves
+    the change token."""
+    window = Window(T0, T0 + 300)
+
+    def blob(people: float) -> bytes:
+        cells = np.array([CELL0, BIG_CELL], dtype=np.uint64).view(np.int64)
+        return arrays_to_blob(np.array([10, 10]), cells, np.array([people, 2 * people]))
+
+    assert store.release_rows().shape == (0, 2)
+    assert store.read_release(T0, window) is None
+    token = store.change_token()
+    with store.transaction():
+        store.write_release(T0 + 120, blob(11.0), 33)
+    assert store.change_token() != token
+    with store.transaction():
+        store.write_release(T0 + 60, blob(10.0), 30)
+        store.write_release(T0 + 180, blob(12.0), 36)
+        store.write_release(T0 + 120, blob(99.0), 99)  # immutable: the first one stays
+    rows = store.release_rows()
+    assert rows.dtype == np.int64
+    assert rows.tolist() == [[T0 + 60, 30], [T0 + 120, 33], [T0 + 180, 36]]
+    pub = store.read_release(T0 + 120, window)
+    assert pub is not None and pub.window == window
+    assert pub.frame.rows() == [(10, CELL0, 11.0), (10, BIG_CELL, 22.0)]
+    assert pub.frame.schema == {"res": pl.Int8, "cell": pl.UInt64, "people": pl.Float64}
+    with store.transaction():
+        store.delete_releases_before(T0 + 180)
+    assert store.release_rows().tolist() == [[T0 + 180, 36]]
+    assert store.read_release(T0 + 60, window) is None
+
+
+def _sqlite_sql(path: str) -> Callable[[str], list[tuple]]:
+    def run(query: str) -> list[tuple]:
+        con = sqlite3.connect(path)
+        try:
+            return con.execute(query).fetchall()
+        finally:
+            con.close()
+
+    return run
+
+
+def test_release_state_follows_the_rules(make_settings) -> None:
+    s = make_settings()
+    store = SQLiteStore(s)
+    check_release_state(store, _sqlite_sql(s.db))
+    store.close()
+
+
+def test_releases_are_kept_once_and_listed(make_settings) -> None:
+    store = SQLiteStore(make_settings())
+    check_releases(store)
+    store.close()
+
+
+def _varint(v: int) -> bytes:
+    """SQLite's varint of an integer (how record keys of a rowid table are written)."""
+    u = v & (2**64 - 1)
+    if u >= 1 << 56:
+        head = [((u >> (8 + 7 * i)) & 0x7F) | 0x80 for i in reversed(range(8))]
+        return bytes(head) + bytes([u & 0xFF])
+    out = [u & 0x7F]
+    u >>= 7
+    while u:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    return bytes(reversed(out))
+
+
+def test_store_files_hold_no_hash_of_an_expired_device(make_settings) -> None:
+    """Folded and expired devices' hashes leave the files, the WAL included, while the store is
+    open; live devices' hashes stay (positive control)."""
+    s = make_settings()
+    store = SQLiteStore(s)
+    rng = np.random.default_rng(21)
+    hashes = rng.integers(2**62, 2**63 - 1, 600).tolist()  # 8 bytes on disk, whatever the form
+    gone, kept = hashes[:300], hashes[300:]
+    rows = [(d, 100 + i % 3, (100 + i % 3) * 60 + i % 7, CELL0 + i % 5) for i, d in enumerate(gone)]
+    rows += [(d, 104, 104 * 60 + 5, CELL0) for d in kept]
+    with store.transaction():
+        store.add_pending(_pending_frame(rows[:200]))
+        assert store.fold_pending(101) > 0
+    store.after_commit(False)
+    with store.transaction():
+        store.add_pending(_pending_frame(rows[200:]))
+    store.after_commit(False)
+
+    def patterns(ds: list[int]) -> list[bytes]:
+        return [
+            form
+            for d in ds
+            for form in (d.to_bytes(8, "big", signed=True), d.to_bytes(8, "little", signed=True))
+        ] + [_varint(d) for d in ds]
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in Path(s.db).parent.glob("heatmap.db*"))
+
+    before = on_disk()
+    assert all(d.to_bytes(8, "big", signed=True) in before for d in hashes)  # the probe sees them
+    with store.transaction():  # the second half of `gone` is folded and expired in one unit
+        store.fold_pending(105)
+        assert store.expire_live(104 * 60) == len(gone)
+    store.after_commit(False)
+    for when in ("open", "closed"):
+        blobs = on_disk()
+        assert not [h for h in patterns(gone) if h in blobs], f"expired hash on disk ({when})"
+        assert all(d.to_bytes(8, "big", signed=True) in blobs for d in kept)
+        store.close()
+
+
+def fill_old_store(store: Store) -> Callable[[Store], tuple]:
+    """Write one closed and one open window with the primitives a 0.3 store had; return a
+    reader of what they hold (to compare across the migration)."""
+    from heatmap.store.codec import ClosedWindow
+
+    w0, w1 = T0 // 300, T0 // 300 + 1
+    cells = np.array([CELL0, BIG_CELL], dtype=np.uint64).view(np.int64)
+    closed = ClosedWindow(
+        w0,
+        arrays_to_blob(cells, np.array([4, 7])),
+        arrays_to_blob(np.array([10, 10]), cells, np.array([4.0, 7.0])),
+        11,
+    )
+    state = pl.DataFrame(
+        {
+            "w": [w1] * 3,
+            "device": [-(2**63), 5, 2**63 - 1],
+            "ts": [T0 + 301, T0 + 302, T0 + 303],
+            "cell": pl.Series([CELL0, BIG_CELL, BIG_CELL], dtype=pl.UInt64),
+        }
+    )
+    with store.transaction():
+        store.write_closed([closed])
+        store.touch_windows([(w0, T0, T0 + 300)], closed=True)
+        store.upsert_state(state)
+        store.touch_windows([(w1, T0 + 300, T0 + 600)], closed=False)
+        store.set_meta("watermark", str(T0 + 310))
+
+    def read(st: Store) -> tuple:
+        pub = st.read_published(w0)
+        assert pub is not None
+        return (
+            st.windows(),
+            st.watermark(),
+            pub.frame.rows(),
+            [a.tolist() for a in st.read_base_counts([w0])[w0]],
+            [a.tolist() for a in st.read_open_counts(w1)],
+            st.load_state([w1]).sort("device").rows(),
+        )
+
+    return read
+
+
+def test_a_v2_store_migrates_to_release_state(make_settings, monkeypatch) -> None:
+    """A store made by 0.3 (schema 2: no release tables, meta schema_version 1) opens with its
+    windows intact and gains the release state."""
+    import heatmap.store.sqlite as lite
+
+    s = make_settings()
+    with monkeypatch.context() as m:
+        m.setattr(lite, "MIGRATIONS", {v: lite.MIGRATIONS[v] for v in (1, 2)})
+        m.setattr(lite, "SCHEMA_VERSION", 1)  # what 0.3 wrote
+        old = SQLiteStore(s)
+        read = fill_old_store(old)
+        before = read(old)
+        old.close()
+    sql = _sqlite_sql(s.db)
+    assert sql("PRAGMA user_version") == [(2,)]
+    assert not sql("SELECT name FROM sqlite_master WHERE name IN ('pending', 'live', 'releases')")
+    store = SQLiteStore(s)
+    assert sql("PRAGMA user_version") == [(4,)]
+    assert {"pending", "live", "releases", "live_ts", "live_cells"} <= {
+        r[0] for r in sql("SELECT name FROM sqlite_master")
+    }
+    assert store.get_meta("schema_version") == "4" and store.get_meta("window_s") == "300"
+    assert read(store) == before
+    check_release_state(store, sql)
+    check_releases(store)
+    store.close()
+
+
+def test_a_v3_store_with_live_rows_gains_the_cell_counter(make_settings, monkeypatch) -> None:
+    """A schema-3 store (release state, no live_cells) with live and pending rows migrates: the
+    counter starts as a plain count of its live rows and follows the contract from there."""
+    import heatmap.store.sqlite as lite
+
+    s = make_settings()
+    with monkeypatch.context() as m:
+        m.setattr(lite, "MIGRATIONS", {v: lite.MIGRATIONS[v] for v in (1, 2, 3)})
+        m.setattr(lite, "SCHEMA_VERSION", 3)
+        SQLiteStore(s).close()
+    con = sqlite3.connect(s.db)
+    with con:
+        assert con.execute("PRAGMA user_version").fetchone() == (3,)
+        con.executemany("INSERT INTO live(device, ts, cell) VALUES (?, ?, ?)", V3_LIVE)
+        con.executemany("INSERT INTO pending(device, k, ts, cell) VALUES (?, ?, ?, ?)", V3_PENDING)
+    con.close()
+    store = SQLiteStore(s)
+    sql = _sqlite_sql(s.db)
+    assert sql("PRAGMA user_version") == [(4,)] and store.get_meta("schema_version") == "4"
+    assert sorted(sql("SELECT cell, devices FROM live_cells")) == [
+        (CELL0, 2),
+        (CELL0 + 1, 2),
+        (BIG_CELL, 1),
+    ]
+    check_release_state(store, sql)
+    store.close()
+
+
+def test_every_backend_migrates_to_the_same_schema_version() -> None:
+    import heatmap.store.postgres as pg
+    import heatmap.store.sqlite as lite
+    from heatmap.store.base import SCHEMA_VERSION
+
+    assert max(lite.MIGRATIONS) == max(pg.MIGRATIONS) == SCHEMA_VERSION
+
+
+def test_a_newer_store_is_refused(make_settings) -> None:
+    s = make_settings()
+    SQLiteStore(s).close()
+    con = sqlite3.connect(s.db)
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    with pytest.raises(StoreUnavailable, match="newer than this heatmap"):
+        SQLiteStore(s)

@@ -86,27 +86,36 @@ class Harvest:
     cells: dict[int, dict[str, float]]
     extent: tuple[float, float, float, float]
     requests: int = 0
+    param: str = "window"
+    """``window`` (a closed window) or ``release`` (the live answer)."""
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """The query parameter naming what was harvested."""
+        return {self.param: self.window}
 
 
-def _cells(client: TestClient, bbox: tuple[float, ...], res: int, window: str) -> dict | None:
+def _cells(client: TestClient, bbox: tuple[float, ...], res: int, ref: dict) -> dict | None:
     text = ",".join(f"{v:.6f}" for v in bbox)
-    r = client.get("/api/v1/cells", params={"bbox": text, "res": res, "window": window})
+    r = client.get("/api/v1/cells", params={"bbox": text, "res": res, **ref})
     if r.status_code == 422 and "limit" in r.json()["detail"]:
         return None
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
 
-def harvest(client: TestClient, window: str, extent: tuple[float, float, float, float]) -> Harvest:
+def harvest(
+    client: TestClient, window: str, extent: tuple[float, float, float, float], param: str
+) -> Harvest:
     """Fetch every published cell of every resolution, splitting bboxes on the size limit."""
-    out = Harvest(client, window, {r: {} for r in RES}, extent)
+    out = Harvest(client, window, {r: {} for r in RES}, extent, param=param)
     for res in RES:
         pad = 2.5 * h3.average_hexagon_edge_length(res, "km") / 100.0
         w, s, e, n = extent
         todo = [(w - pad, s - pad, e + pad, n + pad)]
         while todo:
             box = todo.pop()
-            doc = _cells(client, box, res, window)
+            doc = _cells(client, box, res, out.ref)
             out.requests += 1
             if doc is None:  # over the limit: split in four
                 bw, bs, be, bn = box
@@ -129,15 +138,18 @@ def exact(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exact]:
     frame = _simulated(3000, seed=21)
     client = _client(tmp_path_factory.mktemp("exact"), frame, k_min=K, ingest_token=TOKEN)
     with client:
-        wins = client.get("/api/v1/windows").json()["windows"]
-        closed = next(w["start"] for w in wins if w["complete"])
-        live = wins[0]["start"]
-        assert wins[0]["complete"] is False
+        listed = client.get("/api/v1/windows").json()
+        closed = next(w["start"] for w in listed["windows"] if w["complete"])
+        live = listed["latest_release"]["as_of"]
         extent = (
             float(frame["lng"].min()), float(frame["lat"].min()),  # type: ignore[arg-type]
             float(frame["lng"].max()), float(frame["lat"].max()),  # type: ignore[arg-type]
         )  # fmt: skip
-        yield frame, harvest(client, closed, extent), harvest(client, live, extent)
+        yield (
+            frame,
+            harvest(client, closed, extent, "window"),
+            harvest(client, live, extent, "release"),
+        )
 
 
 def _remainders(h: Harvest) -> list[tuple[int, int, str, float]]:
@@ -169,7 +181,7 @@ def test_differencing_across_resolutions_reveals_nothing_below_k(exact: Exact) -
 def test_city_total_minus_any_resolution_reveals_nothing_below_k(exact: Exact) -> None:
     _frame, *harvests = exact
     for h in harvests:
-        stats = h.client.get("/api/v1/stats", params={"window": h.window}).json()
+        stats = h.client.get("/api/v1/stats", params=h.ref).json()
         for res in RES:
             left = stats["people"] - sum(h.cells[res].values())
             assert left == 0 or left >= K, (res, left)
@@ -194,7 +206,7 @@ def test_overlapping_bbox_queries_only_ever_show_published_cells(exact: Exact) -
         }
         got = {}
         for name, box in boxes.items():
-            doc = _cells(h.client, box, res, h.window)
+            doc = _cells(h.client, box, res, h.ref)
             assert doc is not None
             got[name] = {
                 f["properties"]["cell"]: f["properties"]["people"] for f in doc["features"]
@@ -208,8 +220,8 @@ def test_overlapping_bbox_queries_only_ever_show_published_cells(exact: Exact) -
             assert diff == 0 or diff >= K
 
 
-def _tile_cells(client: TestClient, z: int, x: int, y: int, window: str) -> dict[str, float]:
-    r = client.get(f"/tiles/{z}/{x}/{y}.mvt", params={"window": window})
+def _tile_cells(client: TestClient, z: int, x: int, y: int, ref: dict) -> dict[str, float]:
+    r = client.get(f"/tiles/{z}/{x}/{y}.mvt", params=ref)
     assert r.status_code in (200, 204), r.text
     if r.status_code == 204:
         return {}
@@ -226,9 +238,7 @@ def test_tiles_never_show_what_the_json_withholds(exact: Exact) -> None:
             c = TMS.tile(PEOPLES_SQUARE[1], PEOPLES_SQUARE[0], z)
             for dx in (-1, 0, 1):
                 for dy in (-1, 0, 1):
-                    for cell, people in _tile_cells(
-                        h.client, z, c.x + dx, c.y + dy, h.window
-                    ).items():
+                    for cell, people in _tile_cells(h.client, z, c.x + dx, c.y + dy, h.ref).items():
                         assert h.cells[res].get(cell) == people, (z, cell, people)
                         assert people >= K
                         shown += 1
@@ -248,19 +258,17 @@ def test_a_withheld_cell_answers_null_at_its_own_resolution(exact: Exact) -> Non
     for cell in small:
         lat, lng = h3.cell_to_latlng(cell)
         d = h.client.get(
-            "/api/v1/density", params={"lat": lat, "lng": lng, "res": 10, "window": h.window}
+            "/api/v1/density", params={"lat": lat, "lng": lng, "res": 10, **h.ref}
         ).json()
         assert d["cell"] == cell and d["people"] is None and d["suppressed"] is True
         assert d["trend"]["change"] is None
-        coarse = h.client.get(
-            "/api/v1/density", params={"lat": lat, "lng": lng, "window": h.window}
-        ).json()
+        coarse = h.client.get("/api/v1/density", params={"lat": lat, "lng": lng, **h.ref}).json()
         assert coarse["people"] is None or coarse["people"] >= K
 
 
 def test_places_publish_nothing_below_k(exact: Exact) -> None:
     _frame, h, _live = exact
-    places = h.client.get("/api/v1/places", params={"window": h.window}).json()["places"]
+    places = h.client.get("/api/v1/places", params=h.ref).json()["places"]
     assert places
     for p in places:
         assert p["people"] is None or p["people"] >= K, p["id"]
@@ -271,7 +279,8 @@ def test_places_publish_nothing_below_k(exact: Exact) -> None:
 
 def test_dp_noise_is_drawn_once_whatever_the_query(tmp_path: Path) -> None:
     frame = _simulated(2000, seed=22)
-    client = _client(tmp_path, frame, k_min=K, dp_epsilon=0.5)
+    # eps 2: the noisy threshold (k plus a margin for delta 1e-6) leaves a few dozen cells.
+    client = _client(tmp_path, frame, k_min=K, dp_epsilon=2.0)
     res, z = 7, 8
     exact_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for (w, cell), n in reference_counts(frame.rows()).items():  # type: ignore[arg-type]
@@ -280,9 +289,10 @@ def test_dp_noise_is_drawn_once_whatever_the_query(tmp_path: Path) -> None:
     c = TMS.tile(PEOPLES_SQUARE[1], PEOPLES_SQUARE[0], z)
     with client:
         wins = client.get("/api/v1/windows").json()["windows"]
-        windows = [next(w["start"] for w in wins if w["complete"]), wins[0]["start"]]
-        assert client.get("/api/v1/legend").json()["dp_epsilon"] == 0.5
-        assert client.get("/tiles.json").json()["dp_epsilon"] == 0.5
+        windows = [w["start"] for w in wins if w["complete"]][:2]  # listed: closed only
+        assert len(windows) == 2
+        assert client.get("/api/v1/legend").json()["dp_epsilon"] == 2.0
+        assert client.get("/tiles.json").json()["dp_epsilon"] == 2.0
         first = {}
         for when in windows:
             epoch = str(int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()) + 7)
@@ -294,14 +304,14 @@ def test_dp_noise_is_drawn_once_whatever_the_query(tmp_path: Path) -> None:
                 answers.append({f["id"]: f["properties"]["people"] for f in doc["features"]})
             assert all(a == answers[0] for a in answers)
             noisy = answers[0]
-            assert len(noisy) > 5
+            assert len(noisy) >= 3  # few clear the noisy threshold at this scale
             w = int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()) // 300
             true = exact_counts.get(w, {})
             moved = [cell for cell, p in noisy.items() if p != true.get(cell)]
             assert len(moved) > len(noisy) / 3  # the noise is there (Laplace, rounded)
             first[when] = noisy
             for _ in range(3):
-                tile = _tile_cells(client, z, c.x, c.y, when)
+                tile = _tile_cells(client, z, c.x, c.y, {"window": when})
                 assert tile and all(noisy[cell] == people for cell, people in tile.items())
             cell = max(noisy, key=lambda k: noisy[k])
             lat, lng = h3.cell_to_latlng(cell)
@@ -366,15 +376,17 @@ def test_no_raw_id_or_closed_hash_in_store_logs_or_metrics(geolife: Path, tmp_pa
         server.stop()
     log = server.log()
     assert "ingest" in log  # the log was captured
-    open_starts = {w["start"] for w in wins["windows"] if not w["complete"]}
-    open_ws = {
-        int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()) // 300
-        for s in open_starts
-    }
+
+    # Hashes still needed: devices of windows still open (after the last closed one) and of
+    # the release state (pings since the latest release's horizon began, and pending ones).
+    def epoch(iso: str) -> int:
+        return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+    closed_end = max(epoch(w["end"]) for w in wins["windows"] if w["complete"])
+    release = wins["latest_release"]
+    needed_from = min(closed_end, epoch(release["as_of"]) - release["horizon_s"])
     frame = pl.concat(batches)
-    in_open = set(
-        frame.filter((pl.col("ts") // 300).is_in(list(open_ws)))["device_id"].unique().to_list()
-    )
+    in_open = set(frame.filter(pl.col("ts") >= needed_from)["device_id"].unique().to_list())
     closed_only = set(frame["device_id"].unique().to_list()) - in_open
     assert len(closed_only) > 20 and in_open
     hasher = DeviceHasher(load_or_create_secret(SECRET, tmp_path))
@@ -390,7 +402,7 @@ def test_no_raw_id_or_closed_hash_in_store_logs_or_metrics(geolife: Path, tmp_pa
             assert form not in files, dev
         for name, text in texts.items():
             assert str(h) not in text and f"{h & (2**64 - 1):016x}" not in text, (name, dev)
-    # Positive control: the search does find the hashes that must still be on disk (open windows).
+    # Positive control: the search does find the hashes that must still be on disk.
     found = [d for d in in_open if hasher.hash_one(d).to_bytes(8, "big", signed=True) in files]
     assert found, "the search would not see a hash on disk"
 

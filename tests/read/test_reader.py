@@ -150,7 +150,10 @@ def test_catalog_sees_every_commit_incrementally(tmp_path: Path) -> None:
     other.ingest_frame(frame(base + 300 * 6, 4, tag="x"), opts)
     other.close()
     assert reader.windows().infos() == hm.store.windows()
-    assert reader.window(LATEST).w == (base + 1800) // 300
+    assert reader.windows().latest().w == (base + 1800) // 300
+    # ... and so is the release that writer made (the tick its last ping passed by the grace).
+    latest = reader.window(LATEST)
+    assert latest.is_release and latest.w == (base + 1800 - s.release_grace_s) // 60 * 60
     reader.close()
     hm.close()
 

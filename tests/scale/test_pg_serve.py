@@ -202,17 +202,15 @@ def _tiles() -> list[tuple[int, int, int]]:
     return out
 
 
-def _same_everywhere(urls: list[str], windows: list[str]) -> int:
-    """Assert both nodes answer the same tiles and cells for each window; return tiles with data."""
+def _same_everywhere(urls: list[str], windows: list[dict[str, str]]) -> int:
+    """Assert both nodes answer the same tiles and cells for each window or release (query
+    parameters; ``{}`` is the latest release); return the tiles with data."""
     non_empty = 0
     with httpx.Client(timeout=30) as client:
         for win in windows:
             for z, x, y in _tiles():
                 for fmt in ("mvt", "png"):
-                    got = [
-                        client.get(f"{u}/tiles/{z}/{x}/{y}.{fmt}", params={"window": win})
-                        for u in urls
-                    ]
+                    got = [client.get(f"{u}/tiles/{z}/{x}/{y}.{fmt}", params=win) for u in urls]
                     assert [r.status_code for r in got] in ([200, 200], [204, 204]), win
                     assert got[0].content == got[1].content, (win, z, x, y, fmt)
                     assert got[0].headers.get("etag") == got[1].headers.get("etag")
@@ -220,7 +218,7 @@ def _same_everywhere(urls: list[str], windows: list[str]) -> int:
             cells = [
                 client.get(
                     f"{u}/api/v1/cells",
-                    params={"bbox": "121.40,31.15,121.55,31.30", "res": 8, "window": win},
+                    params={"bbox": "121.40,31.15,121.55,31.30", "res": 8, **win},
                 ).json()
                 for u in urls
             ]
@@ -257,9 +255,10 @@ def test_two_nodes_count_like_one_process(nodes, stream: pl.DataFrame, tmp_path:
     assert _published(shared) == want
     expected = httpx.get(f"{urls[0]}/api/v1/windows", params={"limit": 1000}).json()
     _wait_for_versions(urls, [expected])
-    open_windows = [datetime.fromtimestamp(w.window.start, UTC).isoformat() for w in
-                    single.store.windows()][-3:]  # fmt: skip
-    assert _same_everywhere(urls, open_windows) > 0
+    # "Now": both nodes serve the same latest release (one node made it, the other reads it).
+    release = expected["latest_release"]
+    assert release is not None and release["kind"] == "release"
+    assert _same_everywhere(urls, [{}, {"release": release["as_of"]}]) > 0
 
     # A last batch moves the watermark past the stream: every window closes, on both sides.
     flush = _flush(stream).with_columns(pl.col("ts").cast(pl.String))
@@ -272,7 +271,7 @@ def test_two_nodes_count_like_one_process(nodes, stream: pl.DataFrame, tmp_path:
     assert _published(shared) == want
     expected = httpx.get(f"{urls[1]}/api/v1/windows", params={"limit": 1000}).json()
     _wait_for_versions(urls, [expected])
-    closed = [datetime.fromtimestamp(w.window.start, UTC).isoformat() for w in
+    closed = [{"window": datetime.fromtimestamp(w.window.start, UTC).isoformat()} for w in
               single.store.windows() if w.closed][::2]  # fmt: skip
     assert _same_everywhere(urls, closed) > 0
     single.close()

@@ -25,7 +25,21 @@ from heatmap.store.postgres import (
 )
 
 # The same data and helpers as the SQLite store's contract tests: results must match.
-from tests.core.test_store import OPTS, T0, _pings, _published, _write  # noqa: E402
+from tests.core.test_store import (  # noqa: E402
+    BIG_CELL,
+    CELL0,
+    OPTS,
+    T0,
+    V3_LIVE,
+    V3_PENDING,
+    _pending_frame,
+    _pings,
+    _published,
+    _write,
+    check_release_state,
+    check_releases,
+    fill_old_store,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -38,13 +52,15 @@ def _sql(url: str, query: str) -> list[tuple]:
 def test_migrations_run_once_and_record_their_version(pg_url: str, make_settings) -> None:
     Heatmap(make_settings(db=pg_url)).close()
     Heatmap(make_settings(db=pg_url)).close()  # a second node: nothing to do
-    assert _sql(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
+    versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
+    assert versions == [(1,), (2,), (3,), (4,)]
     meta = dict(_sql(pg_url, "SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "1" and meta["window_s"] == "300"
+    assert meta["schema_version"] == "4" and meta["window_s"] == "300"
     tables = {
         r[0] for r in _sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
     assert tables >= {"meta", "windows", "device_state", "base_counts", "published", "batches"}
+    assert tables >= {"pending", "live", "releases", "live_cells"}
 
 
 def test_a_newer_schema_is_refused(pg_url: str, make_settings) -> None:
@@ -270,3 +286,117 @@ def test_the_change_token_moves_only_when_the_commit_is_visible(pg_url: str, mak
     assert [w.w for w in other.windows()] == [T0 // 300]
     writer.close()
     other.close()
+
+
+def test_release_state_follows_the_rules(pg_url: str, make_settings) -> None:
+    store = PostgresStore(make_settings(db=pg_url))
+    check_release_state(store, lambda query: _sql(pg_url, query))
+    store.close()
+
+
+def test_releases_are_kept_once_listed_and_announced(pg_url: str, make_settings) -> None:
+    store = PostgresStore(make_settings(db=pg_url))
+    check_releases(store)
+    other = PostgresStore(make_settings(db=pg_url))  # another node's view
+    before = other.change_token()
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        with store.transaction():
+            store.write_release(T0 + 600, b"", 0)
+            assert other.change_token() == before  # in flight: nothing visible yet
+        got = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in got] == [NOTIFY_CHANNEL]
+    assert other.change_token() > before
+    assert other.release_rows()[-1].tolist() == [T0 + 600, 0]
+    store.close()
+    other.close()
+
+
+def test_a_v1_store_migrates_to_release_state(pg_url: str, make_settings, monkeypatch) -> None:
+    """A store made by 0.3 (schema_migrations 1 only) opens with its windows intact and gains
+    the release state; versions 2 to 4 are recorded."""
+    import heatmap.store.postgres as pg
+
+    s = make_settings(db=pg_url)
+    with monkeypatch.context() as m:
+        m.setattr(pg, "MIGRATIONS", {1: pg.MIGRATIONS[1]})
+        old = PostgresStore(s)
+        read = fill_old_store(old)
+        before = read(old)
+        old.close()
+    assert _sql(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE tablename = 'live'")
+    store = PostgresStore(s)
+    versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
+    assert versions == [(1,), (2,), (3,), (4,)]
+    assert store.get_meta("schema_version") == "4"
+    assert read(store) == before
+    check_release_state(store, lambda query: _sql(pg_url, query))
+    check_releases(store)
+    store.close()
+
+
+def test_a_v3_store_with_live_rows_gains_the_cell_counter(
+    pg_url: str, make_settings, monkeypatch
+) -> None:
+    """A schema-3 store (release state, no live_cells) with live rows in their ts buckets and
+    pending rows migrates: the counter starts as a plain count of its live rows and follows the
+    contract from there (buckets dropped on expiry are counted out first)."""
+    import heatmap.store.postgres as pg
+
+    s = make_settings(db=pg_url)
+    with monkeypatch.context() as m:
+        m.setattr(pg, "MIGRATIONS", {v: pg.MIGRATIONS[v] for v in (1, 2, 3)})
+        PostgresStore(s).close()
+    with psycopg.connect(pg_url) as conn:  # one transaction, as a schema-3 store wrote them
+        for lo in sorted({ts // 60 * 60 for _, ts, _ in V3_LIVE}):
+            conn.execute(
+                f"CREATE TABLE live_{lo} PARTITION OF live FOR VALUES FROM ({lo}) TO ({lo + 60})"
+            )
+        for k in sorted({k for _, k, _, _ in V3_PENDING}):
+            conn.execute(f"CREATE TABLE pending_{k} PARTITION OF pending FOR VALUES IN ({k})")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO live (device, ts, cell) VALUES (%s, %s, %s)", V3_LIVE)
+            cur.executemany(
+                "INSERT INTO pending (device, k, ts, cell) VALUES (%s, %s, %s, %s)", V3_PENDING
+            )
+    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(3,)]
+    store = PostgresStore(s)
+    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(4,)]
+    assert sorted(_sql(pg_url, "SELECT cell, devices FROM live_cells")) == [
+        (CELL0, 2),
+        (CELL0 + 1, 2),
+        (BIG_CELL, 1),
+    ]
+    check_release_state(store, lambda query: _sql(pg_url, query))
+    store.close()
+
+
+def test_no_table_file_holds_a_hash_of_an_expired_device(
+    pg_url: str, pg_server, make_settings
+) -> None:
+    """Folded pending partitions and expired live buckets are dropped, so expired devices'
+    hashes leave the table files; devices that moved to a newer bucket are live, and their
+    hashes stay (positive control)."""
+    store = PostgresStore(make_settings(db=pg_url))
+    rng = np.random.default_rng(22)
+    hashes = rng.integers(2**62, 2**63 - 1, 600).tolist()
+    gone, kept = hashes[:300], hashes[300:]
+    rows = [(d, 100 + i % 3, (100 + i % 3) * 60 + i % 7, CELL0 + i % 5) for i, d in enumerate(gone)]
+    rows += [(d, 100, 100 * 60 + 1, CELL0) for d in kept]  # these move to a newer bucket below
+    with store.transaction():
+        store.add_pending(_pending_frame(rows))
+        assert store.fold_pending(103) == len(rows)
+    with store.transaction():
+        store.add_pending(_pending_frame([(d, 104, 104 * 60 + 5, CELL0 + 1) for d in kept]))
+        store.fold_pending(105)
+    before = _database_files(pg_server, pg_url)
+    little = [d.to_bytes(8, "little", signed=True) for d in hashes]
+    assert all(h in before for h in little)  # the probe sees them
+    with store.transaction():
+        assert store.expire_live(104 * 60) == len(gone)
+    files = _database_files(pg_server, pg_url)
+    assert not [h for h in little[:300] if h in files]
+    assert all(h in files for h in little[300:])
+    assert _sql(pg_url, "SELECT count(*), min(ts) FROM live") == [(300, 104 * 60 + 5)]
+    store.close()

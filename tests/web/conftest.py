@@ -64,8 +64,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ),
     )
     hm = Heatmap(settings)
-    hm.ingest_paths([pings], ParseOptions())
+    report = hm.ingest_paths([pings], ParseOptions())
     hm.close()
+    # The pages show the latest release ("now") and the closed windows: the file makes both.
+    if report.release is None or report.windows_closed < 3:
+        raise RuntimeError(f"the simulated store has no release or too few windows: {report}")
 
     app = create_app(settings)
     server = uvicorn.Server(

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from web_harness import Site, Watch, add_pings, wait_ready
+from playwright.sync_api import expect
+from web_harness import Site, Watch, add_pings, epoch, local_clock, tile_ref, wait_ready
 from web_pixels import band_masks, interior_point
 
 pytestmark = pytest.mark.browser
 
 MAP_CLIP = {"x": 0, "y": 0, "width": 930, "height": 800}  # left of the side panel
-
-
-def tile_window(url: str) -> str | None:
-    """Return the ``window`` parameter of a tile URL (None without one)."""
-    return parse_qs(urlsplit(url).query).get("window", [None])[0]
 
 
 def tile_requests(watch: Watch, fmt: str) -> list[str]:
@@ -58,8 +53,10 @@ def test_planner_loads_offline_without_console_errors(site: Site, desktop: Any) 
         text = li.inner_text()
         assert band["label"]["zh"] in text and band["label"]["en"] in text
         assert f"{band['min_km2']:,.0f}" in text
+    # The slider's stops: every closed window, then "Now" (the latest release).
     windows = site.get_json("/api/v1/windows")
-    assert page.get_attribute("#slider", "max") == str(windows["total"] - 1)
+    assert windows["latest_release"] is not None
+    assert page.get_attribute("#slider", "max") == str(windows["total"])
     stats = site.get_json("/api/v1/stats")
     assert f"{stats['people']:,.0f}" in page.inner_text("#totals")
     assert page.locator("#places li").count() >= 3
@@ -95,18 +92,24 @@ def test_time_slider_changes_the_tiles_window(site: Site, desktop: Any) -> None:
     page, watch = desktop
     page.goto(site.base + "/")
     wait_ready(page)
-    windows = [w["start"] for w in site.get_json("/api/v1/windows")["windows"]]  # newest first
+    listing = site.get_json("/api/v1/windows")
+    windows = [w["start"] for w in listing["windows"]]  # closed windows, newest first
     assert len(windows) >= 3
-    assert {tile_window(u) for u in tile_requests(watch, "png")} == {windows[0]}
+    # The page opens on "Now": the latest release, its tiles named by its tick.
+    now = ("release", listing["latest_release"]["as_of"])
+    assert {tile_ref(u) for u in tile_requests(watch, "png")} == {now}
     label = page.inner_text("#window-label")
 
-    with page.expect_request(lambda r: "/tiles/" in r.url and tile_window(r.url) == windows[-1]):
+    def shows(start: str) -> Any:
+        return lambda r: "/tiles/" in r.url and tile_ref(r.url) == ("window", start)
+
+    with page.expect_request(shows(windows[-1])):
         page.focus("#slider")
         page.keyboard.press("Home")  # keyboard: the slider is a native range input
     assert page.input_value("#slider") == "0"
     assert page.inner_text("#window-label") != label
 
-    with page.expect_request(lambda r: "/tiles/" in r.url and tile_window(r.url) == windows[-2]):
+    with page.expect_request(shows(windows[-2])):
         page.click("#play")
     assert page.get_attribute("#play", "aria-pressed") == "true"
     page.click("#play")
@@ -134,12 +137,13 @@ def test_click_on_a_hexagon_opens_its_popup_with_the_api_numbers(site: Site, des
     assert f"{answer['density_km2']:,.0f}" in text
     assert answer["label"]["zh"] in text and answer["label"]["en"] in text
     assert answer["cell"] in text
-    # The popup asked for the painted hexagon: the resolution drawn at this zoom, this window.
+    # The popup asked for the painted hexagon: the resolution drawn at this zoom, this release.
     query = parse_qs(urlsplit(resp.url).query)
     cfg = json.loads(page.text_content("#heatmap-config"))
     zoom = 10  # the planner opens at city zoom and the test did not zoom
     assert query["res"] == [str(cfg["zoomToRes"][zoom])]
-    assert query["window"] == [site.get_json("/api/v1/windows")["latest"]["start"]]
+    assert query["release"] == [site.get_json("/api/v1/windows")["latest_release"]["as_of"]]
+    assert "window" not in query
     # ... and what it shows is the API's answer, unchanged.
     assert site.get_json(resp.url[len(site.base) :]) == answer
 
@@ -152,26 +156,52 @@ def test_click_on_a_hexagon_opens_its_popup_with_the_api_numbers(site: Site, des
     page.wait_for_selector(f".leaflet-popup .popup[data-cell='{centre['cell']}']")
 
 
-def test_live_window_refreshes_without_reload(site: Site, desktop: Any) -> None:
+def test_live_release_refreshes_without_reload(site: Site, desktop: Any) -> None:
     page, watch = desktop
     page.clock.install()  # real time flows; fast_forward fires the refresh timer at once
     page.goto(site.base + "/")
     wait_ready(page)
-    latest = site.get_json("/api/v1/windows")["latest"]
-    assert not latest["complete"], "the newest simulated window should still be open"
-    before = site.get_json("/api/v1/stats")["people"]
-    loads = len(watch.requests)
+    poll_ms = json.loads(page.text_content("#heatmap-config"))["pollMs"]
+    release = site.get_json("/api/v1/windows")["latest_release"]
+    assert release is not None and release["kind"] == "release"
+    before = site.get_json("/api/v1/stats")
+    assert before["window"] == release
+    assert local_clock(release["as_of"], site.settings.tz) in page.inner_text("#window-label")
+    expect(page.locator("#totals")).to_contain_text(f"{before['people']:,.0f}")
 
-    # More people arrive in the open window (another writer on the same store).
-    start = datetime.fromisoformat(latest["start"].replace("Z", "+00:00"))
-    add_pings(site, int(start.timestamp()) + 200, devices=400)
+    # Between ticks nothing changes: a poll finds the same release and loads nothing new.
+    loads = len(watch.requests)
+    with page.expect_response(lambda r: "/api/v1/windows" in r.url):
+        page.clock.fast_forward(poll_ms + 1)
+    page.wait_for_timeout(200)
+    assert not [u for u in watch.requests[loads:] if "/tiles/" in u or "/api/v1/stats" in u]
+
+    # Another writer streams pings: people arrive near People's Square just before the next
+    # tick, and the input passes that tick plus the grace, so the service makes its release.
+    # The file's release is the latest tick its input passed by the grace, so the next tick
+    # is the first one pings after the input can pass (the crowd stays in its horizon).
+    s = site.settings
+    tick = epoch(release["as_of"]) + s.release_s
+    add_pings(site, [tick - 30, tick + s.release_grace_s + 1], devices=400)
     # Another process's commit is seen within the catalog's check period (well under 1 s).
     deadline = time.monotonic() + 2.0
-    while site.get_json("/api/v1/stats")["people"] <= before and time.monotonic() < deadline:
+    while (
+        site.get_json("/api/v1/windows")["latest_release"] == release
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    assert site.get_json("/api/v1/stats")["people"] > before
+    new = site.get_json("/api/v1/windows")["latest_release"]
+    assert epoch(new["as_of"]) == tick
+    after = site.get_json("/api/v1/stats")
+    assert after["window"] == new and after["people"] != before["people"]
 
-    with page.expect_request(lambda r: "/tiles/" in r.url and "v=1" in r.url):
-        page.clock.fast_forward(json.loads(page.text_content("#heatmap-config"))["pollMs"] + 1)
-    assert all(tile_window(u) == latest["start"] for u in tile_requests(watch, "png")[loads:])
+    # The page, without reload, moves to the new release: its tiles, label and totals.
+    loads = len(watch.requests)
+    now = ("release", new["as_of"])
+    with page.expect_request(lambda r: "/tiles/" in r.url and tile_ref(r.url) == now):
+        page.clock.fast_forward(poll_ms + 1)
+    page.wait_for_load_state("networkidle")
+    assert all(tile_ref(u) == now for u in tile_requests(watch, "png")[loads:])
+    expect(page.locator("#window-label")).to_contain_text(local_clock(new["as_of"], s.tz))
+    expect(page.locator("#totals")).to_contain_text(f"{after['people']:,.0f}")
     assert page.url == site.base + "/"  # no reload

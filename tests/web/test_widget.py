@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from web_harness import Site, open_page, wait_ready
+from web_harness import Site, local_clock, open_page, tile_ref, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -44,6 +44,13 @@ def test_widget_shows_a_places_crowding_and_best_time(site: Site, phone: Any, la
     assert all(b["label"][lang] in page.inner_text("#legend") for b in legend["bands"])
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
     assert any("/tiles/" in u and u.split("?")[0].endswith(".png") for u in watch.requests)
+    # "Updated" is the time the numbers hold for: the latest release's tick, whose tiles it shows.
+    release = detail["window"]
+    assert release["kind"] == "release"
+    updated = page.inner_text("#card .updated")
+    assert updated.endswith(local_clock(release["as_of"], site.settings.tz)), updated
+    tiles = [u for u in watch.requests if "/tiles/" in u]
+    assert {tile_ref(u) for u in tiles} == {("release", release["as_of"])}
     assert not watch.page_errors, watch.page_errors
 
 

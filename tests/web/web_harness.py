@@ -2,7 +2,9 @@
 
 The app runs in-process (uvicorn in a thread) on a free 127.0.0.1 port, on a temporary store
 filled with simulated pings at a busy hour (14:00 Shanghai), scaled to 24 million people so the
-four bands all appear at city zoom. Every browser request is checked: anything not addressed to
+four bands all appear at city zoom. The file ingest closes four windows and makes one release
+("now"), at the last window boundary its input has passed (14:00); the fifth window still fills
+and is not served. Every browser request is checked: anything not addressed to
 127.0.0.1 is aborted and recorded, and the test fails.
 """
 
@@ -15,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -27,7 +29,7 @@ CHROMIUM = os.environ.get("HEATMAP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SIM_START = datetime(2026, 11, 27, 5, 40, tzinfo=UTC)  # 13:40 in Shanghai: a busy afternoon
 SIM_DEVICES = 30_000
-SIM_HOURS = 0.4  # five 5-minute windows, the last one still open
+SIM_HOURS = 0.4  # four closed 5-minute windows, the release at their end, one window filling
 EXPANSION = 800.0  # 30,000 devices x 800 = 24 million people
 
 
@@ -133,8 +135,31 @@ def wait_ready(page: Any, timeout_ms: int = 20_000) -> None:
     page.wait_for_load_state("networkidle", timeout=timeout_ms)
 
 
-def add_pings(site: Site, ts: int, devices: int) -> None:
-    """Ingest ``devices`` new devices around People's Square at epoch ``ts`` into the store."""
+def epoch(iso: str) -> int:
+    """Return epoch seconds of an ISO-8601 time of the API (``...Z`` or with an offset)."""
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def local_clock(iso: str, tz: str) -> str:
+    """Return ``HH:MM`` of an ISO-8601 time in the service's time zone (what the pages show)."""
+    when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return when.astimezone(ZoneInfo(tz)).strftime("%H:%M")
+
+
+def tile_ref(url: str) -> tuple[str, str] | None:
+    """Return what a tile URL names: ``("release", as_of)``, ``("window", start)`` or None."""
+    query = parse_qs(urlsplit(url).query)
+    for kind in ("release", "window"):
+        if kind in query:
+            return kind, query[kind][0]
+    return None
+
+
+def add_pings(site: Site, times: list[int], devices: int) -> None:
+    """Commit one batch from another writer on the store (what ``POST /api/v1/pings`` does):
+    ``devices`` new devices around People's Square, each pinging at every epoch time in
+    ``times``. A batch makes the release of the latest tick its input has passed plus the grace.
+    """
     import numpy as np
     import polars as pl
 
@@ -142,18 +167,18 @@ def add_pings(site: Site, ts: int, devices: int) -> None:
     from heatmap.service import Heatmap
 
     rng = np.random.default_rng(5)
+    lat = 31.2304 + rng.normal(0, 0.003, devices)
+    lng = 121.4737 + rng.normal(0, 0.003, devices)
     frame = pl.DataFrame(
         {
-            "device_id": [f"late-arrival-{i}" for i in range(devices)],
-            "ts": np.full(devices, ts, dtype=np.int64),
-            "lat": 31.2304 + rng.normal(0, 0.003, devices),
-            "lng": 121.4737 + rng.normal(0, 0.003, devices),
+            "device_id": [f"late-arrival-{i}" for i in range(devices)] * len(times),
+            "ts": np.repeat(np.asarray(times, dtype=np.int64), devices),
+            "lat": np.tile(lat, len(times)),
+            "lng": np.tile(lng, len(times)),
         }
     )
-    path = Path(site.settings.db).parent / f"more-{ts}.parquet"
-    frame.write_parquet(path)
     hm = Heatmap(site.settings)
     try:
-        hm.ingest_paths([path], ParseOptions())
+        hm.ingest_frame(frame, ParseOptions())
     finally:
         hm.close()

@@ -17,9 +17,25 @@
     return s ? base + "?" + s : base;
   };
 
+  /* Return the query parameters naming what an answer's ``window`` object describes: a
+     release by its tick (?release=as_of), a closed window by its start (?window=start). Both
+     name answers that never change (immutable URLs); no object names the latest release. */
+  H.refOf = function (w) {
+    if (!w) return { window: null, release: null };
+    return w.kind === "release" ? { window: null, release: w.as_of } : { window: w.start, release: null };
+  };
+
+  /* Return the words of a ``window`` object: "Now · updated 14:05" for a release (its tick,
+     in the service's time zone), "11-27 13:55–14:00 · complete" for a closed window. */
+  H.describeWindow = function (w, t, fmtTime, fmtClock) {
+    if (!w) return t.no_data;
+    if (w.kind === "release") return t.now_updated.replace("{time}", fmtClock(w.as_of));
+    return fmtTime(w.start) + "–" + fmtClock(w.end) + " · " + t.closed;
+  };
+
   /* GET a JSON document; a non-2xx answer throws an Error carrying the API's reason.
      fresh: revalidate with the server (ETag, usually a 304) instead of trusting the HTTP cache;
-     for polling the live window. */
+     for polling the latest release. */
   H.getJSON = async function (url, params, fresh) {
     const r = await fetch(params ? H.withQuery(url, params) : url, {
       credentials: "omit",

@@ -1,6 +1,9 @@
-/* The planner map: density layer (PNG or MVT), time slider with play/pause over the stored
-   windows, live refresh, popup on click, city totals, top places, export of the view.
-   Every URL comes from the server (cfg); tile templates come from its TileJSON. */
+/* The planner map: density layer (PNG or MVT), time slider with play/pause over the closed
+   windows and, at its right end, "Now" (the latest release), live refresh, popup on click,
+   city totals, top places, export of the view.
+   Every URL comes from the server (cfg); tile templates come from its TileJSON. A release and a
+   closed window never change, so every request names one (?release= or ?window=) and its
+   answer can be cached for good; only the poll of /api/v1/windows asks for the latest. */
 (function () {
   "use strict";
   const H = window.HeatmapCommon;
@@ -17,11 +20,11 @@
       layer: null,
       layerUrl: "",
       bands: {},
-      windows: [], // oldest first: {start, end, complete}
+      windows: [], // closed windows, oldest first: {start, end, complete, kind, as_of, horizon_s}
+      release: null, // the latest release ("Now"), or null before the first one
+      items: [], // the slider's stops: the closed windows, then the release
       index: -1,
-      follow: true, // showing the newest window, and moving with it
-      liveSig: "", // changes when the newest window's published numbers change
-      v: 0, // cache buster of the open window's tiles
+      follow: true, // showing "Now", and moving to each new release
       stats: null,
       play: null,
     };
@@ -38,7 +41,8 @@
       style: { color: "#4a4a4a", weight: 1.2, opacity: 0.7, fill: false },
     }).addTo(map), () => {});
 
-    const current = () => S.windows[S.index] || null;
+    const current = () => S.items[S.index] || null;
+    const last = () => S.items.length - 1;
     const resAtZoom = () => cfg.zoomToRes[Math.round(map.getZoom())];
     const colour = (band) => (S.bands[band] ? S.bands[band].color : "#888");
 
@@ -54,9 +58,7 @@
     }
 
     function tileUrl() {
-      const w = current();
-      const open = w && !w.complete;
-      return H.withQuery(template(), { window: w ? w.start : null, v: open ? S.v : null });
+      return H.withQuery(template(), H.refOf(current()));
     }
 
     function makeLayer(url) {
@@ -83,8 +85,8 @@
       }));
     }
 
-    /* Show the tiles of the selected window; the old layer stays until the new one has loaded,
-       so playing through history does not flash. */
+    /* Show the tiles of the selected window or release; the old layer stays until the new one
+       has loaded, so playing through history or moving to a new release does not flash. */
     function showTiles() {
       if (!S.tj[S.fmt] || !current()) return;
       const url = tileUrl();
@@ -106,20 +108,28 @@
       showTiles();
     }
 
-    // -- windows and the time slider ------------------------------------------------------------
+    // -- closed windows, the latest release and the time slider --------------------------------
     const slider = $("slider");
+    const describe = (w) => H.describeWindow(w, t, fmtTime, fmtClock);
+    const sameStop = (a, b) => a.kind === b.kind && (a.kind === "release" || a.start === b.start);
 
-    function mergeWindows(list) {
+    /* Merge a page of /api/v1/windows (closed windows, newest first, and latest_release).
+       Returns true when the slider's stops changed: a window closed or a new release was made. */
+    function mergeWindows(page) {
       const shown = current();
       const byStart = new Map(S.windows.map((w) => [w.start, w]));
-      for (const w of list) byStart.set(w.start, w);
+      for (const w of page.windows) byStart.set(w.start, w);
       const all = [...byStart.values()].sort((a, b) => (a.start < b.start ? -1 : 1));
-      const grew = all.length !== S.windows.length;
+      const release = page.latest_release || S.release;
+      const changed = all.length !== S.windows.length ||
+        (release ? release.as_of : null) !== (S.release ? S.release.as_of : null);
       S.windows = all.slice(-cfg.maxWindows);
-      slider.max = String(Math.max(S.windows.length - 1, 0));
-      if (S.follow || !shown) S.index = S.windows.length - 1;
-      else S.index = Math.max(0, S.windows.findIndex((w) => w.start === shown.start));
-      return grew;
+      S.release = release;
+      S.items = release ? [...S.windows, release] : S.windows;
+      slider.max = String(Math.max(last(), 0));
+      if (S.follow || !shown) S.index = last();
+      else S.index = Math.max(0, S.items.findIndex((w) => sameStop(w, shown)));
+      return changed;
     }
 
     function showWindowLabel() {
@@ -128,9 +138,9 @@
         $("window-label").textContent = t.no_data;
         return;
       }
-      const text = fmtTime(w.start) + "–" + fmtClock(w.end) + " · " +
-        (w.complete ? t.closed : t.partial) + (S.follow ? " · " + t.live : "");
+      const text = describe(w);
       $("window-label").textContent = text;
+      $("window-label").dataset.kind = w.kind;
       slider.setAttribute("aria-valuetext", text);
       slider.value = String(S.index);
       $("live").disabled = S.follow;
@@ -138,8 +148,8 @@
 
     let panelTimer = null;
     function select(i) {
-      S.index = Math.max(0, Math.min(i, S.windows.length - 1));
-      S.follow = S.index === S.windows.length - 1;
+      S.index = Math.max(0, Math.min(i, last()));
+      S.follow = S.index === last();
       showWindowLabel();
       showTiles();
       updateExport();
@@ -148,29 +158,24 @@
     }
 
     slider.addEventListener("input", () => select(Number(slider.value)));
-    $("live").addEventListener("click", () => select(S.windows.length - 1));
+    $("live").addEventListener("click", () => select(last()));
 
     function setPlaying(on) {
       const btn = $("play");
       clearInterval(S.play);
-      S.play = on ? setInterval(() => select((S.index + 1) % S.windows.length), cfg.playMs) : null;
+      S.play = on ? setInterval(() => select((S.index + 1) % S.items.length), cfg.playMs) : null;
       btn.setAttribute("aria-pressed", String(on));
       btn.querySelector(".icon").textContent = on ? "⏸" : "▶";
       btn.querySelector(".text").textContent = on ? t.pause : t.play;
     }
     $("play").addEventListener("click", () => setPlaying(!S.play));
 
-    // -- live refresh: new windows, and new numbers in the open one ----------------------------
+    // -- live refresh: a new release (every HEATMAP_RELEASE_S), newly closed windows ----------------
     async function poll() {
       try {
         const page = await H.getJSON(cfg.api.windows, { limit: 3 }, true);
-        const grew = mergeWindows(page.windows);
-        const stats = await H.getJSON(cfg.api.stats, null, true);
-        const sig = [stats.window.start, stats.people, stats.published_cells].join("|");
-        const changed = S.liveSig && sig !== S.liveSig;
-        S.liveSig = sig;
-        if (changed) S.v += 1;
-        if (S.follow && (grew || changed)) select(S.windows.length - 1);
+        const changed = mergeWindows(page);
+        if (S.follow && changed) select(last());
         else showWindowLabel();
         status("");
       } catch (err) {
@@ -219,8 +224,8 @@
       if (!w) return;
       try {
         const [stats, places] = await Promise.all([
-          H.getJSON(cfg.api.stats, { window: w.start }),
-          H.getJSON(cfg.api.places, { window: w.start }),
+          H.getJSON(cfg.api.stats, H.refOf(w)),
+          H.getJSON(cfg.api.places, H.refOf(w)),
         ]);
         if (current() !== w) return; // the slider moved on meanwhile
         S.stats = stats;
@@ -241,14 +246,19 @@
         [t.band, H.el("span", {}, band ? H.swatch(band.color) : null, H.label(d.label, lang))],
         [t.people, d.suppressed ? "–" : H.num(lang, d.people)],
         [t.density, d.suppressed ? "–" : H.num(lang, d.density_km2) + " " + t.per_km2],
-        [t.window, fmtTime(d.window.start) + "–" + fmtClock(d.window.end) + " · " +
-          (d.window.complete ? t.closed : t.partial)],
+        [t.time, describeLong(d.window)],
         [t.trend, H.trendText(trend, t) + change],
         [t.cell, d.cell + " (res " + d.res + ")"],
       ];
       const dl = H.el("dl", { class: "popup", "data-cell": d.cell, "data-people": d.people });
       for (const [k, v] of rows) dl.append(H.el("dt", { text: k }), H.el("dd", {}, v));
       return dl;
+    }
+
+    /* A window object's words with, for a release, the span it counts (its horizon). */
+    function describeLong(w) {
+      if (w.kind !== "release") return describe(w);
+      return describe(w) + " (" + t.last_min.replace("{n}", H.num(lang, w.horizon_s / 60, 1)) + ")";
     }
 
     /* Open the popup of the hexagon drawn at a point (at ``zoom``: the map may still be
@@ -258,10 +268,9 @@
       const res = cfg.zoomToRes[Math.round(zoom === undefined ? map.getZoom() : zoom)];
       const popup = L.popup({ maxWidth: 320 }).setLatLng(latlng).setContent(t.loading).openOn(map);
       try {
-        const d = await H.getJSON(cfg.api.density, {
+        const d = await H.getJSON(cfg.api.density, Object.assign({
           lat: latlng.lat.toFixed(6), lng: latlng.lng.toFixed(6), res: res,
-          window: w ? w.start : null,
-        });
+        }, H.refOf(w)));
         popup.setContent(popupContent(d));
       } catch (err) {
         popup.setContent(t.error + ": " + err.message);
@@ -274,7 +283,7 @@
       const w = current();
       const popup = L.popup({ maxWidth: 320 }).setLatLng([p.lat, p.lng]).setContent(t.loading).openOn(map);
       try {
-        const d = await H.getJSON(cfg.api.place + encodeURIComponent(p.id), { window: w ? w.start : null });
+        const d = await H.getJSON(cfg.api.place + encodeURIComponent(p.id), H.refOf(w));
         const band = d.now.band ? S.bands[d.now.band] : null;
         const best = d.best_time_today;
         const usual = d.usual && d.usual.busier_than_usual;
@@ -284,7 +293,7 @@
           [t.trend, H.trendText(d.trend, t) +
             (usual === null || usual === undefined ? "" : " · " + (usual ? t.vs_usual_busier : t.vs_usual_not))],
           [t.best_time, best ? fmtClock(best.start) + "–" + fmtClock(best.end) + " · " + H.label(best.label, lang) : "–"],
-          [t.window, fmtTime(d.window.start) + "–" + fmtClock(d.window.end)],
+          [t.time, describeLong(d.window)],
         ];
         const dl = H.el("dl", { class: "popup", "data-place": d.id, "data-people": d.now.people });
         for (const [k, v] of rows) dl.append(H.el("dt", { text: k }), H.el("dd", {}, v));
@@ -306,8 +315,7 @@
       const clip = (v, lo, hi) => Math.max(lo, Math.min(hi, v)).toFixed(5);
       const bbox = [clip(b.getWest(), -180, 180), clip(b.getSouth(), -85, 85),
         clip(b.getEast(), -180, 180), clip(b.getNorth(), -85, 85)].join(",");
-      const w = current();
-      return H.withQuery(cfg.api.cells, { bbox: bbox, res: resAtZoom(), window: w ? w.start : null });
+      return H.withQuery(cfg.api.cells, Object.assign({ bbox: bbox, res: resAtZoom() }, H.refOf(current())));
     }
 
     function updateExport() {
@@ -332,7 +340,9 @@
       msg.textContent = t.loading;
       try {
         const fc = await H.getJSON(e.currentTarget.href);
-        const stamp = fc.window.start.replace(/[:]/g, "").replace(/Z$/, "");
+        // Named by the time the numbers hold for: a release's tick, a closed window's start.
+        const at = fc.window.kind === "release" ? fc.window.as_of : fc.window.start;
+        const stamp = at.replace(/[:]/g, "").replace(/Z$/, "");
         const body = kind === "csv" ? toCsv(fc) : JSON.stringify(fc);
         const type = kind === "csv" ? "text/csv" : "application/geo+json";
         const a = H.el("a", {
@@ -372,11 +382,11 @@
         $("privacy").textContent = t.privacy.replace("{k}", legend.k_min) +
           (legend.dp_epsilon ? " ε = " + legend.dp_epsilon : "");
         const page = await H.getJSON(cfg.api.windows, { limit: cfg.maxWindows });
-        mergeWindows(page.windows);
+        mergeWindows(page);
         S.tj.png = await H.getJSON(cfg.tilejson.png);
         const checked = document.querySelector('input[name="format"]:checked');
         await setFormat(checked ? checked.value : "png");
-        select(S.windows.length - 1);
+        select(last());
         clearTimeout(panelTimer);
         await loadPanel();
         await poll();

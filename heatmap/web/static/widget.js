@@ -10,7 +10,7 @@
     const lang = cfg.lang;
     const $ = (id) => document.getElementById(id);
     const fmtClock = H.timeFormat(lang, cfg.tz, false);
-    const S = { places: [], bands: {}, tpl: null, layer: null, shown: null, marker: null, v: 0, start: null };
+    const S = { places: [], bands: {}, tpl: null, layer: null, layerUrl: "", shown: null, marker: null };
     const nameOf = (p) => (lang === "en" ? p.name.en : p.name.zh);
     const otherName = (p) => (lang === "en" ? p.name.zh : p.name.en);
 
@@ -18,16 +18,18 @@
     $("map-slot").append(map.getContainer());
     map.invalidateSize();
 
-    // -- density tiles, refreshed with the live window -----------------------------------------
-    function showTiles(window, bump) {
-      const open = window && !window.complete;
-      const start = window ? window.start : null;
-      if (S.layer && start === S.start && !(bump && open)) return;
-      if (bump && open) S.v += 1;
-      S.start = start;
-      const url = H.withQuery(S.tpl, { window: S.start, v: open ? S.v : null });
-      if (S.layer) S.layer.setUrl(url);
-      else S.layer = L.tileLayer(url, { pane: "density", maxNativeZoom: cfg.maxZoom, attribution: cfg.attribution }).addTo(map);
+    // -- density tiles of the answer shown: a release by its tick (?release=), which never changes --
+    function showTiles(w) {
+      const url = H.withQuery(S.tpl, H.refOf(w));
+      if (S.layer && url === S.layerUrl) return;
+      // A new release: the old layer stays until the new one has loaded (no flash).
+      const old = S.layer;
+      S.layerUrl = url;
+      S.layer = L.tileLayer(url, { pane: "density", maxNativeZoom: cfg.maxZoom, attribution: cfg.attribution });
+      const drop = () => { if (old && S.layer !== old) map.removeLayer(old); };
+      S.layer.once("load", drop);
+      setTimeout(drop, 5000);
+      S.layer.addTo(map);
     }
 
     // -- the card ----------------------------------------------------------------------------------
@@ -67,7 +69,7 @@
         bestLine,
         forecast.childElementCount ? H.el("p", { class: "small", text: t.forecast }) : null,
         forecast.childElementCount ? forecast : null,
-        H.el("p", { class: "small", text: t.updated + " " + fmtClock(d.window.end) }));
+        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }));
       card.dataset.place = d.id;
       showTiles(d.window);
     }
@@ -77,7 +79,7 @@
         H.el("h2", { text: title }),
         bandLine(d.label, d.band),
         H.el("p", { class: "facts", text: (d.suppressed ? "" : "≈ " + H.num(lang, d.people) + " " + t.people_unit + " · ") + t.trend + ": " + H.trendText(d.trend, t) }),
-        H.el("p", { class: "small", text: t.updated + " " + fmtClock(d.window.end) }));
+        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }));
       delete $("card").dataset.place;
       showTiles(d.window);
     }
@@ -167,13 +169,13 @@
     function refresh() {
       const s = S.shown;
       if (!s) return;
-      const done = (d) => showTiles(d.window, true);
+      // The latest release: the card and its tiles move to a new one when it is made.
       if (s.place) {
         H.getJSON(cfg.api.place + encodeURIComponent(s.place), null, true)
-          .then((d) => { showPlace(d); done(d); }, () => {});
+          .then(showPlace, () => {});
       } else {
         H.getJSON(cfg.api.density, { lat: s.lat.toFixed(6), lng: s.lng.toFixed(6) }, true)
-          .then((d) => { showPoint(d, s.title); done(d); }, () => {});
+          .then((d) => showPoint(d, s.title), () => {});
       }
     }
 
