@@ -26,8 +26,18 @@ SCRIPTS = {
     "serve": ("Serving over HTTP", []),
     "scale": ("Scale: Dask engine and the national estimate", []),
     "load": ("Load: mixed traffic at rising concurrency", []),
+    "live": ("Live: POSTed batches, releases", []),
+    "privacy": ("Privacy: cells withheld, leaks and error of public values, 0.3.0 vs now", []),
 }
-TIMEOUT_S = {"ingest": 600, "tiles": 600, "serve": 300, "scale": 900, "load": 600}
+TIMEOUT_S = {
+    "ingest": 600,
+    "tiles": 600,
+    "serve": 300,
+    "scale": 900,
+    "load": 600,
+    "live": 1500,
+    "privacy": 600,
+}
 
 
 def main() -> None:

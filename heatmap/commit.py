@@ -2,8 +2,9 @@
 
 A *unit* (one file, one POSTed batch, one backfill) is committed in one write transaction of
 the store: its positions merge with the durable state of open windows, the watermark advances
-only after the whole unit is in, then every window it completes closes: counts and published
-values are written and the window's device state (keyed hashes) is deleted. The rules live
+only after the whole unit is in, then every window it completes closes, together with the
+unit's release (so public answers change only at ticks): counts and published values are
+written and the window's device state (keyed hashes) is deleted. The rules live
 here; the store (:mod:`heatmap.store`) only persists and reads.
 
 **Releases** ("now"). A release at tick ``t`` (a multiple of ``release_s``) counts each device
@@ -163,7 +164,12 @@ def commit_unit(
         unit_ws = set(windows_of(positions))
         stored_open = set(store.open_window_ids())
         every = unit_ws | stored_open
-        closing = sorted(w for w in every if wm is not None and (w + 1) * policy.window_s <= wm)
+        # Windows close with a release (or, without a clock, at once): public answers change
+        # only at ticks, and the release at a window's end has already published its span.
+        may_close = clock is None or result.release is not None
+        closing = sorted(
+            w for w in every if may_close and wm is not None and (w + 1) * policy.window_s <= wm
+        )
         staying = sorted(unit_ws - set(closing))
         if closing:
             state_deleted |= close_stored(store, closing, positions, stored_open, policy, ahead)

@@ -208,13 +208,14 @@ def published_to_snapshots(
     return snaps
 
 
-def version_of(window: Window, counter: int, policy: PublishPolicy) -> str:
-    """Return a short version string for a window's snapshot.
+def version_of(window: Window, counter: int, policy: PublishPolicy, store: str = "") -> str:
+    """Return a short version string for a window's or release's snapshot.
 
-    It changes with the window's data (``counter``) and with any field of the publishing policy
-    (its ``fingerprint``), so a client never revalidates changed bytes to a 304.
+    It changes with the data (``counter``), with any field of the publishing policy (its
+    ``fingerprint``) and with the store (its identity), so caches keyed by version (tiles,
+    tile indexes, cell centres) never hand one snapshot's work to another.
     """
-    key = f"{window.start}:{window.end}:{counter}:{policy.fingerprint}"
+    key = f"{window.start}:{window.end}:{counter}:{policy.fingerprint}:{store}"
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 

@@ -48,8 +48,6 @@ class Reader:
         The store to read (shared with the writer in one process).
     settings : Settings
         The service settings; published values follow their :class:`PublishPolicy`.
-    key : bytes
-        The service key; seeds the open window's noise so a version always reads the same.
     on_build : callable, optional
         Receives the seconds spent whenever a snapshot set had to be built or loaded.
     """
@@ -61,13 +59,12 @@ class Reader:
         self,
         store: Store,
         settings: Settings,
-        key: bytes,
         on_build: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.policy = PublishPolicy.from_settings(settings)
-        self.key = key
+        self.store_id = store.identity()
         self.catalog = WindowCatalog(store, settings.window_s, settings.horizon)
         self.on_build = on_build
         self.last_build_s = 0.0
@@ -80,7 +77,7 @@ class Reader:
     @classmethod
     def of(cls, hm: Heatmap, on_build: Callable[[float], None] | None = None) -> Reader:
         """Return a reader over the store a :class:`Heatmap` writes to."""
-        return cls(hm.store, hm.settings, hm.key, on_build)
+        return cls(hm.store, hm.settings, on_build)
 
     def close(self) -> None:
         """Stop the catalog's refresher (the store belongs to its opener)."""
@@ -225,7 +222,7 @@ class Reader:
 
     def _build(self, info: WindowInfo) -> dict[int, Snapshot]:
         policy = self.policy
-        version = version_of(info.window, info.version, policy)
+        version = version_of(info.window, info.version, policy, self.store_id)
         if info.is_release:
             pub = self.store.read_release(info.w, info.window) or Published(info.window, _EMPTY)
         elif info.closed:

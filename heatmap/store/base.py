@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +208,21 @@ class Store(abc.ABC):
         backend tracks those itself). The default does nothing.
         """
         del state_deleted  # nothing lingers
+
+    def identity(self) -> str:
+        """Return this store's identity: a random id made once and kept in its metadata.
+
+        Snapshot versions include it, so two stores never share a version (and with it a cached
+        index or centre table) in one process, whatever their windows and counters.
+        """
+        have = self.get_meta("store_id")
+        if have is None:
+            with self.transaction():
+                have = self.get_meta("store_id")
+                if have is None:
+                    have = secrets.token_hex(8)
+                    self.set_meta("store_id", have)
+        return have
 
     def check_compatible(self) -> None:
         """Refuse a store built with a different window length or base resolution."""

@@ -95,6 +95,9 @@ class SQLiteStore(SQLiteReleases, Store):
                 "secure_delete=ON",
                 "foreign_keys=ON",
                 "busy_timeout=30000",
+                # The writer's page cache (default 2 MB): 128 MiB keeps the live table's index
+                # hot, which halves the per-release fold at a million live devices.
+                "cache_size=-131072",
             ):
                 self._conn.execute(f"PRAGMA {pragma}")
             self._migrate()

@@ -998,12 +998,12 @@ def test_releases_are_kept_for_release_keep_s(make_client) -> None:  # type: ign
         assert r.status_code == 404, (iso(t), r.status_code, r.text[:200])
 
 
-def test_a_window_closing_between_ticks_changes_only_the_list_of_windows(make_client) -> None:  # type: ignore[no-untyped-def]
-    """A window that closes between two releases changes ``/api/v1/windows`` and nothing else.
+def test_a_window_closes_with_a_release_not_between_ticks(make_client) -> None:  # type: ignore[no-untyped-def]
+    """A window whose end plus the lateness is passed closes with the next release.
 
-    With the defaults the window ``[t0 + 300, t0 + 600)`` closes when the input reaches
-    ``t0 + 720`` (its end plus the lateness), five seconds before the release at ``t0 + 720`` is
-    due: the release-based answers (tiles, cells, density, stats, places) must not move then.
+    With the defaults the watermark passes the end of ``[t0 + 300, t0 + 600)`` when the input
+    reaches ``t0 + 720`` (its end plus the lateness), five seconds before the release at
+    ``t0 + 720`` is due: no public answer may move then, the window list included.
     """
     client = make_client()
     t0 = start_of_stream()
@@ -1024,10 +1024,15 @@ def test_a_window_closing_between_ticks_changes_only_the_list_of_windows(make_cl
             batch = pl.concat([batch, newcomers])
         assert post(client, batch).status_code == 200
     wins = [epoch(w["start"]) for w in get_json(client, "/api/v1/windows")["windows"]]
-    assert t0 + 300 in wins  # the closing happened, between the ticks
+    assert t0 + 300 not in wins  # the watermark passed its end, but no release yet
     after = public_answers(client, lat, lng)
     changed = sorted(url for url in before if after[url] != before[url])
-    assert changed == ["/api/v1/windows"], changed
+    assert changed == [], changed
+    # The next release closes it.
+    assert post(client, between(crowd, t + RELEASE_S + GRACE_S, t + 80)).status_code == 200
+    wait_for_release(client, t + RELEASE_S)
+    wins = [epoch(w["start"]) for w in get_json(client, "/api/v1/windows")["windows"]]
+    assert t0 + 300 in wins
 
 
 def test_a_release_is_made_when_the_input_reaches_the_tick_plus_grace(make_client) -> None:  # type: ignore[no-untyped-def]
