@@ -216,16 +216,23 @@ def release_due(
     floor = max(due, last_t if last_t is not None else due) - clock.horizon_s
     # Positions older than every coming release's horizon would be dropped at once: skip them.
     rows = positions.filter(pl.col("ts") >= floor) if positions.height else positions
+    releasing = last_t is None or due > last_t
     if rows.height:
-        store.add_pending(
-            rows.select(
-                "device",
-                k=pl.col("ts") // clock.release_s,
-                ts="ts",
-                cell=pl.col("cell").cast(pl.UInt64),
-            )
+        rows = rows.select(
+            "device",
+            k=pl.col("ts") // clock.release_s,
+            ts="ts",
+            cell=pl.col("cell").cast(pl.UInt64),
         )
-    if last_t is not None and due <= last_t:
+        if releasing:
+            # Slots folded by this very release need only each device's latest row (the fold
+            # keeps the latest anyway): a file's tail then writes one row per device, not one
+            # per slot.
+            folded = pl.col("k") < due // clock.release_s
+            now = rows.filter(folded).sort("device", "ts", "cell").unique("device", keep="last")
+            rows = pl.concat([now, rows.filter(~folded)])
+        store.add_pending(rows)
+    if not releasing:
         return None
     store.fold_pending(due // clock.release_s)
     store.expire_live(due - clock.horizon_s)

@@ -23,7 +23,6 @@ from heatmap.aggregate import (
     index_candidates,
     latest_candidates,
     merge_positions,
-    reduce_candidates,
     slots_to_windows,
     windows_of,
 )
@@ -51,7 +50,7 @@ class _Chunk:
     min_w: int = 0
     candidates: pl.DataFrame | None = None
     tail: pl.DataFrame | None = None
-    """Candidates per release slot of the chunk's last pings (see ``Heatmap._positions``)."""
+    """The chunk's pings of its last ``tail_s`` seconds (see ``Heatmap._positions``)."""
 
 
 @dataclass
@@ -161,15 +160,23 @@ class Heatmap:
                 out.min_w = int(ts.min()) // key_s  # type: ignore[arg-type]
                 out.candidates = latest_candidates(pings, key_s)
                 if tail_s is not None:
-                    # Pings near this chunk's end may be near the unit's end, which only the
-                    # last chunk knows: keep them per slot (a small share of a long file).
-                    tail = pings.filter(pl.col("ts") >= out.max_ts - tail_s)
-                    out.tail = latest_candidates(tail, s.release_s)
+                    # Pings near this chunk's end may be near the unit's end, which is known
+                    # only at the end: keep them as they are (a mask, no work) until then.
+                    out.tail = pings.filter(pl.col("ts") >= out.max_ts - tail_s)
             return out
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
             positions = index_candidates(ripe, s.base_res)
             return hasher.replace_ids(positions), Precomputed.of(positions, self.policy)
+
+        def keep_tail(rows: pl.DataFrame, span: int) -> None:
+            """Keep a chunk's last pings, dropping what the unit has moved past meanwhile."""
+            nonlocal tails
+            tails.append(rows)
+            if max_ts is not None and sum(t.height for t in tails) > 1 << 22:
+                cut = max_ts - span
+                tails = [t.filter(pl.col("ts") >= cut) for t in tails]
+                tails = [t for t in tails if t.height]
 
         def take(pool: ThreadPoolExecutor) -> None:
             nonlocal max_ts
@@ -179,8 +186,8 @@ class Heatmap:
             report.rejects.merge(done.rejects)
             if done.max_ts is not None:
                 max_ts = done.max_ts if max_ts is None else max(max_ts, done.max_ts)
-            if done.tail is not None and done.tail.height:
-                tails.append(done.tail)
+            if done.tail is not None and done.tail.height and tail_s is not None:
+                keep_tail(done.tail, tail_s)
             if done.candidates is not None:
                 cands.add(done.candidates)
                 ripe = cands.ripe(done.min_w)
@@ -201,12 +208,11 @@ class Heatmap:
             parts = [hasher.replace_ids(p) for p in parts]
             settled = [f.result() for f in ahead]
             slots = None
-            if tail_s is not None:
-                tail = reduce_candidates(tails) if tails else None
-                if tail is not None and max_ts is not None:
-                    tail = tail.filter(pl.col("ts") >= max_ts - tail_s)
-                if tail is not None and tail.height:
-                    slots = hasher.replace_ids(index_candidates(tail, s.base_res, pool.map))
+            if tail_s is not None and tails and max_ts is not None:
+                tail = pl.concat(tails).filter(pl.col("ts") >= max_ts - tail_s)
+                cands_tail = latest_candidates(tail, s.release_s)
+                if cands_tail.height:
+                    slots = hasher.replace_ids(index_candidates(cands_tail, s.base_res, pool.map))
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
         seen = Counter(w for p in parts for w in windows_of(p))

@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import heatmap
 from heatmap import web
-from heatmap.api import cells, ingest, ops, places, tiles
+from heatmap.api import cells, export, ingest, ops, places, tiles
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
 from heatmap.api.fastpath import TileFastPath
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tiles.router)
     app.include_router(cells.router)
     app.include_router(places.router)
+    app.include_router(export.router)
     app.include_router(ingest.router)
     app.include_router(ops.router)
     web.include(app, settings)

@@ -82,3 +82,27 @@ def test_credentials_decide_the_view(loaded: Loaded) -> None:
         assert r.status_code == 401 and "planner token" in r.json()["detail"]
         t = loaded.client.get("/tiles/12/3430/1673.png", headers={"Authorization": bad})
         assert t.status_code == 401
+
+
+def test_planners_export_the_exact_cells_and_the_public_cannot(loaded: Loaded) -> None:
+    import io
+
+    import polars as pl
+
+    r = loaded.client.get("/api/v1/export/cells.csv", params={"res": 8})
+    assert r.status_code == 401 and "planners" in r.json()["detail"]
+    r = loaded.client.get("/api/v1/export/cells.csv", params={"res": 8}, headers=PLANNER)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    assert r.headers["cache-control"].startswith("private")
+    frame = pl.read_csv(io.BytesIO(r.content))
+    assert frame.columns == ["window_start", "window_end", "res", "cell", "people",
+                             "density_km2", "band"]  # fmt: skip
+    svc = services(loaded.client)
+    exact = svc.audience(PLANNER["Authorization"]).reader.snapshot(LATEST, 8)
+    want = {h3.int_to_str(int(c)): float(p) for c, p in zip(exact.cells, exact.people, strict=True)}
+    assert dict(zip(frame["cell"].to_list(), frame["people"].to_list(), strict=True)) == want
+    geo = loaded.client.get("/api/v1/export/cells.geojson", params={"res": 8}, headers=PLANNER)
+    doc = geo.json()
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == len(want)
+    assert loaded.client.get("/api/v1/export/cells.xlsx", headers=PLANNER).status_code == 422

@@ -423,7 +423,7 @@ def test_ingest_needs_its_token_and_reads_need_none(exact: Exact) -> None:
     fill = {"z": "12", "x": "3430", "y": "1673", "place_id": place, "id": place}
     query = {"lat": "31.23", "lng": "121.47", "bbox": "121.45,31.22,121.50,31.25", "res": "8"}
     for path, ops in spec["paths"].items():
-        if "get" not in ops:
+        if "get" not in ops or path.startswith("/api/v1/export/"):  # planners only (401)
             continue
         url = re.sub(r"\{(\w+)\}", lambda m: fill[m.group(1)], path)
         params = {
