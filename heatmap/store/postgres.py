@@ -261,16 +261,33 @@ class PostgresStore(PostgresReleases, Store):
             ]
         )
         self._add_partitions(positions["w"].unique().to_list())
+        # Positions are unique per (w, device), so no row is affected twice.
+        self._merge_latest("device_state", "state_in", "w", data)
+
+    def _merge_latest(self, table: str, staging: str, key: str, data: bytes) -> None:
+        """COPY ``(key, device, ts, cell)`` rows into ``staging``, then upsert them into
+        ``table``: per (key, device) the larger (ts, cell) stays. Rows must be unique per
+        (key, device) (an upsert may not touch a row twice in one statement)."""
+        cols = f"{key}, device, ts, cell"
         with self._conn() as conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE state_in")
-            with cur.copy("COPY state_in (w, device, ts, cell) FROM STDIN (FORMAT BINARY)") as cp:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(staging)))
+            copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                sql.Identifier(staging), sql.SQL(cols)
+            )
+            with cur.copy(copy) as cp:
                 cp.write(data)
-            # Positions are unique per (w, device), so no row is affected twice.
             cur.execute(
-                "INSERT INTO device_state AS d (w, device, ts, cell) "
-                "SELECT w, device, ts, cell FROM state_in "
-                "ON CONFLICT (w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-                "WHERE (excluded.ts, excluded.cell) > (d.ts, d.cell)"
+                sql.SQL(
+                    "INSERT INTO {} AS t ({}) SELECT {} FROM {} "
+                    "ON CONFLICT ({}, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
+                    "WHERE (excluded.ts, excluded.cell) > (t.ts, t.cell)"
+                ).format(
+                    sql.Identifier(table),
+                    sql.SQL(cols),
+                    sql.SQL(cols),
+                    sql.Identifier(staging),
+                    sql.Identifier(key),
+                )
             )
 
     def _add_partitions(self, ws: list[int]) -> None:

@@ -114,6 +114,8 @@ class PostgresReleases:
 
         def _changed(self) -> None: ...
 
+        def _merge_latest(self, table: str, staging: str, key: str, data: bytes) -> None: ...
+
     def add_pending(self, rows: pl.DataFrame) -> None:
         """Merge pings into pending: per (device, k) the larger (ts, cell) stays."""
         if not rows.height:
@@ -127,16 +129,7 @@ class PostgresReleases:
         data = int64_columns_to_copy([last[c].to_numpy() for c in last.columns])
         for k in last["k"].unique().to_list():
             self._add_part("pending", k, "IN ({})", k)
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE pending_in")
-            with cur.copy("COPY pending_in (k, device, ts, cell) FROM STDIN (FORMAT BINARY)") as cp:
-                cp.write(data)
-            cur.execute(
-                "INSERT INTO pending AS p (k, device, ts, cell) "
-                "SELECT k, device, ts, cell FROM pending_in "
-                "ON CONFLICT (k, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-                "WHERE (excluded.ts, excluded.cell) > (p.ts, p.cell)"
-            )
+        self._merge_latest("pending", "pending_in", "k", data)
 
     def fold_pending(self, below_k: int) -> int:
         """Move pending rows with ``k < below_k`` into live (per device the larger (ts, cell))
