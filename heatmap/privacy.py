@@ -22,6 +22,7 @@ import numpy.typing as npt
 import polars as pl
 
 from heatmap.aggregate import parent_index, strictly_sorted
+from heatmap.devicehash import KeyedHasher
 from heatmap.errors import StoreUnavailable
 
 SECRET_FILE = "secret.key"
@@ -53,13 +54,15 @@ def load_or_create_secret(secret: str | None, store_dir: Path) -> bytes:
 
 
 class DeviceHasher:
-    """Keyed 64-bit BLAKE2b of device ids, computed once per distinct id and remembered.
+    """Keyed 64-bit BLAKE2b of device ids (:mod:`heatmap.devicehash`, whole columns at once).
 
-    The cache lives as long as one ingest; raw ids exist only in memory of the parsing step.
+    Lives as long as one ingest; raw ids exist only in memory of the parsing step. Categorical
+    ids are hashed once per code and remembered for the ingest's later chunks.
     """
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._many = KeyedHasher(key)
         self._cache: dict[str, int] = {}
         # Hashes by polars' (process-global, stable) categorical code: ids seen in an earlier
         # chunk cost one numpy gather, not a dictionary lookup each.
@@ -68,7 +71,7 @@ class DeviceHasher:
         self._lock = threading.Lock()
 
     def hash_one(self, device_id: str) -> int:
-        """Return the keyed hash of one id (signed 64-bit)."""
+        """Return the keyed hash of one id (signed 64-bit), by ``hashlib``: the reference."""
         h = self._cache.get(device_id)
         if h is None:
             digest = hashlib.blake2b(device_id.encode(), key=self._key, digest_size=8).digest()
@@ -88,11 +91,8 @@ class DeviceHasher:
                 by_code = self._codes_to_hashes(ids, codes)
             out = frame.with_columns(device=pl.Series("device", by_code[codes])).drop("device_id")
         else:
-            uniq = ids.unique()
-            with self._lock:
-                hashes = [self.hash_one(u) for u in uniq.cast(pl.String).to_list()]
-            mapping = pl.DataFrame({"device_id": uniq, "device": pl.Series(hashes, dtype=pl.Int64)})
-            out = frame.join(mapping, on="device_id", how="left").drop("device_id")
+            hashes = self._many.hash_strings(ids.cast(pl.String).to_arrow())
+            out = frame.with_columns(device=pl.Series("device", hashes)).drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])
 
     def _codes_to_hashes(
@@ -109,8 +109,8 @@ class DeviceHasher:
         rows = np.flatnonzero(~self._known[codes])
         if rows.size:
             new, first = np.unique(codes[rows], return_index=True)
-            strings = ids.gather(rows[first]).cast(pl.String).to_list()
-            self._by_code[new] = [self.hash_one(u) for u in strings]
+            strings = ids.gather(rows[first]).cast(pl.String).to_arrow()
+            self._by_code[new] = self._many.hash_strings(strings)
             self._known[new] = True
         return self._by_code
 

@@ -1,18 +1,16 @@
 """The store interface: persistence and reads, one implementation per backend.
 
-A store keeps the durable state (device state of open windows, closed windows' blobs made by
-:mod:`heatmap.store.codec`, the release state, releases' blobs, the watermark, committed batch ids)
-and offers the primitives the commit rules of :mod:`heatmap.commit` run inside one
-``transaction``. It decides nothing about what is late, what closes or what gets published.
+A store keeps the durable state (the ping log, closed windows' blobs made by
+:mod:`heatmap.store.codec`, releases' blobs, the watermark, committed batch ids) and offers the
+primitives the commit rules of :mod:`heatmap.commit` run inside one ``transaction``. It decides
+nothing about what is late, what closes or what gets published.
 
-Release state (schema 3) is two tables of keyed hashes. *pending* holds, per (device, tick
-``k = ts // release_s``), the device's latest (ts, cell) not yet released; *live* holds one row per
-device, its latest (ts, cell) among released pings, as long as a future release may count it.
-Making release ``t`` is ``fold_pending(t // release_s)``, ``expire_live(t - horizon_s)``, then
-``live_counts()``. "Latest" is always the larger (ts, cell): ties on ts go to the larger cell.
-Schema 4 keeps devices per cell of *live* (``live_cells``) in step with it: folding and expiry
-move the counter by the rows they change, so the work of a release follows the rows folded and
-expired, and ``live_counts()`` reads the cells instead of grouping every live device.
+The *ping log* (schema 5) is what open windows and coming releases still need of the pings: one
+entry per committed unit and release slot, a blob of (keyed device hash, ts, base cell) rows
+(:func:`heatmap.store.codec.pings_to_blob`), numbered in commit order. A process keeps its own
+reading of the log in memory (:mod:`heatmap.live.state`): per-device tables of the live state and
+the open windows. Entries leave the log once no open window and no coming release needs them
+(``trim_log``), and with them the hashes they hold.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +32,7 @@ from heatmap.store.codec import ClosedWindow
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-SCHEMA_VERSION = 4  # 2: SQLite's open_counts; 3: release state; 4: live_cells
+SCHEMA_VERSION = 5  # 2: open_counts; 3: release state; 4: live_cells; 5: the ping log
 
 
 @dataclass(frozen=True)
@@ -81,20 +80,12 @@ class Store(abc.ABC):
         """Return the window numbers that are open."""
 
     @abc.abstractmethod
-    def load_state(self, ws: list[int]) -> pl.DataFrame:
-        """Return the device state (w, device, ts, cell) of the given open windows."""
-
-    @abc.abstractmethod
-    def upsert_state(self, positions: pl.DataFrame) -> None:
-        """Merge positions into device state (latest ts wins, ties to the larger cell)."""
-
-    @abc.abstractmethod
-    def delete_state(self, ws: list[int]) -> None:
-        """Delete the device state of closed windows (keyed hashes leave the disk)."""
-
-    @abc.abstractmethod
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
         """Create or bump windows ``(w, start, end)``: version += 1, set closed if asked."""
+
+    @abc.abstractmethod
+    def set_open_devices(self, totals: list[tuple[int, int]]) -> None:
+        """Set the device totals ``(w, devices)`` of open windows."""
 
     @abc.abstractmethod
     def write_closed(self, closed: list[ClosedWindow]) -> None:
@@ -108,28 +99,26 @@ class Store(abc.ABC):
     def record_batch(self, batch_id: str, result: str) -> None:
         """Remember a committed batch id (idempotent ingest)."""
 
-    # -- release state (called inside ``transaction``) -----------------------------------------
+    # -- the ping log and releases (called inside ``transaction``) ---------------------------
     @abc.abstractmethod
-    def add_pending(self, rows: pl.DataFrame) -> None:
-        """Merge pings (``device, k, ts, cell``) into pending: per (device, k) the larger (ts, cell)
-        of the stored and the new rows stays (duplicates in ``rows`` too)."""
+    def append_log(self, entries: list[tuple[int, int, bytes]]) -> int:
+        """Append entries ``(lo_ts, hi_ts, blob)`` in order; return the last one's number.
 
-    @abc.abstractmethod
-    def fold_pending(self, below_k: int) -> int:
-        """Move pending rows with ``k < below_k`` into live and return how many there were.
-
-        Per device, the larger (ts, cell) of its folded rows and its live row is kept (one live
-        row per device); the folded rows leave pending.
+        Numbers grow in commit order and are never reused (also after ``trim_log``).
         """
 
     @abc.abstractmethod
-    def expire_live(self, min_ts: int) -> int:
-        """Delete live rows with ``ts < min_ts`` (no later release needs them); return the count."""
+    def read_log(self, after: int) -> Iterator[tuple[int, tuple[I64, I64, U64]]]:
+        """Yield ``(number, (device, ts, cell))`` of the entries numbered above ``after``, in
+        order."""
 
     @abc.abstractmethod
-    def live_counts(self) -> tuple[U64, I64]:
-        """Return (cells ascending, devices per cell) over every live row (cells with devices
-        only), from the per-cell counter: no grouping of the live rows."""
+    def trim_log(self, before_ts: int) -> int:
+        """Delete the entries whose every ping is before ``before_ts``; return how many.
+
+        Deleted hashes must leave the disk: a backend whose deleted rows linger (a write-ahead
+        log) clears them in ``after_commit``.
+        """
 
     @abc.abstractmethod
     def write_release(self, t: int, blob: bytes, devices: int) -> None:
@@ -158,10 +147,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read_published(self, w: int) -> Published | None:
         """Return the stored published values of a closed window."""
-
-    @abc.abstractmethod
-    def read_open_counts(self, w: int) -> tuple[U64, I64]:
-        """Return base-resolution (cells, devices) of an open window from its device state."""
 
     @abc.abstractmethod
     def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
@@ -200,14 +185,29 @@ class Store(abc.ABC):
         v = self.get_meta("watermark")
         return None if v is None else int(v)
 
-    def after_commit(self, state_deleted: bool) -> None:
-        """Run after a unit's transaction committed; ``state_deleted`` if it deleted device state.
+    def after_commit(self) -> None:
+        """Run after a unit's transaction committed.
 
         A backend whose deleted rows may linger elsewhere on disk (a write-ahead log) removes
-        them here, also when ``fold_pending`` or ``expire_live`` deleted rows in the unit (the
-        backend tracks those itself). The default does nothing.
+        them here when the unit trimmed the ping log (the backend tracks that itself). The
+        default does nothing.
         """
-        del state_deleted  # nothing lingers
+        return
+
+    def read_open_counts(self, w: int) -> tuple[U64, I64]:
+        """Return base-resolution (cells, devices) of open window ``w`` from the ping log.
+
+        For tests and tools (open windows are never served): reads the whole log.
+        """
+        parts = [
+            pl.DataFrame({"device": d, "ts": t, "cell": c}) for _, (d, t, c) in self.read_log(0)
+        ]
+        if not parts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        rows = pl.concat(parts).filter(pl.col("ts") // self.settings.window_s == w)
+        latest = rows.sort("device", "ts", "cell").unique("device", keep="last")
+        counts = latest.group_by("cell").len().sort("cell")
+        return counts["cell"].to_numpy(), counts["len"].to_numpy().astype(np.int64)
 
     def identity(self) -> str:
         """Return this store's identity: a random id made once and kept in its metadata.

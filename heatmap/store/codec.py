@@ -95,3 +95,31 @@ def _by_window(
     w = w[order]
     lo, hi = np.searchsorted(w, ws), np.searchsorted(w, ws, side="right")
     return [[c[a:b] for c in cols] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+
+
+def pings_to_blob(device: I64, ts: I64, cell: npt.NDArray[np.uint64]) -> bytes:
+    """Pack a ping-log entry (keyed device hashes, times, base cells) into one blob."""
+    return arrays_to_blob(device, ts, cell.view(np.int64))
+
+
+def blob_to_pings(blob: bytes) -> tuple[I64, I64, npt.NDArray[np.uint64]]:
+    """Unpack a ping-log entry made by :func:`pings_to_blob`."""
+    device, ts, cell = blob_to_arrays(blob, (np.int64, np.int64, np.int64))
+    return device, ts, cell.view(np.uint64)
+
+
+def ping_entries(
+    device: I64, ts: I64, cell: npt.NDArray[np.uint64], slot_s: int
+) -> list[tuple[int, int, bytes]]:
+    """Split pings into ping-log entries ``(lo_ts, hi_ts, blob)``, one per ``slot_s``-second
+    slot, oldest first: an entry then leaves the log as soon as its slot is no longer needed."""
+    if not len(ts):
+        return []
+    order = np.argsort(ts, kind="stable")
+    device, ts, cell = device[order], ts[order], cell[order]
+    k = ts // slot_s
+    cuts = np.flatnonzero(k[1:] != k[:-1]) + 1
+    out = []
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(ts)], strict=True):
+        out.append((int(ts[a]), int(ts[b - 1]), pings_to_blob(device[a:b], ts[a:b], cell[a:b])))
+    return out

@@ -1,10 +1,10 @@
 """The shared store: PostgreSQL (psycopg 3 + a connection pool) for several API nodes.
 
 Same layout as the SQLite store: closed windows keep one ``bytea`` blob of raw base counts and
-one of published values; open windows keep one row per device (keyed hash) in ``device_state``.
-``device_state`` is partitioned by window (one partition per open window): closing a window drops
-its partition, so its hashes leave the table files at once. A DELETE would leave them in the
-pages' free space (PostgreSQL does not zero it, even after VACUUM) and cost a scan besides.
+one of published values; releases one blob each; the ping log (keyed hashes) one blob per entry,
+partitioned by slot: trimming drops whole partitions, so the hashes leave the table files at
+once. A DELETE would leave them in the pages' free space (PostgreSQL does not zero it, even after
+VACUUM) and cost a scan besides.
 
 Several processes may commit at once. Every write transaction starts with
 ``pg_advisory_xact_lock``: commits serialise across processes and threads, and because the
@@ -24,10 +24,10 @@ token); commits also ``NOTIFY heatmap_windows`` for listeners that prefer to be 
 
 Bulk data moves with binary ``COPY`` built and parsed by numpy (no Python loop per row).
 
-This module holds :class:`PostgresStore`: connecting, migrating, transactions, window state and
+This module holds :class:`PostgresStore`: connecting, migrating, transactions, windows and
 reads. The tables (DDL by migration, staging tables, partition names) are in
 :mod:`heatmap.store.postgres_schema`, the binary COPY codec in :mod:`heatmap.store.postgres_copy`,
-and the release-state methods (schemas 3 and 4, partitioned likewise) are the mixin
+and the ping-log and release methods are the mixin
 :class:`heatmap.store.postgres_releases.PostgresReleases`, run on this store's connections.
 """
 
@@ -39,7 +39,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -51,8 +50,8 @@ from heatmap.model import Published, Window
 from heatmap.store.base import I64, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
 from heatmap.store.postgres_copy import copy_to_int64_columns, int64_columns_to_copy
-from heatmap.store.postgres_releases import PostgresReleases
-from heatmap.store.postgres_schema import MIGRATIONS, STAGING, part
+from heatmap.store.postgres_releases import PostgresReleases, absorb_rows
+from heatmap.store.postgres_schema import MIGRATIONS, STAGING
 
 # ``_migrate`` reads MIGRATIONS as a global of this module: tests replace it here to make
 # a store of an older schema. The COPY codec is re-exported for them too.
@@ -149,6 +148,8 @@ class PostgresStore(PostgresReleases, Store):
             for version in sorted(set(MIGRATIONS) - done):
                 for stmt in MIGRATIONS[version]:
                     conn.execute(stmt)  # DDL is transactional: a failed migration leaves nothing
+                if version == 5:
+                    absorb_rows(conn, self._bucket_of(conn))
                 conn.execute("INSERT INTO schema_migrations(version) VALUES (%s)", (version,))
             if not done:
                 for key, value in (
@@ -164,12 +165,16 @@ class PostgresStore(PostgresReleases, Store):
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(newest),),
             )
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('live_bucket_s', %s) ON CONFLICT DO NOTHING",
-                (str(self.settings.release_s),),
-            )
-            row = conn.execute("SELECT value FROM meta WHERE key = 'live_bucket_s'").fetchone()
-            self._bucket = int(row[0])  # type: ignore[index]
+            self._bucket = self._bucket_of(conn)
+
+    def _bucket_of(self, conn: psycopg.Connection[Any]) -> int:
+        """Return the store's slot length for partitions (``release_s`` when it was made)."""
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('live_bucket_s', %s) ON CONFLICT DO NOTHING",
+            (str(self.settings.release_s),),
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'live_bucket_s'").fetchone()
+        return int(row[0])  # type: ignore[index]
 
     # -- connections -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -241,74 +246,8 @@ class PostgresStore(PostgresReleases, Store):
         """Return open window numbers."""
         return [int(r[0]) for r in self._q("SELECT w FROM windows WHERE NOT closed ORDER BY w")]
 
-    def load_state(self, ws: list[int]) -> pl.DataFrame:
-        """Return device state of the given windows (binary COPY out)."""
-        w, device, ts, cell = self._copy_out(
-            "SELECT w, device, ts, cell FROM device_state WHERE w = ANY(%s)", (ws,), 4
-        )
-        return pl.DataFrame({"w": w, "device": device, "ts": ts, "cell": cell.view(np.uint64)})
-
-    def upsert_state(self, positions: pl.DataFrame) -> None:
-        """Merge positions into device state: latest ts wins, ties to the larger cell."""
-        if not positions.height:
-            return
-        data = int64_columns_to_copy(
-            [
-                positions["w"].to_numpy(),
-                positions["device"].to_numpy(),
-                positions["ts"].to_numpy(),
-                _cells(positions["cell"].to_numpy()),
-            ]
-        )
-        self._add_partitions(positions["w"].unique().to_list())
-        # Positions are unique per (w, device), so no row is affected twice.
-        self._merge_latest("device_state", "state_in", "w", data)
-
-    def _merge_latest(self, table: str, staging: str, key: str, data: bytes) -> None:
-        """COPY ``(key, device, ts, cell)`` rows into ``staging``, then upsert them into
-        ``table``: per (key, device) the larger (ts, cell) stays. Rows must be unique per
-        (key, device) (an upsert may not touch a row twice in one statement)."""
-        cols = f"{key}, device, ts, cell"
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(staging)))
-            copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                sql.Identifier(staging), sql.SQL(cols)
-            )
-            with cur.copy(copy) as cp:
-                cp.write(data)
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} AS t ({}) SELECT {} FROM {} "
-                    "ON CONFLICT ({}, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-                    "WHERE (excluded.ts, excluded.cell) > (t.ts, t.cell)"
-                ).format(
-                    sql.Identifier(table),
-                    sql.SQL(cols),
-                    sql.SQL(cols),
-                    sql.Identifier(staging),
-                    sql.Identifier(key),
-                )
-            )
-
-    def _add_partitions(self, ws: list[int]) -> None:
-        for w in ws:
-            self._add_part("device_state", w, "IN ({})", w)
-
-    def _add_part(self, parent: str, key: int, bounds: str, *values: int) -> None:
-        # Inside the commit transaction (under the lock): two nodes never race to create one.
-        self._q(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES " + bounds).format(
-                part(parent, key), sql.Identifier(parent), *(sql.Literal(int(v)) for v in values)
-            )
-        )
-
-    def delete_state(self, ws: list[int]) -> None:
-        """Drop the device state partitions of closed windows (their files are truncated)."""
-        for w in ws:
-            self._q(sql.SQL("DROP TABLE IF EXISTS {}").format(part("device_state", w)))
-
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
-        """Create or bump windows (version += 1); refresh open windows' device counts."""
+        """Create or bump windows (version += 1)."""
         if not rows:
             return
         ws, starts, ends = (list(c) for c in zip(*rows, strict=True))
@@ -320,13 +259,6 @@ class PostgresStore(PostgresReleases, Store):
             "closed = x.closed OR excluded.closed",
             (closed, ws, starts, ends),
         )
-        if not closed:
-            self._q(
-                "UPDATE windows AS x SET devices = c.n FROM ("
-                "SELECT w, count(*) AS n FROM device_state WHERE w = ANY(%s) GROUP BY w"
-                ") AS c WHERE x.w = c.w",
-                (ws,),
-            )
         self._changed()
 
     def _changed(self) -> None:
@@ -338,6 +270,16 @@ class PostgresStore(PostgresReleases, Store):
             "DO UPDATE SET value = (meta.value::bigint + 1)::text"
         )
         self._q("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+    def set_open_devices(self, totals: list[tuple[int, int]]) -> None:
+        """Set the device totals of open windows."""
+        if totals:
+            ws, ns = (list(c) for c in zip(*totals, strict=True))
+            self._q(
+                "UPDATE windows AS x SET devices = t.n "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS t(w, n) WHERE x.w = t.w",
+                (ws, ns),
+            )
 
     def write_closed(self, closed: list[ClosedWindow]) -> None:
         """Store the blobs and device totals of closing windows."""
@@ -400,15 +342,6 @@ class PostgresStore(PostgresReleases, Store):
             return None
         n = self.settings.window_s
         return blob_to_published(bytes(rows[0][0]), Window(w * n, (w + 1) * n))
-
-    def read_open_counts(self, w: int) -> tuple[U64, I64]:
-        """Return base-resolution counts of an open window from its device state."""
-        cells, dev = self._copy_out(
-            "SELECT cell, count(*) FROM device_state WHERE w = %s GROUP BY cell ORDER BY cell",
-            (w,),
-            2,
-        )
-        return cells.view(np.uint64), dev
 
     def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
         """Return raw base-resolution counts of closed windows."""

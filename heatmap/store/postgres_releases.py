@@ -1,100 +1,82 @@
-"""The PostgreSQL store's release state: ``pending``, ``live``, ``live_cells`` and ``releases``.
+"""The PostgreSQL store's ping log and releases: ``ping_log`` and ``releases``.
 
-:class:`PostgresReleases` is a mixin of :class:`heatmap.store.postgres.PostgresStore` (the methods
-of the release-state part of :class:`heatmap.store.base.Store`): it runs on the store's
-connections, inside the caller's transaction (under the commit lock), on the tables of schemas 3
-and 4 (:mod:`heatmap.store.postgres_schema`).
+:class:`PostgresReleases` is a mixin of :class:`heatmap.store.postgres.PostgresStore` (the ping-log
+and release methods of :class:`heatmap.store.base.Store`): it runs on the store's connections,
+inside the caller's transaction (under the commit lock), on the tables of schemas 3 and 5
+(:mod:`heatmap.store.postgres_schema`).
 
-Release state (schema 3, as in SQLite) is partitioned like device state, so its hashes leave the
-table files when a partition is dropped. ``pending`` has one partition per tick ``k``: folding
-drops the partitions it read. ``live`` (one row per device) has one partition per
-``live_bucket_s`` seconds of ``ts`` (``release_s`` when the store was made): a device whose
-position moves to a newer bucket leaves a dead row behind in the older one, which is dropped,
-dead rows and all, when the live rows expire past it. Expiry at a bucket boundary
-(``t - horizon``: both multiples of ``release_s``) deletes no row at all; otherwise the boundary
-bucket's expired rows are deleted and their space goes when that bucket is dropped in turn.
-``live_cells`` (schema 4) counts live devices per cell: the fold statement moves it by the devices
-it inserts or moves, and expiry counts the expiring rows out (from the buckets about to go, before
-they are dropped), so a release never groups the whole live table.
+``ping_log`` (schema 5) holds one row per entry (a unit's pings of one release slot, one blob),
+numbered by a sequence: entries are appended under the commit lock, so numbers grow in commit
+order (a rolled-back unit leaves a gap, never a reordering). The table is partitioned by slot
+``k = lo_ts // live_bucket_s`` (``release_s`` when the store was made): trimming drops whole
+partitions whose entries are all no longer needed, so their hashes leave the table files at once
+(a DELETE would leave them in the pages' free space).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import psycopg
 from psycopg import sql
 
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, U64
-from heatmap.store.codec import blob_to_published
-from heatmap.store.postgres_copy import int64_columns_to_copy
+from heatmap.store.codec import blob_to_pings, blob_to_published, ping_entries
 from heatmap.store.postgres_schema import part
 
-# The tail of a statement whose CTE ``delta`` yields (cell, d): ``up`` adds d to the cells'
-# devices, then the statement returns the total of d and the cells left at zero (removed next: a
-# statement does not see its own writes). Only the changed cells are touched, never the table.
-_CELLS_LEFT = """
-SELECT (SELECT coalesce(sum(d), 0) FROM delta)::bigint,
-    ARRAY(SELECT cell FROM up WHERE devices = 0)
-"""
-_ADD_CELLS = (
-    """
-up AS (
-    INSERT INTO live_cells AS x (cell, devices) SELECT cell, d FROM delta WHERE d <> 0
-    ON CONFLICT (cell) DO UPDATE SET devices = x.devices + excluded.devices
-    RETURNING cell, devices
-)"""
-    + _CELLS_LEFT
-)
-# Folding: per device its latest folded row; where it beats the live row (or there is none),
-# the live row is deleted and the new one inserted (into its ts bucket): one row per device. A
-# device that enters a cell or moves to another one counts +1 there and -1 on its old cell.
-_FOLD = (
-    """
-WITH cand AS (
-    SELECT DISTINCT ON (device) device, ts, cell FROM pending WHERE k < %s
-    ORDER BY device, ts DESC, cell DESC
-), win AS (
-    SELECT c.device, c.ts, c.cell, l.cell AS old FROM cand c LEFT JOIN live l ON l.device = c.device
-    WHERE l.device IS NULL OR (c.ts, c.cell) > (l.ts, l.cell)
-), gone AS (
-    DELETE FROM live l USING win WHERE l.device = win.device
-), moved AS (
-    INSERT INTO live (device, ts, cell) SELECT device, ts, cell FROM win
-), delta AS (
-    SELECT cell, sum(d)::bigint AS d FROM (
-        SELECT cell, 1 AS d FROM win WHERE old IS DISTINCT FROM cell
-        UNION ALL
-        SELECT old, -1 FROM win WHERE old <> cell
-    ) m GROUP BY cell
-),"""
-    + _ADD_CELLS
-)
-# Expiry: -1 per expiring row on its cell, grouped over the expiring rows only (partition
-# pruning reads just the buckets below the bound), before those buckets are dropped. Every such
-# cell is counted already: a plain update (about a third cheaper than an upsert).
-_EXPIRE = (
-    """
-WITH delta AS (
-    SELECT cell, -count(*) AS d FROM live WHERE ts < %s GROUP BY cell
-), up AS (
-    UPDATE live_cells AS x SET devices = x.devices + delta.d FROM delta WHERE x.cell = delta.cell
-    RETURNING x.cell, x.devices
-)"""
-    + _CELLS_LEFT
-)
+_READ_ENTRIES = 64
+_ROW_STATE = ("device_state", "pending", "live")
+
+
+def insert_entries(
+    conn: psycopg.Connection[Any], entries: list[tuple[int, int, bytes]], bucket: int
+) -> int:
+    """Insert ping-log entries on ``conn`` (creating their partitions); return the last number."""
+    seq = 0
+    for k in sorted({lo // bucket for lo, _, _ in entries}):
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF ping_log FOR VALUES IN ({})"
+            ).format(part("ping_log", k), sql.Literal(k))
+        )
+    for lo, hi, blob in entries:
+        row = conn.execute(
+            "INSERT INTO ping_log (k, lo_ts, hi_ts, data) VALUES (%s, %s, %s, %s) RETURNING seq",
+            (lo // bucket, lo, hi, blob),
+        ).fetchone()
+        seq = int(row[0])  # type: ignore[index]
+    return seq
+
+
+def absorb_rows(conn: psycopg.Connection[Any], bucket: int) -> None:
+    """Move the rows of a schema 1-4 store's state tables into the ping log (schema 5), then
+    drop those tables (their partitions with them). Inside the migration's transaction."""
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+    }
+    parts = [np.zeros((0, 3), dtype=np.int64)]
+    for table in [t for t in _ROW_STATE if t in have]:
+        rows = conn.execute(f"SELECT device, ts, cell FROM {table}").fetchall()  # noqa: S608 - fixed names
+        parts.append(np.array(rows, dtype=np.int64).reshape(-1, 3))
+    every = np.concatenate(parts)
+    entries = ping_entries(every[:, 0], every[:, 1], every[:, 2].view(np.uint64), bucket)
+    insert_entries(conn, entries, bucket)
+    for table in ("device_state", "pending", "live", "live_cells"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 class PostgresReleases:
-    """Release state on the PostgreSQL store's connections (a mixin of ``PostgresStore``)."""
+    """Ping log and releases on the PostgreSQL store's connections (mixin of ``PostgresStore``)."""
 
     # Provided by PostgresStore.
-    _bucket: int  # live_bucket_s: the span of ts of one partition of live
+    _bucket: int  # live_bucket_s: the span of lo_ts of one partition of ping_log
 
     if TYPE_CHECKING:
 
@@ -110,83 +92,39 @@ class PostgresReleases:
             self, query: str, params: Sequence[object], ncols: int
         ) -> list[np.ndarray]: ...
 
-        def _add_part(self, parent: str, key: int, bounds: str, *values: int) -> None: ...
-
         def _changed(self) -> None: ...
 
-        def _merge_latest(self, table: str, staging: str, key: str, data: bytes) -> None: ...
+    def append_log(self, entries: list[tuple[int, int, bytes]]) -> int:
+        """Append entries ``(lo_ts, hi_ts, blob)``; return the last one's number."""
+        with self._conn() as conn:
+            return insert_entries(conn, entries, self._bucket)
 
-    def add_pending(self, rows: pl.DataFrame) -> None:
-        """Merge pings into pending: per (device, k) the larger (ts, cell) stays."""
-        if not rows.height:
-            return
-        # One row per (k, device) first: an upsert may not touch a row twice in one statement.
-        last = (
-            rows.select("k", "device", "ts", pl.col("cell").cast(pl.Int64))
-            .sort("k", "device", "ts", "cell")
-            .unique(["k", "device"], keep="last", maintain_order=True)
-        )
-        data = int64_columns_to_copy([last[c].to_numpy() for c in last.columns])
-        for k in last["k"].unique().to_list():
-            self._add_part("pending", k, "IN ({})", k)
-        self._merge_latest("pending", "pending_in", "k", data)
-
-    def fold_pending(self, below_k: int) -> int:
-        """Move pending rows with ``k < below_k`` into live (per device the larger (ts, cell))
-        and ``live_cells`` with them, then drop their partitions."""
-        ks = [k for k in self._parts("pending") if k < below_k]
-        if not ks:
-            return 0
-        n = int(self._q("SELECT count(*) FROM pending WHERE k < %s", (below_k,))[0][0])
-        step = self._bucket
-        for (lo,) in self._q(
-            "SELECT DISTINCT ts - (ts %% %s + %s) %% %s FROM pending WHERE k < %s",
-            (step, step, step, below_k),
-        ):
-            self._add_part("live", lo, "FROM ({}) TO ({})", lo, lo + step)
-        self._add_cells(_FOLD, below_k)
-        for k in ks:
-            self._q(sql.SQL("DROP TABLE {}").format(part("pending", k)))
-        return n
-
-    def expire_live(self, min_ts: int) -> int:
-        """Delete live rows with ``ts < min_ts`` (whole buckets are dropped); return how many.
-        ``live_cells`` loses each one on its cell first."""
-        n = -self._add_cells(_EXPIRE, min_ts)
-        for lo in self._parts("live"):
-            if lo + self._bucket <= min_ts:
-                self._q(sql.SQL("DROP TABLE {}").format(part("live", lo)))
-            elif lo < min_ts:
-                query = sql.SQL("DELETE FROM {} WHERE ts < %s").format(part("live", lo))
-                self._q(query, (min_ts,))
-        return n
-
-    def _add_cells(self, statement: str, bound: int) -> int:
-        """Run a statement ending in ``_CELLS_LEFT``; drop the cells it left at zero. Return the
-        total change."""
-        ((total, empty),) = self._q(statement, (bound,))
-        if empty:
-            self._q(
-                "DELETE FROM live_cells WHERE cell = ANY(%s::bigint[]) AND devices = 0", (empty,)
+    def read_log(self, after: int) -> Iterator[tuple[int, tuple[I64, I64, U64]]]:
+        """Yield the entries numbered above ``after``, in order, a few blobs in memory at once."""
+        while True:
+            rows = self._q(
+                "SELECT seq, data FROM ping_log WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, _READ_ENTRIES),
             )
-        return int(total)
+            for seq, blob in rows:
+                after = int(seq)
+                yield after, blob_to_pings(bytes(blob))
+            if len(rows) < _READ_ENTRIES:
+                return
 
-    def _parts(self, parent: str) -> list[int]:
-        """The partitions of ``pending`` (their k) or ``live`` (their lowest ts)."""
+    def trim_log(self, before_ts: int) -> int:
+        """Drop the partitions whose entries are all before ``before_ts``; return how many
+        entries went. A partition with some entries still needed stays whole."""
         rows = self._q(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s::regclass",
-            (parent,),
+            "SELECT k, max(hi_ts), count(*) FROM ping_log WHERE k < %s GROUP BY k",
+            (before_ts // self._bucket + 1,),
         )
-        return sorted(int(r[0].rsplit("_", 1)[1]) for r in rows)
-
-    def live_counts(self) -> tuple[U64, I64]:
-        """Return (cells ascending, devices per cell) over every live row, from ``live_cells``
-        (binary COPY out)."""
-        cells, dev = self._copy_out(
-            "SELECT cell, devices FROM live_cells WHERE devices > 0 ORDER BY cell", (), 2
-        )
-        return cells.view(np.uint64), dev
+        n = 0
+        for k, hi, count in rows:
+            if int(hi) < before_ts:
+                self._q(sql.SQL("DROP TABLE {}").format(part("ping_log", int(k))))
+                n += int(count)
+        return n
 
     def write_release(self, t: int, blob: bytes, devices: int) -> None:
         """Store release ``t`` once (an existing one is kept); move the change token."""

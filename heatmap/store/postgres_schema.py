@@ -5,10 +5,10 @@
 lock, so two nodes starting together migrate once. Version numbers match the SQLite store's
 (:data:`heatmap.store.base.SCHEMA_VERSION`); version 2 adds nothing here.
 
-The tables of keyed hashes are partitioned (``device_state`` by window, ``pending`` by tick,
-``live`` by ts bucket) so that deleting many hashes is dropping a partition; a partition of
-``parent`` for ``key`` is the table ``parent_key`` (:func:`part`). Bulk writes go through
-per-connection temporary tables (``STAGING``), filled by binary COPY.
+The table of keyed hashes is partitioned (``ping_log`` by slot; schemas 1-4 partitioned their
+row state likewise) so that deleting many hashes is dropping a partition; a partition of
+``parent`` for ``key`` is the table ``parent_key`` (:func:`part`). Blob writes go through a
+per-connection temporary table (``STAGING``), filled by binary COPY.
 """
 
 from __future__ import annotations
@@ -62,16 +62,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WITH (fillfactor = 50)",
         "INSERT INTO live_cells (cell, devices) SELECT cell, count(*) FROM live GROUP BY cell",
     ),
+    # The ping log (heatmap.store.base) replaces the per-row state of schemas 1-4: their rows
+    # move into it (absorb_rows in postgres_releases, a step in Python), then those tables go.
+    5: (
+        """CREATE TABLE ping_log (
+            seq bigserial, k bigint NOT NULL, lo_ts bigint NOT NULL, hi_ts bigint NOT NULL,
+            data bytea NOT NULL, PRIMARY KEY (k, seq)
+        ) PARTITION BY LIST (k)""",
+        "CREATE INDEX ping_log_seq ON ping_log (seq)",
+    ),
 }
 
 # Per-connection staging tables for COPY; emptied at every commit.
-STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS state_in "
-    "(w bigint, device bigint, ts bigint, cell bigint) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS blob_in (w bigint, data bytea) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS pending_in "
-    "(k bigint, device bigint, ts bigint, cell bigint) ON COMMIT DELETE ROWS",
-)
+STAGING = ("CREATE TEMP TABLE IF NOT EXISTS blob_in (w bigint, data bytea) ON COMMIT DELETE ROWS",)
 
 
 def part(parent: str, key: int) -> sql.Identifier:

@@ -1,18 +1,14 @@
 """The embedded store: one SQLite file in WAL mode, durable before any acknowledgement.
 
 Closed windows keep one row holding the published arrays as a (zstd) blob, and the raw
-base-resolution counts likewise; open windows keep one row per device (keyed hash) and a live
-counter per (window, cell) (``open_counts``, schema 2) that moves with every upsert. Release
-state (schema 3) is ``pending`` (device, tick) and ``live`` (one row per device), with a counter
-of live devices per cell (``live_cells``, schema 4) that folding and expiry move by the rows they
-change; releases keep a blob each. Deleted state is overwritten (``secure_delete``) and the WAL
-truncated after a unit deleted hashes (windows closed, pending folded, live expired), so no
-unneeded hash stays on disk.
+base-resolution counts likewise; releases a blob each; the ping log (schema 5) one blob per entry.
+Deleted hashes (trimmed log entries) are overwritten (``secure_delete``) and the WAL truncated
+after a unit deleted some, so no unneeded hash stays on disk.
 
-This module holds :class:`SQLiteStore`: opening and migrating the file, transactions, window
-state and reads. The tables (DDL by migration) and the bulk row writer are in
-:mod:`heatmap.store.sqlite_schema`; the release-state methods are the mixin
-:class:`heatmap.store.sqlite_releases.SQLiteReleases`, run on this store's connection and lock.
+This module holds :class:`SQLiteStore`: opening and migrating the file, transactions, windows
+and reads. The tables (DDL by migration) are in :mod:`heatmap.store.sqlite_schema`; the ping
+log and release methods are the mixin :class:`heatmap.store.sqlite_releases.SQLiteReleases`, run
+on this store's connection and lock.
 """
 
 from __future__ import annotations
@@ -20,50 +16,22 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
-import polars as pl
 
-from heatmap.aggregate import cells_to_counts
 from heatmap.config import Settings
 from heatmap.errors import StoreUnavailable
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, SCHEMA_VERSION, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
 from heatmap.store.sqlite_releases import SQLiteReleases
-from heatmap.store.sqlite_schema import APPLICATION_ID, MIGRATIONS, i64, insert_rows
+from heatmap.store.sqlite_schema import APPLICATION_ID, MIGRATIONS, absorb_rows
 
 # ``_migrate`` reads MIGRATIONS and SCHEMA_VERSION as globals of this module: tests replace them
 # here to make a store of an older schema.
 
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS incoming (
-    w INTEGER NOT NULL, device INTEGER NOT NULL, ts INTEGER NOT NULL, cell INTEGER NOT NULL,
-    PRIMARY KEY (w, device)
-) WITHOUT ROWID
-"""
-# Rows of ``incoming`` that replace a stored position (newer, or as new and a larger cell).
-_WINS = "(i.ts, i.cell) > (s.ts, s.cell)"
-_COUNT_MOVES = f"""
-INSERT INTO open_counts(w, cell, devices)
-    SELECT w, cell, sum(d) FROM (
-        SELECT s.w AS w, s.cell AS cell, -1 AS d
-            FROM incoming i JOIN device_state s ON s.w = i.w AND s.device = i.device
-            WHERE {_WINS} AND s.cell != i.cell
-        UNION ALL
-        SELECT i.w, i.cell, 1
-            FROM incoming i LEFT JOIN device_state s ON s.w = i.w AND s.device = i.device
-            WHERE s.device IS NULL OR ({_WINS} AND s.cell != i.cell)
-    ) GROUP BY w, cell
-ON CONFLICT(w, cell) DO UPDATE SET devices = devices + excluded.devices
-"""
-_NEW_DEVICES = """
-SELECT i.w, count(*) FROM incoming i LEFT JOIN device_state s ON s.w = i.w AND s.device = i.device
-WHERE s.device IS NULL GROUP BY i.w
-"""
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -86,7 +54,7 @@ class SQLiteStore(SQLiteReleases, Store):
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
             self._lock = threading.RLock()
-            self._hashes_deleted = False  # by fold_pending / expire_live: see after_commit
+            self._hashes_deleted = False  # by trim_log: see after_commit
             self._read_lock = threading.Lock()
             self._read: sqlite3.Connection | None = None
             for pragma in (
@@ -143,6 +111,8 @@ class SQLiteStore(SQLiteReleases, Store):
                     for stmt in MIGRATIONS[version].split(";"):
                         if stmt.strip():
                             self._conn.execute(stmt)
+                    if version == 5:
+                        absorb_rows(self._conn, self.settings.release_s)
                     self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                     self._conn.execute(f"PRAGMA user_version={version}")
                     self._conn.execute("COMMIT")
@@ -214,102 +184,6 @@ class SQLiteStore(SQLiteReleases, Store):
         """Return open window numbers."""
         return [int(r[0]) for r in self._q("SELECT w FROM windows WHERE closed = 0 ORDER BY w")]  # type: ignore[call-overload]
 
-    def load_state(self, ws: list[int]) -> pl.DataFrame:
-        """Return device state of the given windows."""
-        rows: list[tuple[object, ...]] = []
-        for w in ws:
-            rows += self._q("SELECT w, device, ts, cell FROM device_state WHERE w = ?", (w,))
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        return pl.DataFrame(
-            {
-                "w": arr[:, 0],
-                "device": arr[:, 1],
-                "ts": arr[:, 2],
-                "cell": arr[:, 3].view(np.uint64),
-            }
-        )
-
-    def upsert_state(self, positions: pl.DataFrame) -> None:
-        """Merge positions into device state: latest ts wins, ties to the larger cell.
-
-        Rows go in primary-key order, so B-trees grow at their right edge. ``open_counts`` and
-        the windows' device totals move with the state, in the caller's transaction: for a
-        window with no stored state yet they are counted here (numpy); otherwise the rows are
-        staged in a temporary table and the counts move by the difference before the upsert.
-        """
-        w, device = positions["w"].to_numpy(), positions["device"].to_numpy()
-        order = np.lexsort((device, w))
-        cols = [
-            w[order],
-            device[order],
-            positions["ts"].to_numpy()[order],
-            i64(positions["cell"].to_numpy())[order],
-        ]
-        with self._lock:
-            stored = [
-                x
-                for x in np.unique(cols[0]).tolist()
-                if self._conn.execute(
-                    "SELECT EXISTS(SELECT 1 FROM device_state WHERE w = ?)", (x,)
-                ).fetchone()[0]
-            ]
-            if stored:
-                self._merge_state(cols)
-            else:
-                self._insert_state(cols)
-
-    def _insert_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
-        """Windows without stored state: plain inserts, counts made in numpy."""
-        conn = self._conn
-        insert_rows(conn, "device_state(w, device, ts, cell)", cols)
-        w, cell = cols[0], cols[3]
-        counts = cells_to_counts(pl.DataFrame({"w": w, "cell": cell.view(np.uint64)}))
-        insert_rows(
-            conn,
-            "open_counts(w, cell, devices)",
-            [
-                counts["w"].to_numpy(),
-                i64(counts["cell"].to_numpy()),
-                counts["devices"].to_numpy(),
-            ],
-        )
-        ws, n = np.unique(w, return_counts=True)
-        self._add_devices(zip(ws.tolist(), n.tolist(), strict=True))
-
-    def _add_devices(self, totals: Iterable[tuple[int, int]]) -> None:
-        """Add ``(w, new devices)`` to the windows' totals, creating open windows as needed."""
-        step = self.settings.window_s
-        self._conn.executemany(
-            'INSERT INTO windows(w, start, "end", closed, version, devices) '
-            "VALUES (?, ?, ?, 0, 0, ?) "
-            "ON CONFLICT(w) DO UPDATE SET devices = devices + excluded.devices",
-            [(x, x * step, (x + 1) * step, n) for x, n in totals],
-        )
-
-    def _merge_state(self, cols: list[npt.NDArray[np.int64]]) -> None:
-        """Some windows have stored state: stage, move the counts, upsert."""
-        conn = self._conn
-        conn.execute(_STAGE)
-        conn.execute("DELETE FROM incoming")
-        insert_rows(conn, "incoming(w, device, ts, cell)", cols)
-        new = conn.execute(_NEW_DEVICES).fetchall()
-        conn.execute(_COUNT_MOVES)
-        self._add_devices(new)
-        conn.execute(
-            "INSERT INTO device_state(w, device, ts, cell) "
-            "SELECT w, device, ts, cell FROM incoming WHERE true "
-            "ON CONFLICT(w, device) DO UPDATE SET ts = excluded.ts, cell = excluded.cell "
-            "WHERE (excluded.ts, excluded.cell) > (device_state.ts, device_state.cell)"
-        )
-        conn.execute("DELETE FROM incoming")
-
-    def delete_state(self, ws: list[int]) -> None:
-        """Delete device state (and live counts) of closed windows; ``after_commit`` then
-        truncates the WAL, where the deleted hashes may still be."""
-        with self._lock:
-            for table in ("device_state", "open_counts"):
-                self._conn.executemany(f"DELETE FROM {table} WHERE w = ?", [(w,) for w in ws])  # noqa: S608 - fixed names
-
     def touch_windows(self, rows: list[tuple[int, int, int]], closed: bool) -> None:
         """Create or bump windows (open windows' device totals move in ``upsert_state``)."""
         with self._lock:
@@ -318,6 +192,13 @@ class SQLiteStore(SQLiteReleases, Store):
                 "ON CONFLICT(w) DO UPDATE SET version = version + 1, "
                 "closed = max(closed, excluded.closed)",
                 [(w, a, b, int(closed)) for w, a, b in rows],
+            )
+
+    def set_open_devices(self, totals: list[tuple[int, int]]) -> None:
+        """Set the device totals of open windows."""
+        with self._lock:
+            self._conn.executemany(
+                "UPDATE windows SET devices = ? WHERE w = ?", [(n, w) for w, n in totals]
             )
 
     def write_closed(self, closed: list[ClosedWindow]) -> None:
@@ -347,10 +228,10 @@ class SQLiteStore(SQLiteReleases, Store):
         """Remember a committed batch id."""
         self._q("INSERT INTO batches(batch_id, result) VALUES (?, ?)", (batch_id, result))
 
-    def after_commit(self, state_deleted: bool) -> None:
-        """Truncate the WAL if the unit deleted hashes (device state, pending or live rows)."""
+    def after_commit(self) -> None:
+        """Truncate the WAL if the unit deleted hashes (trimmed the ping log)."""
         with self._lock:  # a transaction holds it throughout: any that set the flag committed
-            deleted, self._hashes_deleted = state_deleted or self._hashes_deleted, False
+            deleted, self._hashes_deleted = self._hashes_deleted, False
             if deleted:
                 self._q("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -370,14 +251,6 @@ class SQLiteStore(SQLiteReleases, Store):
             return None
         n = self.settings.window_s
         return blob_to_published(rows[0][0], Window(w * n, (w + 1) * n))  # type: ignore[arg-type]
-
-    def read_open_counts(self, w: int) -> tuple[U64, I64]:
-        """Return base-resolution counts of an open window from its device state."""
-        rows = self._q(
-            "SELECT cell, devices FROM open_counts WHERE w = ? AND devices > 0 ORDER BY cell", (w,)
-        )
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        return arr[:, 0].view(np.uint64), arr[:, 1].copy()
 
     def read_base_counts(self, ws: list[int]) -> dict[int, tuple[U64, I64]]:
         """Return raw base-resolution counts of closed windows."""

@@ -1,4 +1,4 @@
-"""The SQLite store's file: its tables, made by numbered migrations, and how rows go in.
+"""The SQLite store's file: its tables, made by numbered migrations.
 
 The file is marked as ours by ``APPLICATION_ID`` (a stranger's SQLite file is refused, never
 touched) and its schema version is ``PRAGMA user_version``:
@@ -6,9 +6,9 @@ touched) and its schema version is ``PRAGMA user_version``:
 transaction each. Version numbers match the PostgreSQL store's
 (:data:`heatmap.store.base.SCHEMA_VERSION`) even where a version adds nothing there.
 
-Every column is an INTEGER: H3 cells fit unchanged (:func:`i64`), and aligned int64 columns from
-numpy go in many rows to a statement (:func:`insert_rows`), for window state and release state
-alike.
+Every column but the blobs is an INTEGER: H3 cells fit unchanged (bit 63 is clear). Schema 5
+replaced the per-row state of schemas 1-4 by the ping log; :func:`absorb_rows` moves a migrating
+store's rows into it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
-import numpy.typing as npt
+
+from heatmap.store.codec import ping_entries
 
 APPLICATION_ID = 0x48454154  # "HEAT": marks the file as ours
 MIGRATIONS: dict[int, str] = {
@@ -67,40 +68,30 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX live_cells_empty ON live_cells (cell) WHERE devices = 0;
     INSERT INTO live_cells(cell, devices) SELECT cell, count(*) FROM live GROUP BY cell;
     """,
+    # The ping log (heatmap.store.base) replaces the per-row state of schemas 1-4: their rows
+    # move into it as entries (absorb_rows, a step in Python), then those tables go.
+    5: """
+    CREATE TABLE ping_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, lo_ts INTEGER NOT NULL, hi_ts INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX ping_log_hi ON ping_log (hi_ts);
+    """,
 }
-
-_ROWS_PER_INSERT = 256
-
-
-def i64(cells: np.ndarray) -> np.ndarray:
-    """Return H3 cells as int64, the type of an SQLite INTEGER."""
-    # H3 indexes keep bit 63 at zero, so they fit SQLite's signed 64-bit INTEGER unchanged.
-    return np.asarray(cells, dtype=np.uint64).view(np.int64)
+_ROW_STATE = ("device_state", "pending", "live")
+_ROW_TABLES = ("device_state", "open_counts", "pending", "live", "live_cells")
 
 
-def insert_rows(
-    conn: sqlite3.Connection, target: str, cols: list[npt.NDArray[np.int64]], suffix: str = ""
-) -> None:
-    """Insert aligned integer columns as rows of ``target`` (``table(col, ...)``), each statement
-    ending with ``suffix`` (an upsert clause, say).
-
-    Rows go ``_ROWS_PER_INSERT`` to a statement (multi-row ``VALUES``): about 2.5x faster than
-    one ``executemany`` row at a time, which pays a statement step and a tuple per row.
-    """
-    n, width = len(cols[0]), len(cols)
-    if not n:
-        return
-    flat = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1).ravel().tolist()
-    row = "(" + ", ".join("?" * width) + ")"
-    full = n - n % _ROWS_PER_INSERT
-    if full:
-        step = _ROWS_PER_INSERT * width
-        conn.executemany(
-            f"INSERT INTO {target} VALUES {', '.join([row] * _ROWS_PER_INSERT)}{suffix}",  # noqa: S608 - fixed names
-            (flat[i : i + step] for i in range(0, full * width, step)),
-        )
-    if full < n:
-        conn.execute(
-            f"INSERT INTO {target} VALUES {', '.join([row] * (n - full))}{suffix}",  # noqa: S608 - fixed names
-            flat[full * width :],
-        )
+def absorb_rows(conn: sqlite3.Connection, slot_s: int) -> None:
+    """Move the rows of a schema 1-4 store's state tables into the ping log (schema 5), then
+    drop those tables. Inside the migration's transaction."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    parts = [np.zeros((0, 3), dtype=np.int64)]
+    for table in [t for t in _ROW_STATE if t in have]:
+        rows = conn.execute(f"SELECT device, ts, cell FROM {table}").fetchall()  # noqa: S608 - fixed names
+        parts.append(np.array(rows, dtype=np.int64).reshape(-1, 3))
+    every = np.concatenate(parts)
+    entries = ping_entries(every[:, 0], every[:, 1], every[:, 2].view(np.uint64), slot_s)
+    conn.executemany("INSERT INTO ping_log(lo_ts, hi_ts, data) VALUES (?, ?, ?)", entries)
+    for table in [t for t in _ROW_TABLES if t in have]:
+        conn.execute(f"DROP TABLE {table}")

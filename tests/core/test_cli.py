@@ -112,7 +112,7 @@ def test_strict_writes_nothing(tmp_path: Path) -> None:
     assert r.returncode == 2 and "row 2: lat out of range" in r.stderr
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM windows").fetchone()[0] == 0
-    assert con.execute("SELECT count(*) FROM device_state").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM ping_log").fetchone()[0] == 0
 
 
 def test_missing_file_and_corrupt_store(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,16 +91,23 @@ def test_a_file_never_rejects_its_own_rows_whatever_the_order(make_settings, tmp
     assert report.late == 0 and report.accepted == frame.height
 
 
-def test_closed_windows_lose_their_device_state(make_settings, tmp_path) -> None:
+def _logged(store: Store) -> pl.DataFrame:
+    """Every ping the store's log holds (device, ts, cell)."""
+    parts = [pl.DataFrame({"device": d, "ts": t, "cell": c}) for _, (d, t, c) in store.read_log(0)]
+    return pl.concat(parts) if parts else pl.DataFrame({"device": [], "ts": [], "cell": []})
+
+
+def test_closed_windows_leave_the_log_once_no_release_needs_them(make_settings, tmp_path) -> None:
     s = make_settings(k_min=2, allowed_lateness_s=60)
     hm = Heatmap(s)
     hm.ingest_paths([_write(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
-    con = sqlite3.connect(s.db)
-    assert con.execute("SELECT count(*) FROM device_state").fetchone()[0] == 15
-    hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
+    assert _logged(hm.store)["device"].n_unique() == 15
+    hm.ingest_paths([_write(_pings(15, T0 + 900, T0 + 1200, seed=7), tmp_path / "b.csv")], OPTS)
     first = T0 // 300
-    assert con.execute("SELECT count(*) FROM device_state WHERE w = ?", (first,)).fetchone()[0] == 0
     assert [w.closed for w in hm.store.windows() if w.w == first] == [True]
+    # The release at the newest tick looks back one horizon (300 s): nothing of the first window.
+    assert _logged(hm.store).filter(pl.col("ts") < T0 + 300).height == 0
+    assert _logged(hm.store)["device"].n_unique() == 15  # positive control: b's devices are kept
 
 
 def test_store_files_hold_no_hash_of_a_closed_window(make_settings, tmp_path) -> None:
@@ -241,146 +247,69 @@ def test_live_counts_follow_every_batch(batches: list) -> None:
         hm.close()
 
 
-# -- release state: one contract, checked on both backends (tests/scale/test_pg_store.py) ------
+# -- the ping log: one contract, checked on both backends (tests/scale/test_pg_store.py) -------
 CELL0 = 0x8A2A1072B407FFF  # a res-10 cell around Shanghai
 BIG_CELL = 0x8AFFFFFFFFFFFFF  # bit 63 clear, like every H3 index
-Key = tuple[int, int]  # (device, k)
-Pos = tuple[int, int]  # (ts, cell): the larger one is the latest
+SLOT = 60
 
 
-def _pending_frame(rows: list[tuple[int, int, int, int]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={"device": pl.Int64, "k": pl.Int64, "ts": pl.Int64, "cell": pl.UInt64},
-        orient="row",
-    )
+def _entry_rows(rng: np.random.Generator, k: int, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` pings of slot ``k``: extreme and random device hashes, two cells."""
+    dev = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64, endpoint=True)
+    dev[:2] = [-(2**63), 2**63 - 1]
+    ts = k * SLOT + rng.integers(0, SLOT, n)
+    cell = np.where(rng.random(n) < 0.5, CELL0, BIG_CELL).astype(np.uint64)
+    return dev, ts, cell
 
 
-def _random_pings(rng: np.random.Generator, devices: list[int], ks: range, n: int) -> list:
-    """``n`` pings of the devices in ticks ``ks`` (60 s): few ts values per tick and few cells,
-    so (device, k) repeats, ts ties with other cells, and exact duplicates all occur."""
-    cells = [CELL0 + i for i in range(4)] + [BIG_CELL]
-    rows = []
-    for _ in range(n):
-        k = int(rng.choice(ks))
-        rows.append(
-            (
-                int(rng.choice(devices)),
-                k,
-                k * 60 + int(rng.integers(0, 3)),
-                int(rng.choice(cells)),
-            )
-        )
-    return rows + rows[: n // 10]  # exact duplicates
+def check_ping_log(store: Store, sql: Callable[[str], list[tuple]]) -> None:
+    """Entries go in and come back in order, bit for bit, numbered upwards across trims (never
+    reused); trimming deletes exactly the slots wholly before the bound, whole entries only;
+    ``sql`` reads the store's table directly (the same SQL on both backends)."""
+    from heatmap.store.codec import ping_entries
 
-
-def check_release_state(store: Store, sql: Callable[[str], list[tuple]]) -> None:
-    """Pending, fold, live, expire and counts against a plain-Python model of the same rules;
-    ``sql`` reads the store's tables directly (the same SQL on both backends). After every step
-    ``live_counts()`` and the per-cell counter equal a plain count of the model's live rows. The
-    store may hold release state already (a migrated one): the model starts from its tables."""
     rng = np.random.default_rng(13)
-    devices = [-(2**63), 2**63 - 1, 0, *rng.integers(-(2**62), 2**62, 60).tolist()]
-    pending: dict[Key, Pos] = {
-        (d, k): (ts, cell) for d, k, ts, cell in sql("SELECT device, k, ts, cell FROM pending")
-    }
-    live: dict[int, Pos] = {
-        d: (ts, cell) for d, ts, cell in sql("SELECT device, ts, cell FROM live")
-    }
-
-    def tables_match() -> None:
-        got = sorted(sql("SELECT device, k, ts, cell FROM pending"))
-        assert got == sorted((d, k, *v) for (d, k), v in pending.items())
-        assert sorted(sql("SELECT device, ts, cell FROM live")) == sorted(
-            (d, *v) for d, v in live.items()
-        )
-        counts_match()
-
-    def counts_match(want: dict[int, int] | None = None) -> None:
-        """``live_counts()`` and ``live_cells`` (no cell kept at zero) are a plain count of the
-        model's live rows, which is ``want`` where the test spells it out."""
-        plain = Counter(cell for _, cell in live.values())
-        if want is not None:
-            assert plain == want
-        cells, n = store.live_counts()
-        assert cells.dtype == np.uint64 and n.dtype == np.int64
-        assert list(zip(cells.tolist(), n.tolist(), strict=True)) == sorted(plain.items())
-        assert sorted(sql("SELECT cell, devices FROM live_cells")) == sorted(plain.items())
-
-    def add(rows: list[tuple[int, int, int, int]]) -> None:
+    base = 28_000_000  # slot number of a time in 2023
+    have = {seq for seq, _ in store.read_log(0)}
+    start = max(have, default=0)
+    written: dict[int, tuple[np.ndarray, ...]] = {}
+    for ks in ([base, base + 1], [base + 2], [base + 1, base + 3, base + 4]):
+        rows = [_entry_rows(rng, k, 50) for k in ks]
+        dev, ts, cell = (np.concatenate([r[i] for r in rows]) for i in range(3))
+        entries = ping_entries(dev, ts, cell, SLOT)
+        assert len(entries) == len(set(ks))
         with store.transaction():
-            store.add_pending(_pending_frame(rows))
-        for d, k, ts, cell in rows:
-            pending[(d, k)] = max(pending.get((d, k), (ts, cell)), (ts, cell))
-        tables_match()
-
-    def fold(below: int, want: dict[int, int] | None = None) -> None:
-        with store.transaction():
-            n = store.fold_pending(below)
-        moved = [key for key in pending if key[1] < below]
-        assert n == len(moved)
-        for d, k in moved:
-            pos = pending.pop((d, k))
-            live[d] = max(live.get(d, pos), pos)
-        tables_match()
-        counts_match(want)
-
-    def expire(min_ts: int, want: dict[int, int] | None = None) -> None:
-        with store.transaction():
-            n = store.expire_live(min_ts)
-        gone = [d for d, (ts, _) in live.items() if ts < min_ts]
-        assert n == len(gone)
-        for d in gone:
-            del live[d]
-        tables_match()
-        counts_match(want)
-
-    counts_match()
-    add(_random_pings(rng, devices, range(100, 104), 400))
-    add(_random_pings(rng, devices, range(101, 105), 400))  # overlaps stored (device, k)
-    add([])
-    fold(102)
-    # Pings of ticks already folded (late) and of older times than live: they merge by max.
-    add(_random_pings(rng, devices, range(99, 106), 400))
-    fold(104)
-    assert live and pending
-    fold(104)  # nothing left below: a no-op
-    expire(103 * 60 + 1)
-    fold(106)
-    expire(104 * 60)
-    expire(10**9)
-    assert not live and not pending
-
-    # Spelled out: devices enter, move, tie and expire; cells empty and leave the counter.
-    a, b, c = CELL0 + 10, CELL0 + 11, BIG_CELL  # a < b < c
-    d1, d2, d3, d4 = -(2**63), 2**63 - 1, 0, 4
-    add([(d1, 200, 12_000, a), (d2, 200, 12_000, a), (d3, 200, 12_001, b)])
-    fold(201, {a: 2, b: 1})
-    add(
-        [
-            (d1, 201, 12_060, b),  # d1 moves a -> b ...
-            (d1, 200, 12_010, c),  # ... its late ping of a folded tick is older: two ticks fold
-            (d2, 200, 12_000, c),  # same ts as its live row, larger cell: moves a -> c
-            (d3, 200, 12_001, a),  # same ts, smaller cell: stays in b
-            (d4, 201, 12_070, a),  # a new device, a tie within one tick: b
-            (d4, 201, 12_070, b),
-            (d4, 202, 12_130, a),  # not folded yet
-        ]
-    )
-    fold(202, {b: 3, c: 1})  # a emptied: gone from the counter
-    expire(12_002, {b: 2})  # d2, d3 expire; d1 moved away from its expired position, stays
-    fold(203, {a: 1, b: 1})  # one tick: d4 moves b -> a
-    add([(d4, 201, 12_065, c)])  # late and older than d4's live row: one tick, no move
-    fold(203, {a: 1, b: 1})
-    expire(12_120, {a: 1})  # d1's bucket expires whole
-    add([(d1, 203, 12_180, b), (d3, 203, 12_181, b)])  # back into the emptied cell
-    fold(204, {a: 1, b: 2})
-    expire(10**9, {})
-    assert not sql("SELECT * FROM live_cells")
+            last = store.append_log(entries)
+        for i, (lo, hi, _) in enumerate(entries):
+            assert lo // SLOT == hi // SLOT  # an entry never spans slots
+            written[last - len(entries) + 1 + i] = (lo, hi)
+    got = list(store.read_log(start))
+    assert [seq for seq, _ in got] == sorted(written)  # numbered in commit order, none lost
+    assert sorted(written) == list(range(start + 1, start + 1 + len(written)))
+    mid = sorted(written)[3]
+    assert [seq for seq, _ in store.read_log(mid)] == [q for q in sorted(written) if q > mid]
+    ts_all = np.concatenate([t for _, (_, t, _) in got])
+    assert ts_all.min() >= base * SLOT and ts_all.max() < (base + 5) * SLOT
+    for _, (dev, ts, cell) in got:
+        assert dev.dtype == np.int64 and ts.dtype == np.int64 and cell.dtype == np.uint64
+        assert set(cell.tolist()) <= {CELL0, BIG_CELL}
+    bound = (base + 2) * SLOT  # slots base and base + 1 go (three entries), and older ones
+    older = sum(1 for _, (_, t, _) in store.read_log(0) if t.max() < bound)
+    assert older >= 3
+    with store.transaction():
+        assert store.trim_log(bound) == older
+    left = sorted(int(t.min()) // SLOT for q, (_, t, _) in store.read_log(0) if q in written)
+    assert left == [base + 2, base + 3, base + 4]
+    assert sql(f"SELECT count(*) FROM ping_log WHERE hi_ts < {bound}") == [(0,)]
+    with store.transaction():
+        nxt = store.append_log(ping_entries(*_entry_rows(rng, base + 1, 5), SLOT))
+    assert nxt == max(written) + 1  # never a number used before, even after a trim
+    with store.transaction():
+        store.trim_log(2**62)
+    assert list(store.read_log(0)) == []
 
 
-# Release state as a schema-3 store holds it (before live_cells): devices the contract above
-# moves too, on cells it uses, in ticks around its own.
+# Release state as a schema 3-4 store holds it: rows of live (device, ts, cell) and pending.
 V3_LIVE = [
     (-(2**63), 100 * 60 + 1, CELL0),
     (2**63 - 1, 101 * 60, BIG_CELL),
@@ -434,10 +363,10 @@ def _sqlite_sql(path: str) -> Callable[[str], list[tuple]]:
     return run
 
 
-def test_release_state_follows_the_rules(make_settings) -> None:
+def test_the_ping_log_follows_the_contract(make_settings) -> None:
     s = make_settings()
     store = SQLiteStore(s)
-    check_release_state(store, _sqlite_sql(s.db))
+    check_ping_log(store, _sqlite_sql(s.db))
     store.close()
 
 
@@ -461,50 +390,54 @@ def _varint(v: int) -> bytes:
     return bytes(reversed(out))
 
 
-def test_store_files_hold_no_hash_of_an_expired_device(make_settings) -> None:
-    """Folded and expired devices' hashes leave the files, the WAL included, while the store is
-    open; live devices' hashes stay (positive control)."""
+def test_store_files_hold_no_hash_of_a_trimmed_entry(make_settings) -> None:
+    """Trimmed entries' hashes leave the files, the WAL included, while the store is open;
+    kept entries' hashes stay (positive control: the probe finds them in the blobs)."""
+    from heatmap.store.codec import ping_entries
+
     s = make_settings()
     store = SQLiteStore(s)
     rng = np.random.default_rng(21)
-    hashes = rng.integers(2**62, 2**63 - 1, 600).tolist()  # 8 bytes on disk, whatever the form
+    hashes = rng.integers(2**62, 2**63 - 1, 600).tolist()
     gone, kept = hashes[:300], hashes[300:]
-    rows = [(d, 100 + i % 3, (100 + i % 3) * 60 + i % 7, CELL0 + i % 5) for i, d in enumerate(gone)]
-    rows += [(d, 104, 104 * 60 + 5, CELL0) for d in kept]
+    base = 28_000_000
+    ts = np.array([base * SLOT + i % 50 for i in range(300)] + [(base + 3) * SLOT] * 300)
+    cell = np.full(600, CELL0, dtype=np.uint64)
     with store.transaction():
-        store.add_pending(_pending_frame(rows[:200]))
-        assert store.fold_pending(101) > 0
-    store.after_commit(False)
+        store.append_log(ping_entries(np.array(hashes[:200]), ts[:200], cell[:200], SLOT))
+    store.after_commit()
     with store.transaction():
-        store.add_pending(_pending_frame(rows[200:]))
-    store.after_commit(False)
+        store.append_log(ping_entries(np.array(hashes[200:]), ts[200:], cell[200:], SLOT))
+    store.after_commit()
 
     def patterns(ds: list[int]) -> list[bytes]:
         return [
             form
             for d in ds
             for form in (d.to_bytes(8, "big", signed=True), d.to_bytes(8, "little", signed=True))
-        ] + [_varint(d) for d in ds]
+        ]
 
     def on_disk() -> bytes:
         return b"".join(p.read_bytes() for p in Path(s.db).parent.glob("heatmap.db*"))
 
     before = on_disk()
-    assert all(d.to_bytes(8, "big", signed=True) in before for d in hashes)  # the probe sees them
-    with store.transaction():  # the second half of `gone` is folded and expired in one unit
-        store.fold_pending(105)
-        assert store.expire_live(104 * 60) == len(gone)
-    store.after_commit(False)
+    assert all(d.to_bytes(8, "little", signed=True) in before for d in hashes)
+    with store.transaction():
+        assert store.trim_log((base + 1) * SLOT) == 2
+    store.after_commit()
     for when in ("open", "closed"):
         blobs = on_disk()
-        assert not [h for h in patterns(gone) if h in blobs], f"expired hash on disk ({when})"
-        assert all(d.to_bytes(8, "big", signed=True) in blobs for d in kept)
+        assert not [h for h in patterns(gone) if h in blobs], f"trimmed hash on disk ({when})"
+        assert all(d.to_bytes(8, "little", signed=True) in blobs for d in kept)
         store.close()
 
 
-def fill_old_store(store: Store) -> Callable[[Store], tuple]:
-    """Write one closed and one open window with the primitives a 0.3 store had; return a
-    reader of what they hold (to compare across the migration)."""
+def fill_old_store(
+    store: Store, write_state: Callable[[pl.DataFrame], None]
+) -> tuple[Callable[[Store], tuple], pl.DataFrame]:
+    """Write one closed and one open window as a 0.3 store had them (``write_state`` puts the
+    open window's device rows into its table); return a reader of what they hold (to compare
+    across the migration) and those rows."""
     from heatmap.store.codec import ClosedWindow
 
     w0, w1 = T0 // 300, T0 // 300 + 1
@@ -523,10 +456,10 @@ def fill_old_store(store: Store) -> Callable[[Store], tuple]:
             "cell": pl.Series([CELL0, BIG_CELL, BIG_CELL], dtype=pl.UInt64),
         }
     )
+    write_state(state)
     with store.transaction():
         store.write_closed([closed])
         store.touch_windows([(w0, T0, T0 + 300)], closed=True)
-        store.upsert_state(state)
         store.touch_windows([(w1, T0 + 300, T0 + 600)], closed=False)
         store.set_meta("watermark", str(T0 + 310))
 
@@ -534,20 +467,31 @@ def fill_old_store(store: Store) -> Callable[[Store], tuple]:
         pub = st.read_published(w0)
         assert pub is not None
         return (
-            st.windows(),
+            [(i.w, i.window, i.closed) for i in st.windows()],
             st.watermark(),
             pub.frame.rows(),
             [a.tolist() for a in st.read_base_counts([w0])[w0]],
-            [a.tolist() for a in st.read_open_counts(w1)],
-            st.load_state([w1]).sort("device").rows(),
         )
 
-    return read
+    return read, state
 
 
-def test_a_v2_store_migrates_to_release_state(make_settings, monkeypatch) -> None:
-    """A store made by 0.3 (schema 2: no release tables, meta schema_version 1) opens with its
-    windows intact and gains the release state."""
+def _sqlite_rows(db: str, table: str) -> Callable[[pl.DataFrame], None]:
+    def write(frame: pl.DataFrame) -> None:
+        con = sqlite3.connect(db)
+        with con:
+            cols = [c for c in ("w", "k", "device", "ts", "cell") if c in frame.columns]
+            rows = frame.select(cols).with_columns(pl.col("cell").cast(pl.Int64)).rows()
+            marks = ", ".join("?" * len(cols))
+            con.executemany(f"INSERT INTO {table}({', '.join(cols)}) VALUES ({marks})", rows)
+        con.close()
+
+    return write
+
+
+def test_a_v2_store_moves_its_device_state_into_the_log(make_settings, monkeypatch) -> None:
+    """A store made by 0.3 (schema 2, meta schema_version 1) opens with its windows intact; the
+    open window's device rows become log entries, counted as before, and the row tables go."""
     import heatmap.store.sqlite as lite
 
     s = make_settings()
@@ -555,49 +499,47 @@ def test_a_v2_store_migrates_to_release_state(make_settings, monkeypatch) -> Non
         m.setattr(lite, "MIGRATIONS", {v: lite.MIGRATIONS[v] for v in (1, 2)})
         m.setattr(lite, "SCHEMA_VERSION", 1)  # what 0.3 wrote
         old = SQLiteStore(s)
-        read = fill_old_store(old)
+        read, rows = fill_old_store(old, _sqlite_rows(s.db, "device_state"))
         before = read(old)
         old.close()
     sql = _sqlite_sql(s.db)
     assert sql("PRAGMA user_version") == [(2,)]
-    assert not sql("SELECT name FROM sqlite_master WHERE name IN ('pending', 'live', 'releases')")
     store = SQLiteStore(s)
-    assert sql("PRAGMA user_version") == [(4,)]
-    assert {"pending", "live", "releases", "live_ts", "live_cells"} <= {
-        r[0] for r in sql("SELECT name FROM sqlite_master")
-    }
-    assert store.get_meta("schema_version") == "4" and store.get_meta("window_s") == "300"
+    assert sql("PRAGMA user_version") == [(5,)]
+    names = {r[0] for r in sql("SELECT name FROM sqlite_master")}
+    assert {"ping_log", "releases"} <= names
+    assert not names & {"device_state", "open_counts", "pending", "live", "live_cells"}
+    assert store.get_meta("schema_version") == "5" and store.get_meta("window_s") == "300"
     assert read(store) == before
-    check_release_state(store, sql)
+    logged = _logged(store).sort("device")
+    assert logged.rows() == rows.select("device", "ts", "cell").sort("device").rows()
+    w1 = T0 // 300 + 1
+    assert [a.tolist() for a in store.read_open_counts(w1)] == [[CELL0, BIG_CELL], [1, 2]]
+    check_ping_log(store, sql)
     check_releases(store)
     store.close()
 
 
-def test_a_v3_store_with_live_rows_gains_the_cell_counter(make_settings, monkeypatch) -> None:
-    """A schema-3 store (release state, no live_cells) with live and pending rows migrates: the
-    counter starts as a plain count of its live rows and follows the contract from there."""
+def test_a_v4_store_moves_its_release_state_into_the_log(make_settings, monkeypatch) -> None:
+    """A schema-4 store with live and pending rows migrates: every row becomes a logged ping,
+    and the next release counts them as the old tables would have."""
     import heatmap.store.sqlite as lite
 
     s = make_settings()
     with monkeypatch.context() as m:
-        m.setattr(lite, "MIGRATIONS", {v: lite.MIGRATIONS[v] for v in (1, 2, 3)})
-        m.setattr(lite, "SCHEMA_VERSION", 3)
+        m.setattr(lite, "MIGRATIONS", {v: lite.MIGRATIONS[v] for v in (1, 2, 3, 4)})
+        m.setattr(lite, "SCHEMA_VERSION", 4)
         SQLiteStore(s).close()
     con = sqlite3.connect(s.db)
     with con:
-        assert con.execute("PRAGMA user_version").fetchone() == (3,)
         con.executemany("INSERT INTO live(device, ts, cell) VALUES (?, ?, ?)", V3_LIVE)
         con.executemany("INSERT INTO pending(device, k, ts, cell) VALUES (?, ?, ?, ?)", V3_PENDING)
     con.close()
     store = SQLiteStore(s)
-    sql = _sqlite_sql(s.db)
-    assert sql("PRAGMA user_version") == [(4,)] and store.get_meta("schema_version") == "4"
-    assert sorted(sql("SELECT cell, devices FROM live_cells")) == [
-        (CELL0, 2),
-        (CELL0 + 1, 2),
-        (BIG_CELL, 1),
-    ]
-    check_release_state(store, sql)
+    assert _sqlite_sql(s.db)("PRAGMA user_version") == [(5,)]
+    want = sorted([*V3_LIVE, *[(d, ts, c) for d, _, ts, c in V3_PENDING]])
+    assert sorted(_logged(store).rows()) == want
+    check_ping_log(store, _sqlite_sql(s.db))
     store.close()
 
 
