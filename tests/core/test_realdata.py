@@ -132,8 +132,9 @@ def test_nothing_identifying_on_disk(ingested) -> None:
             assert hasher.hash_one(d).to_bytes(8, order, signed=True) not in blob
     # Positive control: the hashes of the open window's devices are found in the ping log's
     # blobs (the search works: keyed hashes do not compress, zstd keeps them as literals).
-    for d in open_devices:
-        assert hasher.hash_one(d).to_bytes(8, "little", signed=True) in blob
+    # (but for the few split across two overflow pages).
+    seen = sum(hasher.hash_one(d).to_bytes(8, "little", signed=True) in blob for d in open_devices)
+    assert open_devices and seen >= 0.9 * len(open_devices)
     # No text value anywhere in the store is a raw device id.
     con = sqlite3.connect(db)
     tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]

@@ -29,14 +29,15 @@ from tests.core.test_store import (  # noqa: E402
     BIG_CELL,
     CELL0,
     OPTS,
+    SLOT,
     T0,
     V3_LIVE,
     V3_PENDING,
-    _pending_frame,
+    _logged,
     _pings,
     _published,
     _write,
-    check_release_state,
+    check_ping_log,
     check_releases,
     fill_old_store,
 )
@@ -53,14 +54,15 @@ def test_migrations_run_once_and_record_their_version(pg_url: str, make_settings
     Heatmap(make_settings(db=pg_url)).close()
     Heatmap(make_settings(db=pg_url)).close()  # a second node: nothing to do
     versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
     meta = dict(_sql(pg_url, "SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "4" and meta["window_s"] == "300"
+    assert meta["schema_version"] == "5" and meta["window_s"] == "300"
     tables = {
         r[0] for r in _sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
-    assert tables >= {"meta", "windows", "device_state", "base_counts", "published", "batches"}
-    assert tables >= {"pending", "live", "releases", "live_cells"}
+    assert tables >= {"meta", "windows", "base_counts", "published", "batches", "releases"}
+    assert tables >= {"ping_log"}
+    assert not tables & {"device_state", "pending", "live", "live_cells"}
 
 
 def test_a_newer_schema_is_refused(pg_url: str, make_settings) -> None:
@@ -122,14 +124,16 @@ def test_late_rows_of_a_closed_window_are_rejected(pg_url: str, make_settings, t
     hm.close()
 
 
-def test_closed_windows_lose_their_device_state(pg_url: str, make_settings, tmp_path) -> None:
+def test_closed_windows_leave_the_log_once_no_release_needs_them(
+    pg_url: str, make_settings, tmp_path
+) -> None:
     hm = Heatmap(make_settings(db=pg_url, k_min=2, allowed_lateness_s=60))
     hm.ingest_paths([_write(_pings(15, T0, T0 + 299, seed=6), tmp_path / "a.csv")], OPTS)
     first = T0 // 300
-    assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(15,)]
+    assert _logged(hm.store)["device"].n_unique() == 15
     assert hm.store.windows()[0].devices == 15 and not hm.store.windows()[0].closed
-    hm.ingest_paths([_write(_pings(15, T0 + 600, T0 + 900, seed=7), tmp_path / "b.csv")], OPTS)
-    assert _sql(pg_url, f"SELECT count(*) FROM device_state WHERE w = {first}") == [(0,)]
+    hm.ingest_paths([_write(_pings(15, T0 + 900, T0 + 1200, seed=7), tmp_path / "b.csv")], OPTS)
+    assert _logged(hm.store).filter(pl.col("ts") < T0 + 300).height == 0
     info = next(w for w in hm.store.windows() if w.w == first)
     assert info.closed and info.devices == 15
     assert hm.store.read_base_counts([first])[first][1].sum() == 15
@@ -146,13 +150,19 @@ def test_no_table_file_holds_a_hash_of_a_closed_window(
     hm.ingest_paths([_write(first, tmp_path / "a.csv")], OPTS)
     hasher = DeviceHasher(hm.key)
     hashes = {hasher.hash_one(d).to_bytes(8, "little", signed=True) for d in first["device_id"]}
-    assert all(h in _database_files(pg_server, pg_url) for h in hashes)  # the probe sees them
+    # The probe sees them (but for one split across two TOAST chunks of the log's blobs).
+    assert _found(hashes, _database_files(pg_server, pg_url)) >= len(hashes) - 1
     later = _pings(3, T0 + 900, T0 + 1000, seed=9).with_columns(device_id=pl.lit("other"))
     hm.ingest_paths([_write(later, tmp_path / "b.csv")], OPTS)  # closes the first window
     files = _database_files(pg_server, pg_url)
     assert not any(h in files for h in hashes)
     assert not any(d.encode() in files for d in first["device_id"].unique())
     hm.close()
+
+
+def _found(hashes, files: bytes) -> int:
+    """How many of the 8-byte patterns occur in the files."""
+    return sum(h in files for h in hashes)
 
 
 def _database_files(server, url: str) -> bytes:
@@ -214,39 +224,6 @@ def test_concurrent_commits_from_many_connections_serialise(
         hm.close()
 
 
-def test_device_state_upsert_keeps_latest_then_larger_cell(pg_url: str, make_settings) -> None:
-    store = PostgresStore(make_settings(db=pg_url))
-    big = np.uint64(0x8AFFFFFFFFFFFFF)  # a large H3-like index: bit 63 stays clear
-    first = pl.DataFrame(
-        {
-            "w": [1, 1, 2, -(2**40)],
-            "device": [-(2**63), 2**63 - 1, 7, 0],
-            "ts": [100, 100, 650, -5],
-            "cell": pl.Series([5, big, 9, 1], dtype=pl.UInt64),
-        }
-    )
-    second = pl.DataFrame(
-        {
-            "w": [1, 1, 2],
-            "device": [-(2**63), 2**63 - 1, 7],
-            "ts": [100, 99, 651],  # tie -> larger cell; older -> ignored; newer -> wins
-            "cell": pl.Series([6, 1, 3], dtype=pl.UInt64),
-        }
-    )
-    with store.transaction():
-        store.upsert_state(first)
-    with store.transaction():
-        store.upsert_state(second)
-    got = store.load_state([1, 2, -(2**40)]).sort("w", "device")
-    assert got.rows() == [
-        (-(2**40), 0, -5, 1),
-        (1, -(2**63), 100, 6),
-        (1, 2**63 - 1, 100, int(big)),
-        (2, 7, 651, 3),
-    ]
-    store.close()
-
-
 def test_binary_copy_round_trip() -> None:
     rng = np.random.default_rng(0)
     cols = [rng.integers(-(2**63), 2**63 - 1, 1000, dtype=np.int64) for _ in range(3)]
@@ -288,9 +265,9 @@ def test_the_change_token_moves_only_when_the_commit_is_visible(pg_url: str, mak
     other.close()
 
 
-def test_release_state_follows_the_rules(pg_url: str, make_settings) -> None:
+def test_the_ping_log_follows_the_contract(pg_url: str, make_settings) -> None:
     store = PostgresStore(make_settings(db=pg_url))
-    check_release_state(store, lambda query: _sql(pg_url, query))
+    check_ping_log(store, lambda query: _sql(pg_url, query))
     store.close()
 
 
@@ -312,43 +289,67 @@ def test_releases_are_kept_once_listed_and_announced(pg_url: str, make_settings)
     other.close()
 
 
-def test_a_v1_store_migrates_to_release_state(pg_url: str, make_settings, monkeypatch) -> None:
-    """A store made by 0.3 (schema_migrations 1 only) opens with its windows intact and gains
-    the release state; versions 2 to 4 are recorded."""
+def _pg_state_rows(url: str) -> object:
+    def write(frame: pl.DataFrame) -> None:
+        with psycopg.connect(url) as conn:
+            for w in frame["w"].unique().to_list():
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS device_state_{w} PARTITION OF device_state "
+                    f"FOR VALUES IN ({w})"
+                )
+            rows = frame.select("w", "device", "ts", pl.col("cell").cast(pl.Int64)).rows()
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO device_state (w, device, ts, cell) VALUES (%s, %s, %s, %s)", rows
+                )
+
+    return write
+
+
+def test_a_v1_store_moves_its_device_state_into_the_log(
+    pg_url: str, make_settings, monkeypatch
+) -> None:
+    """A store made by 0.3 (schema_migrations 1 only) opens with its windows intact; the open
+    window's device rows become log entries, counted as before; versions 2 to 5 are recorded."""
     import heatmap.store.postgres as pg
 
     s = make_settings(db=pg_url)
     with monkeypatch.context() as m:
         m.setattr(pg, "MIGRATIONS", {1: pg.MIGRATIONS[1]})
         old = PostgresStore(s)
-        read = fill_old_store(old)
+        read, rows = fill_old_store(old, _pg_state_rows(pg_url))  # type: ignore[arg-type]
         before = read(old)
         old.close()
     assert _sql(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
-    assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE tablename = 'live'")
     store = PostgresStore(s)
     versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,)]
-    assert store.get_meta("schema_version") == "4"
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
+    assert store.get_meta("schema_version") == "5"
+    assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE tablename LIKE 'device_state%'")
     assert read(store) == before
-    check_release_state(store, lambda query: _sql(pg_url, query))
+    logged = _logged(store).sort("device")
+    assert logged.rows() == rows.select("device", "ts", "cell").sort("device").rows()
+    assert [a.tolist() for a in store.read_open_counts(T0 // 300 + 1)] == [
+        [CELL0, BIG_CELL],
+        [1, 2],
+    ]
+    check_ping_log(store, lambda query: _sql(pg_url, query))
     check_releases(store)
     store.close()
 
 
-def test_a_v3_store_with_live_rows_gains_the_cell_counter(
+def test_a_v4_store_moves_its_release_state_into_the_log(
     pg_url: str, make_settings, monkeypatch
 ) -> None:
-    """A schema-3 store (release state, no live_cells) with live rows in their ts buckets and
-    pending rows migrates: the counter starts as a plain count of its live rows and follows the
-    contract from there (buckets dropped on expiry are counted out first)."""
+    """A schema-4 store with live rows in their ts buckets and pending rows migrates: every row
+    becomes a logged ping and the row tables go, partitions and all."""
     import heatmap.store.postgres as pg
 
     s = make_settings(db=pg_url)
     with monkeypatch.context() as m:
-        m.setattr(pg, "MIGRATIONS", {v: pg.MIGRATIONS[v] for v in (1, 2, 3)})
+        m.setattr(pg, "MIGRATIONS", {v: pg.MIGRATIONS[v] for v in (1, 2, 3, 4)})
         PostgresStore(s).close()
-    with psycopg.connect(pg_url) as conn:  # one transaction, as a schema-3 store wrote them
+    with psycopg.connect(pg_url) as conn:  # one transaction, as a schema-4 store wrote them
         for lo in sorted({ts // 60 * 60 for _, ts, _ in V3_LIVE}):
             conn.execute(
                 f"CREATE TABLE live_{lo} PARTITION OF live FOR VALUES FROM ({lo}) TO ({lo + 60})"
@@ -360,43 +361,38 @@ def test_a_v3_store_with_live_rows_gains_the_cell_counter(
             cur.executemany(
                 "INSERT INTO pending (device, k, ts, cell) VALUES (%s, %s, %s, %s)", V3_PENDING
             )
-    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(3,)]
     store = PostgresStore(s)
-    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(4,)]
-    assert sorted(_sql(pg_url, "SELECT cell, devices FROM live_cells")) == [
-        (CELL0, 2),
-        (CELL0 + 1, 2),
-        (BIG_CELL, 1),
-    ]
-    check_release_state(store, lambda query: _sql(pg_url, query))
+    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(5,)]
+    want = sorted([*V3_LIVE, *[(d, ts, c) for d, _, ts, c in V3_PENDING]])
+    assert sorted(_logged(store).rows()) == want
+    left = _sql(pg_url, "SELECT tablename FROM pg_tables WHERE tablename ~ '^(live|pending)'")
+    assert left == []
+    check_ping_log(store, lambda query: _sql(pg_url, query))
     store.close()
 
 
-def test_no_table_file_holds_a_hash_of_an_expired_device(
+def test_no_table_file_holds_a_hash_of_a_trimmed_entry(
     pg_url: str, pg_server, make_settings
 ) -> None:
-    """Folded pending partitions and expired live buckets are dropped, so expired devices'
-    hashes leave the table files; devices that moved to a newer bucket are live, and their
-    hashes stay (positive control)."""
+    """Trimming drops the log's partitions of slots no longer needed, so their hashes leave the
+    table files; entries of later slots keep theirs (positive control)."""
+    from heatmap.store.codec import ping_entries
+
     store = PostgresStore(make_settings(db=pg_url))
     rng = np.random.default_rng(22)
-    hashes = rng.integers(2**62, 2**63 - 1, 600).tolist()
-    gone, kept = hashes[:300], hashes[300:]
-    rows = [(d, 100 + i % 3, (100 + i % 3) * 60 + i % 7, CELL0 + i % 5) for i, d in enumerate(gone)]
-    rows += [(d, 100, 100 * 60 + 1, CELL0) for d in kept]  # these move to a newer bucket below
+    hashes = np.array(rng.integers(2**62, 2**63 - 1, 600), dtype=np.int64)
+    base = 28_000_000
+    ts = np.array([base * SLOT + i % 50 for i in range(300)] + [(base + 3) * SLOT + 1] * 300)
+    cell = np.full(600, CELL0, dtype=np.uint64)
     with store.transaction():
-        store.add_pending(_pending_frame(rows))
-        assert store.fold_pending(103) == len(rows)
-    with store.transaction():
-        store.add_pending(_pending_frame([(d, 104, 104 * 60 + 5, CELL0 + 1) for d in kept]))
-        store.fold_pending(105)
+        store.append_log(ping_entries(hashes, ts, cell, SLOT))
     before = _database_files(pg_server, pg_url)
-    little = [d.to_bytes(8, "little", signed=True) for d in hashes]
-    assert all(h in before for h in little)  # the probe sees them
+    little = [int(d).to_bytes(8, "little", signed=True) for d in hashes]
+    # The probe sees them, but for the few split across two TOAST chunks (~2 KB each).
+    assert _found(little, before) >= 0.95 * len(little)
     with store.transaction():
-        assert store.expire_live(104 * 60) == len(gone)
+        assert store.trim_log((base + 1) * SLOT) == 1
     files = _database_files(pg_server, pg_url)
-    assert not [h for h in little[:300] if h in files]
-    assert all(h in files for h in little[300:])
-    assert _sql(pg_url, "SELECT count(*), min(ts) FROM live") == [(300, 104 * 60 + 5)]
+    assert _found(little[:300], files) == 0
+    assert _found(little[300:], files) >= 0.95 * 300
     store.close()
