@@ -12,14 +12,32 @@ DEMO_INTERVAL ?= 120
 DEMO_EXPANSION ?= 600
 APT_STAMP := $(VENV)/.apt-stamp
 ASSETS_STAMP := node_modules/.installed-stamp
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# The locks are for the Python of the machines (Debian's python3, 3.11).
+LOCK_PYTHON ?= 3.11
+LOCK_FLAGS = --python-version $(LOCK_PYTHON) --generate-hashes --custom-compile-command "make lock" -q
 
-.PHONY: setup run demo test lint format system-deps assets bench clean
+.PHONY: setup run demo test lint format system-deps assets bench clean lock lock-upgrade
 
-$(STAMP): pyproject.toml
+# Python dependencies come from the lock (exact versions and hashes), then the project itself.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Refresh the locks from pyproject.toml: `make lock` keeps every pin that is still allowed and
+# adds what is new; `make lock-upgrade` moves everything to the newest versions allowed. The dev
+# lock keeps the runtime pins. Commit both files; `make` then installs exactly them.
+lock:
+	test -x $(BIN)/uv || $(MAKE) $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 setup: $(STAMP) assets
 
@@ -58,8 +76,8 @@ run: demo
 	HEATMAP_DB=$(DB) HEATMAP_EXPANSION=$${HEATMAP_EXPANSION:-$(DEMO_EXPANSION)} $(BIN)/heatmap serve --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
-	$(BIN)/ruff check heatmap tiles tests bench
-	$(BIN)/ruff format --check heatmap tiles tests bench
+	$(BIN)/ruff check heatmap tiles tests bench hatch_build.py
+	$(BIN)/ruff format --check heatmap tiles tests bench hatch_build.py
 	$(BIN)/mypy
 
 format: $(STAMP)

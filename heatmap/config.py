@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     tz: str = Field("Asia/Shanghai", description="display time zone")
     basemap_url: str = Field(OSM_TILES, description="XYZ basemap template; empty = none")
     basemap_attribution: str = "© OpenStreetMap contributors"
+    places_file: Path | None = Field(
+        None, description="the city's named places (JSON); unset = the bundled Shanghai set"
+    )
+    outline_file: Path | None = Field(
+        None, description="the city's outline (GeoJSON, WGS-84); unset = the bundled Shanghai one"
+    )
     planner_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="bearer tokens of the planner audience (exact values)"
     )
@@ -79,6 +85,11 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("places_file", "outline_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

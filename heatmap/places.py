@@ -3,6 +3,13 @@
 A place is a WGS-84 centre with a radius (a disc), or a corridor (a street or waterfront given as a
 line and a width), or an explicit polygon. ``sample_data/places.json`` holds the Shanghai set; its
 schema is documented in :func:`load_places`.
+
+Where the files are: the Shanghai sample ships inside the package (a wheel holds it as
+``heatmap/sample_data``, found with :mod:`importlib.resources`; a source checkout reads
+``sample_data/`` beside the package). A city serving its own places and outline names them with
+``HEATMAP_PLACES_FILE`` / ``HEATMAP_OUTLINE_FILE``: ``create_app`` calls :func:`select_city`, and
+every default load (:func:`load_places`, :func:`load_outline` without a path) then reads those.
+The simulator always models Shanghai (:data:`SHANGHAI`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -24,9 +32,59 @@ from shapely.geometry.base import BaseGeometry
 
 from heatmap.errors import BadInput
 
-SAMPLE_DATA: Final = Path(__file__).resolve().parent.parent / "sample_data"
+
+def sample_data_dir() -> Path:
+    """Return the folder of the bundled sample data (Shanghai's places and outline).
+
+    Installed from a wheel it is ``heatmap/sample_data`` inside the package; in a source checkout
+    (editable install) it is ``sample_data/`` beside the package, which the wheel is built from.
+    """
+    packaged = resources.files(__package__ or "heatmap") / "sample_data"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@dataclass(frozen=True)
+class CityFiles:
+    """A city's named places (JSON, see :func:`load_places`) and outline (GeoJSON, WGS-84)."""
+
+    places: Path
+    outline: Path
+
+
+SAMPLE_DATA: Final = sample_data_dir()
 DEFAULT_PLACES: Final = SAMPLE_DATA / "places.json"
 DEFAULT_OUTLINE: Final = SAMPLE_DATA / "shanghai_outline.geojson"
+SHANGHAI: Final = CityFiles(DEFAULT_PLACES, DEFAULT_OUTLINE)
+"""The bundled Shanghai sample: the default city and the simulator's model."""
+
+_city = SHANGHAI
+
+
+def city_files() -> CityFiles:
+    """Return the files of the city this process serves (default :data:`SHANGHAI`)."""
+    return _city
+
+
+def select_city(places: str | Path | None = None, outline: str | Path | None = None) -> CityFiles:
+    """Serve a city's own places and/or outline in this process (None: the bundled sample).
+
+    Both files are read and checked first, so a wrong path or a bad file fails here with one
+    line (:class:`heatmap.errors.BadInput`) rather than on the first request. One city per
+    process: answers cached before a change keep the city they were made for.
+    """
+    global _city
+    chosen = CityFiles(
+        Path(places) if places is not None else SHANGHAI.places,
+        Path(outline) if outline is not None else SHANGHAI.outline,
+    )
+    if chosen != _city:
+        load_places(chosen.places)
+        load_outline(chosen.outline)
+        _city = chosen
+    return chosen
+
 
 # Mean Earth radius (IUGG); the local projection below only needs metre accuracy over a few km.
 _EARTH_R: Final = 6_371_008.8
@@ -54,6 +112,8 @@ class Place:
     peak_hours: tuple[tuple[float, float], ...] = ()
     weekend: float = 1.0
     jobs: float = 0.0
+    aliases: tuple[str, ...] = ()
+    """Other names people search for (zh and en); pinyin is derived (:func:`search_keys`)."""
 
     def activity(self, hour: float, weekend: bool) -> float:
         """Return the place's pull at a local hour (its weight in a peak hour, else a quarter).
@@ -213,6 +273,9 @@ def _place(raw: object, path: Path, i: int) -> Place:
     if weight < 0 or jobs < 0:
         raise _fail(path, where, "'weight' and 'jobs' must be >= 0")
     hours, weekend = _peak(raw, path, where)
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise _fail(path, where, "'aliases' must be a list of non-empty strings")
     return Place(
         id=pid,
         name_zh=_text(raw, "name_zh", path, where),
@@ -226,11 +289,13 @@ def _place(raw: object, path: Path, i: int) -> Place:
         peak_hours=hours,
         weekend=weekend,
         jobs=jobs,
+        aliases=tuple(a.strip() for a in aliases),
     )
 
 
 def load_places(path: str | Path | None = None) -> tuple[Place, ...]:
-    """Return the places of a JSON file (default ``sample_data/places.json``), in file order.
+    """Return the places of a JSON file (default: the served city's, see :func:`city_files`),
+    in file order.
 
     The file is ``{"places": [...]}`` (or a bare list). Each place has ``id`` (slug), ``name_zh``,
     ``name_en``, ``lat``, ``lng`` (WGS-84), ``radius_m`` and ``kind``; optionally ``polygon`` (a
@@ -238,7 +303,7 @@ def load_places(path: str | Path | None = None) -> tuple[Place, ...]:
     simulator hints ``weight``, ``peak: {hours: [[start, end], ...], weekend}`` and ``jobs``.
     Any problem raises :class:`heatmap.errors.BadInput` with a one-line reason.
     """
-    p = Path(path) if path is not None else DEFAULT_PLACES
+    p = Path(path) if path is not None else _city.places
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -258,11 +323,11 @@ def load_places(path: str | Path | None = None) -> tuple[Place, ...]:
 
 
 def load_outline(path: str | Path | None = None) -> BaseGeometry:
-    """Return the city outline (default ``sample_data/shanghai_outline.geojson``, WGS-84).
+    """Return a city outline (default: the served city's, see :func:`city_files`), WGS-84.
 
     Several features are merged into one (Multi)Polygon. Raises :class:`heatmap.errors.BadInput`.
     """
-    p = Path(path) if path is not None else DEFAULT_OUTLINE
+    p = Path(path) if path is not None else _city.outline
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
         feats = doc["features"] if doc.get("type") == "FeatureCollection" else [doc]
@@ -288,10 +353,46 @@ def _fold(text: str) -> str:
     return _FOLD.sub("", text.casefold())
 
 
-def find_place(places: Iterable[Place], query: str) -> Place | None:
-    """Return the place that best matches ``query`` on id, Chinese or English name, or None.
+_HAN = re.compile(r"[\u3400-\u9fff]")
 
-    Matching ignores case, spaces and punctuation ("peoples square" finds ``peoples-square``).
+
+def _pinyin(text: str) -> list[str]:
+    """Return the pinyin keys of a Chinese text: full syllables and initials, no tones.
+
+    ``南京东路`` gives ``nanjingdonglu`` and ``njdl``; empty without any Han character (or
+    without ``pypinyin``).
+    """
+    if not _HAN.search(text):
+        return []
+    try:
+        from pypinyin import Style, lazy_pinyin
+    except ImportError:  # pragma: no cover - a declared dependency
+        return []
+    han = "".join(_HAN.findall(text))
+    full = lazy_pinyin(han, errors="ignore")
+    initials = lazy_pinyin(han, style=Style.FIRST_LETTER, errors="ignore")
+    return ["".join(full), "".join(initials)]
+
+
+def search_keys(place: Place) -> tuple[str, ...]:
+    """Return the folded texts a search matches against, best first.
+
+    The id, both names, the aliases, then the pinyin (full and initials) of every Chinese one:
+    ``南京东路``, ``Nanjing East Road``, ``nanjing dong lu`` and ``njdl`` all find the
+    pedestrian street.
+    """
+    names = [place.id, place.name_zh, place.name_en, *place.aliases]
+    keys = [_fold(n) for n in names]
+    for n in [place.name_zh, *place.aliases]:
+        keys += _pinyin(n)
+    return tuple(dict.fromkeys(k for k in keys if k))
+
+
+def find_place(places: Iterable[Place], query: str) -> Place | None:
+    """Return the place that best matches ``query`` on id, names, aliases or pinyin, or None.
+
+    Matching ignores case, spaces and punctuation ("peoples square" finds ``peoples-square``,
+    "renmin guangchang" finds 人民广场; see :func:`search_keys`).
     An exact match wins over a prefix, and a prefix over a substring; ties go to file order.
     """
     q = _fold(query)
@@ -300,7 +401,7 @@ def find_place(places: Iterable[Place], query: str) -> Place | None:
     best: tuple[int, int] | None = None
     found: Place | None = None
     for order, place in enumerate(places):
-        keys = [_fold(place.id), _fold(place.name_zh), _fold(place.name_en)]
+        keys = _keys(place)
         if q in keys:
             rank = 0
         elif any(k.startswith(q) for k in keys):
@@ -312,3 +413,14 @@ def find_place(places: Iterable[Place], query: str) -> Place | None:
         if best is None or (rank, order) < best:
             best, found = (rank, order), place
     return found
+
+
+_KEYS: dict[Place, tuple[str, ...]] = {}
+
+
+def _keys(place: Place) -> tuple[str, ...]:
+    """Return a place's search keys (memoised: pinyin costs a few hundred microseconds)."""
+    hit = _KEYS.get(place)
+    if hit is None:
+        hit = _KEYS[place] = search_keys(place)
+    return hit

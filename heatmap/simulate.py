@@ -35,7 +35,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from heatmap.errors import BadInput
-from heatmap.places import Place, load_outline, load_places
+from heatmap.places import SHANGHAI, Place, load_outline, load_places
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -267,7 +267,9 @@ def _city(name: str) -> _City:
     """Return the (cached, deterministic) model of a city: outline, raster and position pools."""
     if name != "shanghai":
         raise BadInput(f"unknown city {name!r}: expected one of {', '.join(CITIES)}")
-    outline = load_outline()
+    # The model (centre, districts, pools) is Shanghai's: always its bundled files, whatever
+    # city the service is set to.
+    outline = load_outline(SHANGHAI.outline)
     homes_area = shapely.buffer(outline, -_HOME_INSET_DEG)
     shapely.prepare(homes_area)
     minx, miny, maxx, maxy = outline.bounds
@@ -285,7 +287,7 @@ def _city(name: str) -> _City:
     centre = shapely.Point(_CENTRE[1], _CENTRE[0])
     safe_m = float(shapely.distance(centre, shapely.boundary(inset))) * LNG_M - 1000.0
 
-    places = load_places()
+    places = load_places(SHANGHAI.places)
     rng = np.random.default_rng(20_240_601)  # fixed: the city is the same for every seed
     visit = np.empty((2, len(places), _POOL))
     job = np.zeros((2, len(places), _POOL))

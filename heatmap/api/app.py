@@ -20,13 +20,14 @@ from starlette.middleware.cors import CORSMiddleware
 
 import heatmap
 from heatmap import web
-from heatmap.api import cells, export, ingest, ops, places, tiles
+from heatmap.api import cells, export, ingest, ogc, ops, places, style, tiles
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
 from heatmap.api.fastpath import TileFastPath
 from heatmap.api.metrics import MetricsMiddleware, SecurityHeadersMiddleware
 from heatmap.api.shedding import LoadShedder
 from heatmap.config import Settings
+from heatmap.places import select_city
 from tiles import warmup as warm_up_tile_kernels
 
 DESCRIPTION = """\
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()  # type: ignore[call-arg]
     _setup_logging()
+    select_city(settings.places_file, settings.outline_file)  # the city's own files, if set
     warm_up_tile_kernels()  # compile or load the renderers' kernels now, not on a tile request
     svc = Services(settings)
 
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export.router)
     app.include_router(ingest.router)
     app.include_router(ops.router)
+    ogc.include(app)  # OGC API - Features and Tiles under /ogc, for GIS clients
+    app.include_router(style.router)  # /style.json: MapLibre style of the vector tiles
     web.include(app, settings)
     # Added innermost first: metrics wrap the app, CORS answers preflights.
     app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)

@@ -1,5 +1,11 @@
-"""Static assets of the pages, served by the app itself: Leaflet and plugins from ``node_modules``
-(installed from the npm registry by ``make``, never committed) and the pages' own JS/CSS.
+"""Static assets of the pages, served by the app itself: Leaflet and plugins from the npm registry
+(never committed), the pages' own JS/CSS and the city outline.
+
+Which npm packages are served, and from which of their folders, is written once, in
+``package.json`` (``servedAssets``: package -> folder). In a source checkout they are read from
+``node_modules`` (``make`` runs ``npm ci``); a wheel carries them inside the package, in
+``heatmap/web/vendor/<package>/`` with a copy of ``package.json`` (the build hook
+``hatch_build.py`` puts them there), and they are found with :mod:`importlib.resources`.
 
 Files are read once, gzip-compressed once and kept in memory (a few hundred KB in all). Each
 asset's URL carries a short content hash (``?v=``), so responses can be cached for good.
@@ -9,9 +15,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import mimetypes
 import threading
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Final
 
@@ -19,12 +27,46 @@ from heatmap.places import DEFAULT_OUTLINE
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = PACKAGE_DIR / "static"
-NODE_MODULES: Final = PACKAGE_DIR.parent.parent / "node_modules"
+SOURCE_ROOT: Final = PACKAGE_DIR.parent.parent
+"""The checkout's root (only meaningful when running from a source tree)."""
+NODE_MODULES: Final = SOURCE_ROOT / "node_modules"
+
+
+def served_npm_packages(package_json: Path) -> dict[str, str]:
+    """Return ``servedAssets`` of a ``package.json``: npm package -> folder of it to serve.
+
+    A missing or unreadable file gives ``{}`` (the roots are then reported by ``missing``).
+    """
+    try:
+        doc = json.loads(package_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    table = doc.get("servedAssets") if isinstance(doc, dict) else None
+    return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
+
+
+def bundled_vendor_dir() -> Path | None:
+    """Return ``heatmap/web/vendor`` of an installed wheel, or None in a source checkout."""
+    vendor = resources.files(__package__ or "heatmap.web") / "vendor"
+    if isinstance(vendor, Path) and (vendor / "package.json").is_file():
+        return vendor
+    return None
+
+
+def vendor_roots() -> dict[str, Path]:
+    """Return ``vendor/<package>`` -> the folder serving it: inside the wheel when installed
+    from one, else ``node_modules/<package>/<folder>`` of the checkout."""
+    bundled = bundled_vendor_dir()
+    if bundled is not None:
+        names = served_npm_packages(bundled / "package.json")
+        return {f"vendor/{name}": bundled / name for name in names}
+    table = served_npm_packages(SOURCE_ROOT / "package.json")
+    return {f"vendor/{name}": NODE_MODULES / name / sub for name, sub in table.items()}
+
 
 ROOTS: Final[dict[str, Path]] = {
     "web": STATIC_DIR,
-    "vendor/leaflet": NODE_MODULES / "leaflet" / "dist",
-    "vendor/leaflet.vectorgrid": NODE_MODULES / "leaflet.vectorgrid" / "dist",
+    **vendor_roots(),
     "data": DEFAULT_OUTLINE.parent,
 }
 """URL prefix under ``/assets/`` -> directory it serves."""
