@@ -32,9 +32,19 @@ from heatmap.service import Heatmap
 from heatmap.store import WindowInfo
 from tiles.cache import TileCache, TileKey, etag
 from tiles.errors import TileError
-from tiles.grid import DATA_MIN_ZOOM, MAX_ZOOM, MIN_ZOOM, check_tile, zoom_to_res
+from tiles.fill import fill_area, fill_size, filled
+from tiles.grid import (
+    DATA_MIN_ZOOM,
+    MAX_ZOOM,
+    MIN_ZOOM,
+    check_tile,
+    tile_bounds_lnglat,
+    zoom_to_res,
+)
+from tiles.index import CellIndex, build_index
 from tiles.pmtiles import write_pmtiles
 from tiles.raster import snapshot_to_png
+from tiles.source import CellLayer
 from tiles.tilejson import data_bounds, round_bounds, tilejson
 from tiles.vector import snapshot_to_mvt
 
@@ -42,6 +52,12 @@ Format = Literal["mvt", "png"]
 
 MEDIA_TYPES: dict[str, str] = {"mvt": "application/vnd.mapbox-vector-tile", "png": "image/png"}
 """Content-Type of each tile format."""
+
+FILL_LAYER_MAX = 150_000
+"""Largest fill (cells) built once per snapshot set; larger ones are built per tile."""
+
+FILLED = "+fill"
+"""Suffix of a filled layer's version (:func:`tiles.fill.fill_layer`'s default)."""
 
 GZIP_LEVEL = 6
 """zlib level of gzip-encoded MVT (compressed once per tile and cached)."""
@@ -114,7 +130,9 @@ class TileService:
         check_tile(req.z, req.x, req.y, MIN_ZOOM, MAX_ZOOM)
 
     def _key(self, req: TileRequest, snap: Snapshot) -> TileKey:
-        return TileKey(snap.version, req.fmt, req.z, req.x, req.y, req.scale)
+        # The tile draws the filled layer of this resolution (its version names the whole
+        # snapshot set: :func:`tiles.fill.filled`), known here without building it.
+        return TileKey(snap.version + FILLED, req.fmt, req.z, req.x, req.y, req.scale)
 
     def _tile(self, req: TileRequest, info: WindowInfo, snap: Snapshot, data: bytes) -> Tile:
         key = self._key(req, snap)
@@ -159,12 +177,13 @@ class TileService:
         """Return the tile, rendering and caching it if needed (may block: store, render)."""
         self._check(req)
         info = self.reader.window(req.ref)
-        snap = self._snapshot(req, self.reader.snapshots(info))
+        snaps = self.reader.snapshots(info)
+        snap = self._snapshot(req, snaps)
         key = self._key(req, snap)
         data = self.cache.get(key)
         if data is None:
             t0 = time.perf_counter()
-            data = render_tile(snap, req.fmt, req.z, req.x, req.y, req.scale)
+            data = render_filled(snaps, snap.res, req.fmt, req.z, req.x, req.y, req.scale)
             self.render_seconds += time.perf_counter() - t0
             self.renders += 1
             self.cache.put(key, data)
@@ -240,11 +259,32 @@ def service_tilejson(
     )
 
 
-def render_tile(snap: Snapshot, fmt: str, z: int, x: int, y: int, scale: int = 1) -> bytes:
-    """Return the tile bytes of one snapshot (``b""`` when no published cell touches it)."""
+def render_tile(
+    layer: CellLayer | CellIndex, fmt: str, z: int, x: int, y: int, scale: int = 1
+) -> bytes:
+    """Return the tile bytes of one layer (``b""`` when no published cell touches it)."""
     if fmt == "mvt":
-        return snapshot_to_mvt(snap, z, x, y)
-    return snapshot_to_png(snap, z, x, y, scale=scale)
+        return snapshot_to_mvt(layer, z, x, y)
+    return snapshot_to_png(layer, z, x, y, scale=scale)
+
+
+def render_filled(
+    snaps: dict[int, Snapshot], res: int, fmt: str, z: int, x: int, y: int, scale: int = 1
+) -> bytes:
+    """Return a tile of resolution ``res`` where every place shows its finest published level.
+
+    Where the cells of ``res`` are withheld, their published parent (or a coarser ancestor)
+    fills the gap (:mod:`tiles.fill`). A fill of at most :data:`FILL_LAYER_MAX` cells is built
+    once per snapshot set and indexed like a snapshot; a larger one (the finest resolution
+    over a whole city: hundreds of thousands of cells) is built per tile, for the cells near
+    it only, so a street-zoom tile costs what it shows.
+    """
+    if fill_size(snaps, res) <= FILL_LAYER_MAX:
+        return render_tile(filled(snaps, res), fmt, z, x, y, scale)
+    w, s, e, n = tile_bounds_lnglat(z, x, y)
+    pad = (e - w) * 64 / 4096  # the MVT buffer (and more than the PNG outline's pixel)
+    local = fill_area(snaps, res, (w - pad, s - pad, e + pad, n + pad))
+    return render_tile(build_index(local), fmt, z, x, y, scale)
 
 
 def export_pmtiles(
@@ -280,34 +320,7 @@ def export_pmtiles(
             reader.close()
     finally:
         hm.close()
-    s = settings
-
-    def render(z: int, x: int, y: int) -> bytes:
-        return render_tile(snaps[zoom_to_res(z, s.min_res, s.base_res)], fmt, z, x, y)
-
-    coarse = snaps[zoom_to_res(min_zoom, s.min_res, s.base_res)]
-    if not len(coarse):
-        raise NotFound(f"window {info.window.isoformat()} has no published cell")
-    bounds = round_bounds(data_bounds(coarse), 6)
-    doc = service_tilejson(reader.policy, fmt, "pmtiles://", info, info)  # type: ignore[arg-type]
-    meta: dict[str, Any] = {
-        k: doc[k] for k in ("name", "description", "attribution", "legend") if k in doc
-    }
-    meta.update(window=window_json(info), k_min=s.k_min, dp_epsilon=s.dp_epsilon)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        n = write_pmtiles(
-            out,
-            render,
-            fmt=fmt,  # type: ignore[arg-type]
-            minzoom=min_zoom,
-            maxzoom=max_zoom,
-            bounds=bounds,
-            metadata=meta,
-            progress=progress,
-        )
-    except TileError as exc:
-        raise BadInput(str(exc)) from exc
+    n = snapshots_to_pmtiles(reader.policy, info, snaps, out, fmt, min_zoom, max_zoom, progress)
     return {
         "out": str(out),
         "tiles": n,
@@ -316,5 +329,60 @@ def export_pmtiles(
         "window": window_json(info),
         "min_zoom": min_zoom,
         "max_zoom": max_zoom,
-        "bounds": bounds,
+        "bounds": pmtiles_bounds(snaps, policy_res(reader.policy, min_zoom)),
     }
+
+
+def policy_res(policy: PublishPolicy, z: int) -> int:
+    """Return the resolution drawn at zoom ``z`` under a publishing policy."""
+    return zoom_to_res(z, min(policy.resolutions), max(policy.resolutions))
+
+
+def pmtiles_bounds(snaps: dict[int, Snapshot], res: int) -> tuple[float, float, float, float]:
+    """Return the bounds of an archive: those of the published cells of ``res``."""
+    return round_bounds(data_bounds(snaps[res]), 6)  # type: ignore[return-value]
+
+
+def snapshots_to_pmtiles(
+    policy: PublishPolicy,
+    info: WindowInfo,
+    snaps: dict[int, Snapshot],
+    out: Path,
+    fmt: str = "mvt",
+    min_zoom: int = 8,
+    max_zoom: int = 13,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write the filled tiles of a release or window as a PMTiles v3 archive; return the count.
+
+    The tiles are the bytes the HTTP service serves for it (same renderers, same fill), over
+    the bounds of its published cells at ``min_zoom``.
+    """
+    if fmt not in MEDIA_TYPES:
+        raise BadInput(f"format {fmt!r}: use mvt or png")
+    coarse = policy_res(policy, min_zoom)
+    if not len(snaps[coarse]):
+        raise NotFound(f"window {info.window.isoformat()} has no published cell")
+
+    def render(z: int, x: int, y: int) -> bytes:
+        return render_filled(snaps, policy_res(policy, z), fmt, z, x, y)
+
+    doc = service_tilejson(policy, fmt, "pmtiles://", info, info)  # type: ignore[arg-type]
+    meta: dict[str, Any] = {
+        k: doc[k] for k in ("name", "description", "attribution", "legend") if k in doc
+    }
+    meta.update(window=window_json(info), k_min=policy.k_min, dp_epsilon=policy.dp_epsilon)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_pmtiles(
+            out,
+            render,
+            fmt=fmt,  # type: ignore[arg-type]
+            minzoom=min_zoom,
+            maxzoom=max_zoom,
+            bounds=pmtiles_bounds(snaps, coarse),
+            metadata=meta,
+            progress=progress,
+        )
+    except TileError as exc:
+        raise BadInput(str(exc)) from exc

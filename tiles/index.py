@@ -169,6 +169,8 @@ class CellIndex:
     half_extent: float  # largest half width/height of a cell's bbox about its key point
     sorted_cells: _U64  # the snapshot's sorted cells (for geometry reuse)
     sorted_to_index: _IDX  # position in this index of each sorted cell
+    source: _U64  # the published cell whose values each cell shows (itself unless filled)
+    source_res: npt.NDArray[np.uint8]  # its resolution
 
     def __len__(self) -> int:
         return int(self.cells.shape[0])
@@ -191,6 +193,7 @@ class CellIndex:
             for a in (
                 self.cells, self.rows, self.keys, self.verts, self.nverts, self.bounds,
                 self.people, self.density_km2, self.band, self.sorted_to_index,
+                self.source, self.source_res,
             )
         )  # fmt: skip
 
@@ -297,7 +300,9 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
     Parameters
     ----------
     layer : CellLayer
-        The snapshot; ``cells`` sorted and unique.
+        The snapshot; ``cells`` sorted and unique. A layer with ``source`` and ``source_res``
+        arrays (:class:`tiles.fill.FilledLayer`) keeps them: each cell is then drawn with the
+        values of its source, and MVT writes one feature per source.
     reuse : CellIndex, optional
         An index of the same resolution (usually the previous version of the window): the
         geometry of cells present in both is copied instead of recomputed.
@@ -325,6 +330,13 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
     inv = np.empty(n, dtype=np.intp)
     inv[perm] = np.arange(n)
     people = np.asarray(layer.people, dtype=np.float64)
+    source = getattr(layer, "source", None)
+    src = cells if source is None else np.asarray(source, dtype=np.uint64)
+    source_res = getattr(layer, "source_res", None)
+    if source_res is None:
+        src_res = np.full(n, int(layer.res), dtype=np.uint8)
+    else:
+        src_res = np.asarray(source_res, dtype=np.uint8)
     integral = bool(n == 0 or (np.all(people == np.rint(people)) and np.all(people >= 0)))
     return CellIndex(
         res=int(layer.res),
@@ -343,6 +355,8 @@ def build_index(layer: CellLayer, reuse: CellIndex | None = None) -> CellIndex:
         half_extent=half,
         sorted_cells=cells,
         sorted_to_index=inv,
+        source=src[perm],
+        source_res=src_res[perm],
     )
 
 
@@ -443,10 +457,13 @@ class IndexCache:
             return idx
 
     def _latest_of_res(self, res: int) -> CellIndex | None:
+        """Return the cached index of ``res`` with the most cells (geometry depends on the
+        cell alone, so the largest one has the most to reuse; a filled layer's, usually)."""
+        best: CellIndex | None = None
         for idx in reversed(self._items.values()):
-            if idx.res == res:
-                return idx
-        return None
+            if idx.res == res and (best is None or len(idx) > len(best)):
+                best = idx
+        return best
 
     def discard(self, layer: CellLayer) -> None:
         """Drop the layer's index, if cached."""

@@ -39,7 +39,7 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 def snapshot_to_png(
-    layer: CellLayer,
+    layer: CellLayer | CellIndex,
     z: int,
     x: int,
     y: int,
@@ -53,7 +53,8 @@ def snapshot_to_png(
     Parameters
     ----------
     layer : CellLayer
-        Published cells of one resolution (pick it with :func:`tiles.grid.zoom_to_res`).
+        Published cells of one resolution (pick it with :func:`tiles.grid.zoom_to_res`), or a
+        filled layer (:func:`tiles.fill.filled`) whose withheld areas show their parent.
     z, x, y : int
         XYZ tile address.
     scale : {1, 2}
@@ -78,7 +79,7 @@ def snapshot_to_png(
     check_tile(z, x, y, 0, ABS_MAX_ZOOM)
     if scale not in (1, 2):
         raise ValueError("scale must be 1 or 2")
-    idx = get_index(layer)
+    idx = layer if isinstance(layer, CellIndex) else get_index(layer)
     minx, miny, maxx, maxy = tile_bounds_m(z, x, y)
     size = TILE_PX * scale
     k = size / (maxx - minx)
@@ -92,11 +93,13 @@ def snapshot_to_png(
     nb = len(idx.bands)
     img: npt.NDArray[np.integer]
     if outline:
-        # Label = hexagon number * 2**bits + fill's palette index (1..nb): distinct per hexagon
-        # for the outline test, with the fill colour in its low bits.
+        # Label = feature number * 2**bits + fill's palette index (1..nb): distinct per
+        # published cell for the outline test (the pieces of a filled gap share their
+        # source's, so no outline runs between them), with the fill colour in its low bits.
         bits = nb.bit_length()
         fill = idx.band[rows].astype(np.int32) + 1
-        labels = (np.arange(1, rows.size + 1, dtype=np.int32) << bits) | fill
+        _, feature = np.unique(idx.source[rows], return_inverse=True)
+        labels = ((feature.astype(np.int32) + 1) << bits) | fill
         lab = rasterize(idx, rows, minx - m, maxy + m, k, size + 2, labels=labels)
         img = _outline(lab, bits, nb, scale)
     else:

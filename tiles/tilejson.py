@@ -22,6 +22,11 @@ FIELDS: dict[str, str] = {
     "people": "People in the cell during the window (distinct devices x expansion), as published",
     "density_km2": "People per km2 of the cell's true area",
     "band": "Density band: blue, green, yellow or red (see legend)",
+    "res": (
+        "H3 resolution of the cell. Where the zoom's resolution is withheld, the published "
+        "parent (or a coarser ancestor) fills the gap: its pieces form one feature with its id, "
+        "values and resolution"
+    ),
 }
 """Descriptions of the MVT properties, for ``vector_layers``."""
 

@@ -2,12 +2,16 @@
 
 One layer, ``density``; one polygon feature per published cell that overlaps the tile plus its
 buffer; feature id = the H3 index (uint64); properties ``cell`` (H3 string), ``people``,
-``density_km2`` and ``band`` (name). ``mapbox-vector-tile`` is the decoding reference in tests.
+``density_km2``, ``band`` (name) and ``res`` (the cell's resolution). ``mapbox-vector-tile`` is
+the decoding reference in tests. A filled layer (:mod:`tiles.fill`) draws a withheld area with
+pieces of its published parent: the pieces of one source form one multi-polygon feature whose
+id and properties are the source's.
 
 The index query returns the candidate cells; :func:`_encode_layer` then projects, clips and
-rounds each ring and writes the whole layer's protobuf bytes into one preallocated buffer, so a
-tile costs a few microseconds plus well under one per feature. The per-snapshot tables (value
-ranks, the keys and band names) are built once per index with numpy.
+rounds each ring, groups the rings by source and writes the whole layer's protobuf bytes into
+one preallocated buffer, so a tile costs a few microseconds plus well under one per feature.
+The per-snapshot tables (value ranks, the keys and band names) are built once per index with
+numpy.
 """
 
 from __future__ import annotations
@@ -19,7 +23,17 @@ import numpy as np
 import numpy.typing as npt
 
 from tiles._jit import kernel, warms
-from tiles._pbf import field_bytes
+from tiles._pbf import (
+    _put_bytes,
+    _put_h3_string,
+    _put_number,
+    _put_raw,
+    _put_varint,
+    _varint_len,
+    _zigzag,
+    _zz_len,
+    field_bytes,
+)
 from tiles.grid import ABS_MAX_ZOOM, check_tile, tile_bounds_m
 from tiles.index import CellIndex, get_index
 from tiles.source import CellLayer
@@ -27,7 +41,7 @@ from tiles.source import CellLayer
 LAYER_NAME = "density"
 """Name of the single layer in every tile."""
 
-FIELDS = ("cell", "people", "density_km2", "band")
+FIELDS = ("cell", "people", "density_km2", "band", "res")
 """Property keys, in the order of the layer's ``keys`` table."""
 
 _I64 = npt.NDArray[np.int64]
@@ -39,11 +53,10 @@ _MOVE_TO_1 = 9  # command 1 (MoveTo) | count 1 << 3
 _LINE_TO = 2
 _CLOSE_PATH = 15  # command 7 (ClosePath) | count 1 << 3
 _HEAD_ROOM = 6  # room before the layer for the tile's field tag and a 5-byte length
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def snapshot_to_mvt(
-    layer: CellLayer,
+    layer: CellLayer | CellIndex,
     z: int,
     x: int,
     y: int,
@@ -89,7 +102,7 @@ def snapshot_to_mvt(
     check_tile(z, x, y, 0, ABS_MAX_ZOOM)
     if extent <= 0 or buffer < 0:
         raise ValueError("extent must be > 0 and buffer >= 0")
-    idx = get_index(layer)
+    idx = layer if isinstance(layer, CellIndex) else get_index(layer)
     minx, miny, maxx, maxy = tile_bounds_m(z, x, y)
     k = extent / (maxx - minx)
     bm = buffer / k
@@ -99,7 +112,7 @@ def snapshot_to_mvt(
     tab = _tables(idx)
     name = np.frombuffer(layer_name.encode(), dtype=np.uint8)
     buf, start, end = _encode_layer(
-        idx.verts, idx.nverts, tab.ids, idx.band, tab.ranks, tab.values, tab.n_uint,
+        idx.verts, idx.nverts, tab.ids, idx.band, tab.ranks, tab.values, tab.whole,
         len(idx.bands), tab.head, name, rows, minx, maxy, k, float(-buffer),
         float(extent + buffer), extent,
     )  # fmt: skip
@@ -112,30 +125,36 @@ warms(snapshot_to_mvt)
 class _Tables:
     """Per-index data every tile of it reuses: value ranks and the layer's fixed tables.
 
-    ``people`` and ``density_km2`` become layer values, each distinct value once per tile.
-    Values are ranked: whole counts are ``uint_value`` records and take ranks ``[0, n_uint)``,
-    densities ``double_value`` records are ranked after them; noisy (fractional) counts share
-    the densities' ranks, both being doubles. ``ranks[i]`` holds cell ``i``'s two ranks and
-    ``values[rank]`` the count itself or the IEEE 754 bits of the double.
+    ``people``, ``density_km2`` and ``res`` become layer values, each distinct value once per
+    tile. Values are ranked: whole counts are ``uint_value`` records, densities ``double_value``
+    records ranked after them (noisy, fractional counts share the densities' ranks, both being
+    doubles), resolutions ``uint_value`` records last. ``ranks[i]`` holds cell ``i``'s three
+    ranks, ``values[rank]`` the number itself or the IEEE 754 bits of the double, and
+    ``whole[rank]`` which of the two. ``ids`` is each cell's feature id: its source's H3 index.
     """
 
     def __init__(self, idx: CellIndex) -> None:
         n = len(idx)
-        self.ids = idx.cells.view(np.int64)  # H3 indexes are below 2**63
+        self.ids = idx.source.view(np.int64)  # H3 indexes are below 2**63
         if idx.people_integral:
             p_vals, p_rank = np.unique(idx.people, return_inverse=True)
             d_vals, d_rank = np.unique(idx.density_km2, return_inverse=True)
-            self.n_uint = int(p_vals.size)
             values = np.concatenate([p_vals.astype(np.int64), d_vals.view(np.int64)])
+            whole = np.concatenate([np.ones(p_vals.size, bool), np.zeros(d_vals.size, bool)])
             d_rank = d_rank + p_vals.size
         else:
             both = np.concatenate([idx.people, idx.density_km2])
             doubles, rank = np.unique(both, return_inverse=True)
             values = doubles.view(np.int64)
+            whole = np.zeros(doubles.size, dtype=bool)
             p_rank, d_rank = rank[:n], rank[n:]
-            self.n_uint = 0
-        self.ranks = np.stack([p_rank, d_rank], axis=1).astype(np.int64)
-        self.values = np.ascontiguousarray(values, dtype=np.int64)
+        r_vals, r_rank = np.unique(idx.source_res, return_inverse=True)
+        r_rank = r_rank + values.size
+        self.ranks = np.stack([p_rank, d_rank, r_rank], axis=1).astype(np.int64)
+        self.values = np.ascontiguousarray(
+            np.concatenate([values, r_vals.astype(np.int64)]), dtype=np.int64
+        )
+        self.whole = np.concatenate([whole, np.ones(r_vals.size, dtype=bool)])
         head = b"".join(
             [field_bytes(3, f.encode()) for f in FIELDS]
             + [field_bytes(4, field_bytes(1, b.name.encode())) for b in idx.bands]
@@ -164,7 +183,7 @@ def _encode_layer(
     band: _U8,
     ranks: _I64,
     values: _I64,
-    n_uint: int,
+    whole: npt.NDArray[np.bool_],
     nb: int,
     head: _U8,
     name: _U8,
@@ -179,7 +198,8 @@ def _encode_layer(
     """Write the tile (one ``density`` layer) of the candidate ``rows``.
 
     Returns a buffer and the ``[start, end)`` range of the tile in it (empty when no ring is
-    left). Three passes: the rings of all candidates (:func:`_tile_rings`), the values the kept
+    left). Four passes: the rings of all candidates (:func:`_tile_rings`), their features
+    (rings of one source, in order of first appearance: :func:`_group`), the values the
     features use (:func:`_used_values`), then the bytes (:func:`_write_layer`).
     """
     keep, xs, ys, first, npts = _tile_rings(verts, nverts, rows, minx, maxy, k, lo, hi)
@@ -187,24 +207,71 @@ def _encode_layer(
     if m == 0:
         return np.zeros(0, dtype=np.uint8), 0, 0
     r = np.empty(m, dtype=np.intp)
-    vrank = np.empty(2 * m, dtype=np.int64)
     for i in range(m):
         r[i] = rows[keep[i]]
-        vrank[2 * i] = ranks[r[i], 0]
-        vrank[2 * i + 1] = ranks[r[i], 1]
+    order, gstart = _group(ids, r)
+    g = gstart.size - 1
+    vrank = np.empty(3 * g, dtype=np.int64)
+    for j in range(g):
+        lead = r[order[gstart[j]]]
+        vrank[3 * j] = ranks[lead, 0]
+        vrank[3 * j + 1] = ranks[lead, 1]
+        vrank[3 * j + 2] = ranks[lead, 2]
     used, local = _used_values(vrank)
-    # Bytes: per feature <= 60 + 20 per point, plus its H3 string (19) and two values (14 each).
-    cap = _HEAD_ROOM + 32 + head.size + name.size + m * 107 + 20 * xs.size + 14 * used.size
+    # Bytes: per feature <= 70 + its H3 string (19) and three values (14 each); per ring <= 12
+    # plus 20 per point.
+    cap = _HEAD_ROOM + 32 + head.size + name.size + g * 131 + m * 12 + 20 * xs.size
+    cap += 14 * used.size
     buf = np.empty(cap, dtype=np.uint8)
     pos = _write_layer(
-        buf, _HEAD_ROOM, name, head, nb, ids, band, r, xs, ys, first, npts, local, used,
-        values, n_uint, extent,
+        buf, _HEAD_ROOM, name, head, nb, ids, band, r, order, gstart, xs, ys, first, npts,
+        local, used, values, whole, extent,
     )  # fmt: skip
     body = pos - _HEAD_ROOM
     start = _HEAD_ROOM - 1 - _varint_len(body)
     buf[start] = 0x1A  # Tile.layers, field 3, length-delimited
     _put_varint(buf, start + 1, body)
     return buf, start, pos
+
+
+@kernel
+def _group(ids: _I64, r: _IDX) -> tuple[_IDX, _IDX]:
+    """Group rings by feature id, in order of first appearance.
+
+    Returns ``order`` (ring positions, grouped) and ``gstart`` (group ``j`` is
+    ``order[gstart[j] : gstart[j + 1]]``). An open-addressing hash table maps ids to groups;
+    a plain layer's rings are one per id, so its features keep the rings' order.
+    """
+    m = r.size
+    size = 16
+    while size < 2 * m:
+        size *= 2
+    mask = size - 1
+    slot_id = np.empty(size, dtype=np.int64)
+    slot_grp = np.full(size, -1, dtype=np.intp)
+    grp = np.empty(m, dtype=np.intp)
+    count = np.zeros(m + 1, dtype=np.intp)
+    g = 0
+    for i in range(m):
+        v = ids[r[i]]
+        h = ((v * 0x9E3779B97F4A7C15) >> 32) & mask
+        while slot_grp[h] != -1 and slot_id[h] != v:
+            h = (h + 1) & mask
+        if slot_grp[h] == -1:
+            slot_id[h] = v
+            slot_grp[h] = g
+            g += 1
+        grp[i] = slot_grp[h]
+        count[grp[i] + 1] += 1
+    for j in range(g):
+        count[j + 1] += count[j]
+    gstart = count[: g + 1].copy()
+    fill = count[:g].copy()
+    order = np.empty(m, dtype=np.intp)
+    for i in range(m):
+        order[fill[grp[i]]] = i
+        fill[grp[i]] += 1
+    return order, gstart
 
 
 @kernel
@@ -388,6 +455,8 @@ def _write_layer(
     ids: _I64,
     band: _U8,
     r: _IDX,
+    order: _IDX,
+    gstart: _IDX,
     xs: _I64,
     ys: _I64,
     first: _IDX,
@@ -395,50 +464,60 @@ def _write_layer(
     local: _I64,
     used: _I64,
     values: _I64,
-    n_uint: int,
+    whole: npt.NDArray[np.bool_],
     extent: int,
 ) -> int:
     """Write the layer message's fields from ``buf[pos]``; return the end position.
 
     Layout: ``version = 2``, ``name``, the features, ``keys`` and the band names (``head``),
-    then the values: one H3 string per feature, then the used counts and densities in order of
-    first use. Feature ``i`` (cell ``r[i]``) has tags ``cell -> nb + i``, ``people`` and
-    ``density_km2`` -> ``nb + m`` plus the position of their rank in ``used``, and
-    ``band -> band`` (the band names are values ``0 .. nb - 1``).
+    then the values: one H3 string per feature, then the used numbers in order of first use.
+    Feature ``j`` (the rings ``order[gstart[j] : gstart[j + 1]]``, cells of one source) has
+    tags ``cell -> nb + j``, ``people``, ``density_km2`` and ``res`` -> ``nb + g`` plus the
+    position of their rank in ``used``, and ``band -> band`` (the band names are values
+    ``0 .. nb - 1``).
     """
-    m = r.size
-    base = nb + m
+    g = gstart.size - 1
+    base = nb + g
     buf[pos] = 0x78  # version (field 15, varint) = 2
     buf[pos + 1] = 2
     pos = _put_bytes(buf, pos + 2, 0x0A, name)
-    tags = np.empty(8, dtype=np.int64)
-    tags[0], tags[2], tags[4], tags[6] = 0, 1, 2, 3  # keys: cell, people, density_km2, band
-    for i in range(m):
-        c = r[i]
-        tags[1], tags[3], tags[5], tags[7] = (
-            nb + i,
-            base + local[2 * i],
-            base + local[2 * i + 1],
-            band[c],
-        )
-        f = first[i]
-        pos = _put_feature(buf, pos, ids[c], tags, xs[f : f + npts[i]], ys[f : f + npts[i]])
+    tags = np.empty(10, dtype=np.int64)
+    tags[0], tags[2], tags[4], tags[6], tags[8] = 0, 1, 2, 3, 4  # keys, FIELDS order
+    for j in range(g):
+        rings = order[gstart[j] : gstart[j + 1]]
+        c = r[rings[0]]
+        tags[1] = nb + j
+        tags[3] = base + local[3 * j]
+        tags[5] = base + local[3 * j + 1]
+        tags[7] = band[c]
+        tags[9] = base + local[3 * j + 2]
+        pos = _put_feature(buf, pos, ids[c], tags, xs, ys, first, npts, rings)
     pos = _put_raw(buf, pos, head)
-    for i in range(m):
-        pos = _put_h3_string(buf, pos, ids[r[i]])
+    for j in range(g):
+        pos = _put_h3_string(buf, pos, ids[r[order[gstart[j]]]])
     for v in used:
-        pos = _put_number(buf, pos, values[v], v < n_uint)
+        pos = _put_number(buf, pos, values[v], whole[v])
     buf[pos] = 0x28  # extent (field 5, varint)
     return _put_varint(buf, pos + 1, extent)
 
 
 @kernel
-def _put_feature(buf: _U8, pos: int, fid: int, tags: _I64, xs: _I64, ys: _I64) -> int:
-    """Write one polygon feature (``Layer.features``): id, packed tags, type, one ring."""
+def _put_feature(
+    buf: _U8,
+    pos: int,
+    fid: int,
+    tags: _I64,
+    xs: _I64,
+    ys: _I64,
+    first: _IDX,
+    npts: _IDX,
+    rings: _IDX,
+) -> int:
+    """Write one polygon feature (``Layer.features``): id, packed tags, type, its rings."""
     taglen = 0
     for t in tags:
         taglen += _varint_len(t)
-    glen = _geometry_len(xs, ys)
+    glen = _geometry_len(xs, ys, first, npts, rings)
     flen = 1 + _varint_len(fid) + 1 + _varint_len(taglen) + taglen + 2
     flen += 1 + _varint_len(glen) + glen
     buf[pos] = 0x12  # Layer.features
@@ -453,113 +532,47 @@ def _put_feature(buf: _U8, pos: int, fid: int, tags: _I64, xs: _I64, ys: _I64) -
     buf[pos + 1] = 3
     buf[pos + 2] = 0x22  # Feature.geometry (packed)
     pos = _put_varint(buf, pos + 3, glen)
-    return _put_geometry(buf, pos, xs, ys)
+    return _put_geometry(buf, pos, xs, ys, first, npts, rings)
 
 
 @kernel
-def _geometry_len(xs: _I64, ys: _I64) -> int:
+def _geometry_len(xs: _I64, ys: _I64, first: _IDX, npts: _IDX, rings: _IDX) -> int:
     """Byte length of :func:`_put_geometry`'s output."""
-    n = xs.size
-    glen = 2 + _zz_len(xs[0]) + _zz_len(ys[0]) + _varint_len(_LINE_TO | ((n - 1) << 3))
-    for j in range(1, n):
-        glen += _zz_len(xs[j] - xs[j - 1]) + _zz_len(ys[j] - ys[j - 1])
+    glen = 0
+    cx, cy = 0, 0
+    for i in rings:
+        f, n = first[i], npts[i]
+        glen += 2 + _zz_len(xs[f] - cx) + _zz_len(ys[f] - cy)
+        glen += _varint_len(_LINE_TO | ((n - 1) << 3))
+        for j in range(f + 1, f + n):
+            glen += _zz_len(xs[j] - xs[j - 1]) + _zz_len(ys[j] - ys[j - 1])
+        cx, cy = xs[f + n - 1], ys[f + n - 1]
     return glen
 
 
 @kernel
-def _put_geometry(buf: _U8, pos: int, xs: _I64, ys: _I64) -> int:
-    """Write a ring as ``MoveTo(x0, y0) LineTo(n - 1, zigzag deltas...) ClosePath``.
+def _put_geometry(
+    buf: _U8, pos: int, xs: _I64, ys: _I64, first: _IDX, npts: _IDX, rings: _IDX
+) -> int:
+    """Write rings as ``MoveTo(x0, y0) LineTo(n - 1, zigzag deltas...) ClosePath`` each.
 
-    The cursor starts at ``(0, 0)`` in each feature, so the first point is absolute.
+    The cursor starts at ``(0, 0)`` in each feature and carries over from one ring's last
+    point to the next ring's ``MoveTo``; each ring is an exterior ring (clockwise on screen).
     """
-    n = xs.size
-    buf[pos] = _MOVE_TO_1
-    pos = _put_varint(buf, pos + 1, _zigzag(xs[0]))
-    pos = _put_varint(buf, pos, _zigzag(ys[0]))
-    pos = _put_varint(buf, pos, _LINE_TO | ((n - 1) << 3))
-    for j in range(1, n):
-        pos = _put_varint(buf, pos, _zigzag(xs[j] - xs[j - 1]))
-        pos = _put_varint(buf, pos, _zigzag(ys[j] - ys[j - 1]))
-    buf[pos] = _CLOSE_PATH
-    return pos + 1
-
-
-@kernel
-def _put_h3_string(buf: _U8, pos: int, cell: int) -> int:
-    """Write a string value of a cell's H3 index: lower-case hex without leading zeros."""
-    nd = 1
-    while nd < 16 and cell >> (4 * nd):
-        nd += 1
-    buf[pos] = 0x22  # Layer.values
-    buf[pos + 1] = 2 + nd
-    buf[pos + 2] = 0x0A  # Value.string_value
-    buf[pos + 3] = nd
-    for d in range(nd):
-        buf[pos + 4 + d] = _HEX[(cell >> (4 * (nd - 1 - d))) & 0xF]
-    return pos + 4 + nd
-
-
-@kernel
-def _put_number(buf: _U8, pos: int, v: int, whole: bool) -> int:
-    """Write a value: ``uint_value`` (``v`` a whole count) or ``double_value`` (``v`` the
-    IEEE 754 bits, written as 8 bytes little-endian)."""
-    buf[pos] = 0x22  # Layer.values
-    if whole:
-        buf[pos + 1] = 1 + _varint_len(v)
-        buf[pos + 2] = 0x28  # Value.uint_value
-        return _put_varint(buf, pos + 3, v)
-    buf[pos + 1] = 9
-    buf[pos + 2] = 0x19  # Value.double_value
-    for b in range(8):
-        buf[pos + 3 + b] = (v >> (8 * b)) & 0xFF
-    return pos + 11
-
-
-@kernel
-def _put_bytes(buf: _U8, pos: int, tag: int, data: _U8) -> int:
-    """Write a length-delimited field: tag, length, bytes."""
-    buf[pos] = tag
-    return _put_raw(buf, _put_varint(buf, pos + 1, data.size), data)
-
-
-@kernel
-def _put_raw(buf: _U8, pos: int, data: _U8) -> int:
-    """Copy bytes into ``buf`` at ``pos``; return the position after them."""
-    for i in range(data.size):
-        buf[pos + i] = data[i]
-    return pos + data.size
-
-
-@kernel
-def _put_varint(buf: _U8, pos: int, v: int) -> int:
-    """Write a non-negative integer as a base-128 varint; return the position after it."""
-    while v >= 0x80:
-        buf[pos] = (v & 0x7F) | 0x80
-        v >>= 7
+    cx, cy = 0, 0
+    for i in rings:
+        f, n = first[i], npts[i]
+        buf[pos] = _MOVE_TO_1
+        pos = _put_varint(buf, pos + 1, _zigzag(xs[f] - cx))
+        pos = _put_varint(buf, pos, _zigzag(ys[f] - cy))
+        pos = _put_varint(buf, pos, _LINE_TO | ((n - 1) << 3))
+        for j in range(f + 1, f + n):
+            pos = _put_varint(buf, pos, _zigzag(xs[j] - xs[j - 1]))
+            pos = _put_varint(buf, pos, _zigzag(ys[j] - ys[j - 1]))
+        buf[pos] = _CLOSE_PATH
         pos += 1
-    buf[pos] = v
-    return pos + 1
-
-
-@kernel
-def _varint_len(v: int) -> int:
-    """Byte length of a non-negative integer's varint."""
-    n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-@kernel
-def _zigzag(v: int) -> int:
-    """Map a signed integer to unsigned: 0, -1, 1, -2 -> 0, 1, 2, 3."""
-    return (v << 1) ^ (v >> 63)
-
-
-@kernel
-def _zz_len(v: int) -> int:
-    return _varint_len(_zigzag(v))
+        cx, cy = xs[f + n - 1], ys[f + n - 1]
+    return pos
 
 
 __all__ = ["FIELDS", "LAYER_NAME", "snapshot_to_mvt"]

@@ -12,16 +12,18 @@ import math
 import threading
 from collections import OrderedDict
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 import h3
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
+import shapely
 
 from heatmap.errors import BadInput
 from heatmap.model import Snapshot, epoch_to_iso
+from heatmap.places import load_outline
 from heatmap.policy import PublishPolicy
 from heatmap.publish import legend, privacy_summary
 from heatmap.read.reader import Reader
@@ -29,6 +31,7 @@ from heatmap.read.ref import LATEST, Ref
 from heatmap.read.shapes import (
     CellCollection,
     CellFeature,
+    Coverage,
     DensityAnswer,
     Label,
     LegendAnswer,
@@ -124,34 +127,93 @@ def trend_json(now: float | None, before: float | None, prev: WindowInfo | None)
 # -- density at a point ---------------------------------------------------------------------------
 
 
+OUTSIDE_LABEL: Label = {"en": "Outside the covered area", "zh": "不在覆盖范围内"}
+"""Label of a point outside the city outline (no data is collected there)."""
+
+
+@lru_cache(maxsize=1)
+def _coverage_area() -> Any:
+    """Return the covered area (the city outline), prepared for fast point tests."""
+    geom = load_outline()
+    shapely.prepare(geom)
+    return geom
+
+
+def covered(lat: float, lng: float) -> bool:
+    """Return True when a point lies inside the covered area (the city outline)."""
+    return bool(shapely.contains_xy(_coverage_area(), lng, lat))
+
+
+def _note(coverage: Coverage, drawn: int, res: int, policy: PublishPolicy) -> Label | None:
+    k = policy.k_min
+    if coverage == "parent":
+        return {
+            "en": (
+                f"Resolution {drawn} is withheld here (fewer than {k} devices, or for privacy); "
+                f"showing the published cell of resolution {res} that contains it: its average "
+                "over a larger area."
+            ),
+            "zh": (
+                f"此处第 {drawn} 级网格未公开（少于{k}台设备或因隐私保护），"
+                f"显示包含它的第 {res} 级公开网格：较大范围的平均值。"
+            ),
+        }
+    if coverage == "withheld":
+        return suppressed_label(policy)
+    if coverage == "outside":
+        return {
+            "en": "This point is outside the covered area: no data is collected there.",
+            "zh": "该地点不在覆盖范围内，没有数据。",
+        }
+    return None
+
+
 def density_at(
     reader: Reader, lat: float, lng: float, res: int | None = None, ref: Ref = LATEST
 ) -> DensityAnswer:
-    """Return the published density of the cell containing a point, with the trend.
+    """Return what the map shows at a point: the finest published cell containing it, with trend.
 
-    Without ``res`` the finest published resolution at that point is used (``min_res`` when the
-    point is withheld at every resolution). Numbers are the snapshot's, exactly.
+    ``res`` is the resolution drawn (the map's at some zoom; default ``base_res``, street
+    zoom). Where the point's cell of ``res`` is withheld, its finest published ancestor (the
+    parent, grandparent...) fills the gap, as on the tiles (:mod:`tiles.fill`); ``res`` and
+    ``cell`` of the answer are then that ancestor's, ``drawn_res`` the one asked, and
+    ``coverage``/``note`` say why. Withheld at every level: ``people: None, suppressed: True``
+    for the cell of ``min_res``, or, outside the city outline (the covered area), ``coverage:
+    "outside"`` with ``suppressed: False``. Numbers are the snapshot's, exactly.
     """
     s = reader.settings
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lng <= 180.0):
         raise BadInput("lat must be in [-90, 90] and lng in [-180, 180]")
-    if res is not None:
-        reader.check_res(res)
+    drawn = s.base_res if res is None else reader.check_res(res)
     info = reader.window(ref)
     snaps = reader.snapshots(info)
-    candidates = [res] if res is not None else list(range(s.base_res, s.min_res - 1, -1))
-    chosen = candidates[-1]
-    for r in candidates:
-        if _value(snaps[r], h3.str_to_int(h3.latlng_to_cell(lat, lng, r)))[0] is not None:
-            chosen = r
+    # The map paints the point's cell of ``drawn`` with its finest published *logical* ancestor
+    # (the H3 parent chain, as tiles.fill does), which near a cell edge can differ from the
+    # coarser cell the point itself falls in: walk the same chain here.
+    here = h3.latlng_to_cell(lat, lng, drawn)
+    chosen = s.min_res
+    cell = h3.str_to_int(h3.cell_to_parent(here, chosen))
+    coverage: Coverage | None = None
+    for r in range(drawn, s.min_res - 1, -1):
+        c = h3.str_to_int(here if r == drawn else h3.cell_to_parent(here, r))
+        if _value(snaps[r], c)[0] is not None:
+            chosen, cell = r, c
+            coverage = "published" if r == drawn else "parent"
             break
+    if coverage is None:
+        coverage = "withheld" if covered(lat, lng) else "outside"
     snap = snaps[chosen]
-    cell = h3.str_to_int(h3.latlng_to_cell(lat, lng, chosen))
     people, density, band = _value(snap, cell)
     prev = reader.previous(info)
     before = None
     if prev is not None:
         before = _value(reader.snapshots(prev)[chosen], cell)[0]
+    if band is not None:
+        label = _label(snap, band)
+    elif coverage == "withheld":
+        label = suppressed_label(reader.policy)
+    else:
+        label = OUTSIDE_LABEL
     return {
         "cell": h3.int_to_str(cell),
         "res": chosen,
@@ -159,9 +221,12 @@ def density_at(
         "people": people,
         "density_km2": density,
         "band": None if band is None else snap.bands[band].name,
-        "label": suppressed_label(reader.policy) if band is None else _label(snap, band),
-        "suppressed": people is None,
+        "label": label,
+        "suppressed": coverage == "withheld",
         "trend": trend_json(people, before, prev),
+        "drawn_res": drawn,
+        "coverage": coverage,
+        "note": _note(coverage, drawn, chosen, reader.policy),
     }
 
 

@@ -1,7 +1,9 @@
 """Named places on the read side: their cells, current values, usual level, forecast, ranking.
 
-A place's value in a window is the sum of its *published* cells at its resolution
-(:func:`place_res`), so every number here is derived from privacy-applied values only.
+A place's value in a window is read from its cells at its resolution (:func:`place_res`), each
+at its finest published level (the cell itself, or where it is withheld its published parent or
+grandparent, as the map draws it), so every number here is derived from privacy-applied values
+only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -25,6 +28,16 @@ from heatmap.policy import PublishPolicy
 from heatmap.publish import cell_area_km2, density_to_band, make_bands
 from heatmap.read.answers import TREND_STEADY, suppressed_label, trend_json, window_json
 from heatmap.read.catalog import WindowList
+from heatmap.read.popular import (
+    FORECAST_TAU_H,
+    HISTORY_DAYS,
+    HISTORY_WEEKS,
+    RATIO_CLIP,
+    best_slots,
+    expected,
+    hour_profile,
+    usual_at,
+)
 from heatmap.read.reader import Reader
 from heatmap.read.ref import LATEST, Ref
 from heatmap.read.shapes import (
@@ -39,24 +52,13 @@ from heatmap.read.shapes import (
     UsualHour,
 )
 from heatmap.store import WindowInfo
+from tiles.fill import cell_to_parent
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
 
-HISTORY_WEEKS = 4
-"""Weeks of history averaged for the usual level at an hour of the week."""
-
-HISTORY_DAYS = 7
-"""Days of history averaged for the usual level at an hour of the day (fallback)."""
-
-FORECAST_TAU_H = 2.0
-"""e-folding time (hours) of the current departure from usual in the forecast."""
-
 FORECAST_STEPS_MIN = (30, 60, 90, 120)
-"""Forecast horizons in minutes after the current window starts."""
-
-RATIO_CLIP = (0.25, 4.0)
-"""Bounds of the current/usual ratio used by the forecast (one odd window cannot explode it)."""
+"""Forecast horizons in minutes after the time the numbers hold for (``as_of``)."""
 
 
 def place_res(place: Place, min_res: int, base_res: int, max_cells: int = 7) -> int:
@@ -69,6 +71,17 @@ def place_res(place: Place, min_res: int, base_res: int, max_cells: int = 7) -> 
         if len(place_cells(place, r)) <= max_cells:
             return r
     return min_res
+
+
+@dataclass(frozen=True)
+class _ResCells:
+    """The cells of the places read at one resolution, with their ancestors."""
+
+    cells: U64
+    owner: npt.NDArray[np.intp]
+    area: F64
+    ancestors: dict[int, U64]
+    ancestor_area: dict[int, F64]
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,9 @@ class PlaceBook:
 
     Notes
     -----
-    A place's value in a window is the sum of its *published* cells at its resolution
-    (:func:`place_res`): ``None`` when all of them are withheld. Values of closed windows never
+    A place's value in a window is read from its cells at its resolution (:func:`place_res`),
+    each at its finest published level (:meth:`values_levels`): ``None`` when every level is
+    withheld. Values of closed windows never
     change and are memoised; the history is read from the stored published values (no snapshot
     build). See :meth:`usual` and :meth:`forecast` for the methods.
     """
@@ -111,13 +125,21 @@ class PlaceBook:
             c = place_cells(p, r)
             self.cells.append(PlaceCells(p, r, c, float(cell_area_km2(c).sum())))
         self.area = np.array([pc.area_km2 for pc in self.cells])
-        # Per resolution: all place cells concatenated, and which place each belongs to.
-        self._by_res: dict[int, tuple[U64, npt.NDArray[np.intp]]] = {}
+        # Per resolution: all place cells concatenated, which place each belongs to, and each
+        # cell's ancestor (itself included) and its area at every coarser published resolution.
+        self._by_res: dict[int, _ResCells] = {}
         for r in sorted({pc.res for pc in self.cells}):
             own = [i for i, pc in enumerate(self.cells) if pc.res == r]
-            cells = np.concatenate([self.cells[i].cells for i in own])
+            cells = np.concatenate([self.cells[i].cells for i in own]).astype(np.uint64)
             owner = np.concatenate([np.full(len(self.cells[i].cells), i) for i in own])
-            self._by_res[r] = (cells.astype(np.uint64), owner.astype(np.intp))
+            anc = {q: cell_to_parent(cells, q) for q in range(settings.min_res, r + 1)}
+            self._by_res[r] = _ResCells(
+                cells=cells,
+                owner=owner.astype(np.intp),
+                area=cell_area_km2(cells),
+                ancestors=anc,
+                ancestor_area={q: cell_area_km2(a) for q, a in anc.items()},
+            )
         self.policy = PublishPolicy.from_settings(settings)
         self.bands = make_bands(self.policy.bands_km2)
         try:
@@ -145,42 +167,77 @@ class PlaceBook:
     # -- values --------------------------------------------------------------------------------
     def values(self, lookup: Callable[[int, U64], F64]) -> F64:
         """Return each place's people; ``lookup(res, cells)`` gives people per cell or NaN."""
+        return self.values_levels(lookup)[0]
+
+    def values_levels(self, lookup: Callable[[int, U64], F64]) -> tuple[F64, npt.NDArray[np.bool_]]:
+        """Return each place's people and which resolutions they come from.
+
+        Notes
+        -----
+        Each cell of a place reads its finest published level, as the map draws it
+        (:mod:`tiles.fill`): its own published people, or, where it is withheld, the density
+        of its finest published ancestor (parent, grandparent...) times the cell's area. Only
+        published values enter (no parent minus children). A place's people is the sum over
+        its cells; ``None`` (NaN) when every level of every cell is withheld. ``levels[i, j]``
+        says place ``i`` uses resolution ``min_res + j``.
+        """
+        n_res = self.settings.base_res - self.settings.min_res + 1
         out = np.zeros(len(self.places))
         seen = np.zeros(len(self.places), dtype=bool)
-        for r, (cells, owner) in self._by_res.items():
-            v = lookup(r, cells)
-            ok = ~np.isnan(v)
-            np.add.at(out, owner[ok], v[ok])
-            seen[owner[ok]] = True
+        levels = np.zeros((len(self.places), n_res), dtype=bool)
+        for r, rc in self._by_res.items():
+            est = np.full(rc.cells.shape[0], np.nan)
+            for q in range(r, self.settings.min_res - 1, -1):
+                todo = np.flatnonzero(np.isnan(est))
+                if not todo.size:
+                    break
+                v = lookup(q, rc.ancestors[q][todo])
+                ok = ~np.isnan(v)
+                hit = todo[ok]
+                est[hit] = v[ok] if q == r else v[ok] / rc.ancestor_area[q][hit] * rc.area[hit]
+                levels[rc.owner[hit], q - self.settings.min_res] = True
+            ok = ~np.isnan(est)
+            np.add.at(out, rc.owner[ok], est[ok])
+            seen[rc.owner[ok]] = True
         out[~seen] = np.nan
-        return out
+        return out, levels
 
-    def from_snapshots(self, snaps: dict[int, Snapshot]) -> F64:
-        """Return each place's people in a window from its snapshots."""
+    @staticmethod
+    def snapshot_lookup(snaps: dict[int, Snapshot]) -> Callable[[int, U64], F64]:
+        """Return the people lookup ``(res, cells) -> people or NaN`` of a window's snapshots."""
 
         def lookup(r: int, cells: U64) -> F64:
             snap = snaps[r]
             rows = snap.lookup(cells)
             return np.where(rows >= 0, snap.people[np.maximum(rows, 0)] if len(snap) else 0, np.nan)
 
-        return self.values(lookup)
+        return lookup
+
+    @staticmethod
+    def published_lookup(frame: pl.DataFrame) -> Callable[[int, U64], F64]:
+        """Return the people lookup of stored published values (res, cell, people)."""
+        frame = frame.sort("res", "cell")
+        res = frame["res"].to_numpy()
+        cells_all = frame["cell"].to_numpy().astype(np.uint64)
+        people_all = frame["people"].to_numpy().astype(np.float64)
+
+        def lookup(r: int, cells: U64) -> F64:
+            a, b = np.searchsorted(res, r, "left"), np.searchsorted(res, r, "right")
+            c, p = cells_all[a:b], people_all[a:b]
+            if not len(c):
+                return np.full(len(cells), np.nan)
+            pos = np.minimum(np.searchsorted(c, cells), len(c) - 1)
+            return np.where(c[pos] == cells, p[pos], np.nan)
+
+        return lookup
+
+    def from_snapshots(self, snaps: dict[int, Snapshot]) -> F64:
+        """Return each place's people in a window from its snapshots."""
+        return self.values(self.snapshot_lookup(snaps))
 
     def from_published(self, frame: pl.DataFrame) -> F64:
         """Return each place's people from stored published values (res, cell, people)."""
-        res = frame["res"].to_numpy()
-        cells_all = frame["cell"].to_numpy()
-        people_all = frame["people"].to_numpy()
-
-        def lookup(r: int, cells: U64) -> F64:
-            m = res == r
-            c, p = cells_all[m], people_all[m]
-            order = np.argsort(c)
-            c, p = c[order], p[order]
-            pos = np.minimum(np.searchsorted(c, cells), max(len(c) - 1, 0))
-            found = (c[pos] == cells) if len(c) else np.zeros(len(cells), dtype=bool)
-            return np.where(found, p[pos] if len(c) else 0, np.nan)
-
-        return self.values(lookup)
+        return self.values(self.published_lookup(frame))
 
     def closed_values(self, reader: Reader, info: WindowInfo) -> F64:
         """Return the places' people in a closed window (memoised: closed windows are final)."""
@@ -255,6 +312,19 @@ class PlaceBook:
         b = self.bands[int(density_to_band(np.array([d]), self.bands)[0])]
         return {"density_km2": d, "band": b.name, "label": {"en": b.label_en, "zh": b.label_zh}}
 
+    def band_index(self, people: F64) -> npt.NDArray[np.intp]:
+        """Return the band index of each place's people (-1 where None)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(self.area > 0, people / self.area, 0.0)
+        idx = density_to_band(np.nan_to_num(d), self.bands).astype(np.intp)
+        return np.where(np.isnan(people), -1, idx)
+
+    def profile(self, reader: Reader, wl: WindowList, t0: int) -> tuple[F64, list[str]]:
+        """Return the places' usual level per local hour of ``t0``'s day (24 x places)."""
+        return hour_profile(
+            lambda ts: self.hour_level(reader, wl, ts), self.tz, t0, len(self.places)
+        )
+
 
 def forecast_value(
     usual_t: float | None, usual_now: float | None, now: float | None, hours: float
@@ -308,15 +378,48 @@ def _place_head(book: PlaceBook, i: int) -> PlaceHead:
     }
 
 
+def for_audience(reader: Reader, people: F64) -> F64:
+    """Return places' people as the reader's audience sees them.
+
+    The public sees multiples of ``k_min * expansion`` (at least one: a value shown stands for
+    at least ``k_min`` devices), as :func:`heatmap.publish.round_for_public` does for cells: a
+    place read partly from a parent's average would otherwise show, and change by, less.
+    Planners see the values as computed.
+    """
+    step = reader.policy.k_min * reader.policy.expansion
+    if not reader.public or step <= 0:
+        return people
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(people), np.nan, np.maximum(np.round(people / step), 1.0) * step)
+
+
+def _best_json(book: PlaceBook, i: int, start: datetime, value: float) -> BestTime:
+    return {
+        "hour": start.hour,
+        "start": start.isoformat(),
+        "end": (start + timedelta(hours=1)).isoformat(),
+        "people": round(value, 1),
+        **book.band_of(i, value),
+    }
+
+
 def places_ranking(reader: Reader, book: PlaceBook, ref: Ref = LATEST) -> PlacesAnswer:
-    """Return the places ranked by crowding (density of their published cells), busiest first.
+    """Return the places ranked by crowding (density of their cells' values), busiest first.
 
     Places whose cells are all withheld come last with ``people: None, suppressed: true``.
+    ``quieter_at`` is a place's best coming hour (:func:`heatmap.read.popular.best_slots`) when
+    it is expected in a calmer band than now.
     """
     info = reader.window(ref)
-    now = book.window_values(reader, info)
+    now = for_audience(reader, book.window_values(reader, info))
     prev_info = reader.previous(info)
-    before = None if prev_info is None else book.window_values(reader, prev_info)
+    before = None
+    if prev_info is not None:
+        before = for_audience(reader, book.window_values(reader, prev_info))
+    t0 = info.window.end  # the time the numbers hold for (a release's tick)
+    profile, _ = book.profile(reader, reader.windows(), t0)
+    starts, best, pick = best_slots(profile, book.tz, t0, now, book.band_index, len(book.bands) - 1)
+    calmer = (pick >= 0) & (book.band_index(best) < book.band_index(now))
     items: list[PlaceItem] = []
     for i in range(len(book.places)):
         people = _num(now[i])
@@ -329,6 +432,7 @@ def places_ranking(reader: Reader, book: PlaceBook, ref: Ref = LATEST) -> Places
                 "suppressed": people is None,
                 "trend": trend_json(people, prev, prev_info),
                 "rank": 0,
+                "quieter_at": _best_json(book, i, starts[pick[i]], best[i]) if calmer[i] else None,
             }
         )
     items.sort(key=lambda x: (x["density_km2"] is None, -(x["density_km2"] or 0.0)))
@@ -338,28 +442,37 @@ def places_ranking(reader: Reader, book: PlaceBook, ref: Ref = LATEST) -> Places
 
 
 def place_detail(reader: Reader, book: PlaceBook, place_id: str, ref: Ref = LATEST) -> PlaceDetail:
-    """Return one place: now, trend, usual for this hour, forecast, best time to go today.
+    """Return one place: now, trend, usual for this hour, forecast, popular times, best time.
 
-    The forecast method is :func:`forecast_value`; the usual level is :meth:`PlaceBook.usual`.
-    "Best time today" is the remaining local hour of the window's day with the lowest expected
-    level (forecast within two hours, usual level beyond).
+    One expected level (:func:`heatmap.read.popular.expected`: the usual profile of the day,
+    scaled by how far from usual the place is now, the departure fading with
+    :data:`FORECAST_TAU_H`) gives the forecast and the best time, so they agree; the usual
+    level by hour (``today``, "popular times") is :meth:`PlaceBook.profile`. "Best time" is
+    the quietest coming hour of the day, never a crowded one while a calmer hour is coming
+    (:func:`heatmap.read.popular.best_slots`).
     """
     i = book.find(place_id)
     info = reader.window(ref)
     wl = reader.windows()
-    t0 = info.window.start
-    now = _num(book.window_values(reader, info)[i])
+    t0 = info.window.end  # the time the numbers hold for (a release's tick)
+    now_all, levels = book.values_levels(_lookup_of(book, reader, info))
+    now_all = for_audience(reader, now_all)
+    now = _num(now_all[i])
     prev_info = reader.previous(info)
-    before = None if prev_info is None else _num(book.window_values(reader, prev_info)[i])
-    usual_all, basis = book.usual(reader, wl, t0)
-    usual_now = _num(usual_all[i])
+    before = None
+    if prev_info is not None:
+        before = _num(for_audience(reader, book.window_values(reader, prev_info))[i])
+    profile, basis = book.profile(reader, wl, t0)
+    usual_now = _num(usual_at(profile, book.tz, t0)[i])
     ratio = None if now is None or not usual_now else round(now / usual_now, 4)
 
     forecast: list[ForecastStep] = []
     for minutes in FORECAST_STEPS_MIN:
         t = t0 + minutes * 60
-        u_t = _num(book.usual(reader, wl, t)[0][i])
-        value, method = forecast_value(u_t, usual_now, now, minutes / 60.0)
+        value = _num(expected(profile, book.tz, t0, now_all, t)[i])
+        _, method = forecast_value(
+            _num(usual_at(profile, book.tz, t)[i]), usual_now, now, minutes / 60.0
+        )
         forecast.append(
             {
                 "at": epoch_to_iso(t),
@@ -370,32 +483,25 @@ def place_detail(reader: Reader, book: PlaceBook, place_id: str, ref: Ref = LATE
             }
         )
 
-    local0 = datetime.fromtimestamp(t0, book.tz)
-    day0 = local0.replace(hour=0, minute=0, second=0, microsecond=0)
+    day0 = datetime.fromtimestamp(t0, book.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    hour_now = datetime.fromtimestamp(t0, book.tz).hour
     today: list[UsualHour] = []
-    best: BestTime | None = None
     for h in range(24):
-        start = day0 + timedelta(hours=h)
-        ts = int(start.timestamp())
-        usual_h = _num(book.usual(reader, wl, ts)[0][i])
-        today.append({"hour": h, "start": start.isoformat(), "usual": usual_h})
-        if ts + 3600 <= t0:
-            continue  # this hour is over
-        mid = max(ts + 1800, t0)
-        ahead_h = (mid - t0) / 3600.0
-        if ahead_h <= 2.0:
-            expected, _ = forecast_value(usual_h, usual_now, now, ahead_h)
-        else:
-            expected = usual_h
-        if expected is not None and (best is None or expected < best["people"]):
-            best = {
+        u = _num(profile[h, i])
+        today.append(
+            {
                 "hour": h,
-                "start": start.isoformat(),
-                "end": (start + timedelta(hours=1)).isoformat(),
-                "people": round(expected, 1),
-                **book.band_of(i, expected),
+                "start": (day0 + timedelta(hours=h)).isoformat(),
+                "usual": None if u is None else round(u, 1),
+                "band": book.band_of(i, u)["band"],
+                "current": h == hour_now,
             }
-
+        )
+    starts, best_v, pick = best_slots(
+        profile, book.tz, t0, now_all, book.band_index, len(book.bands) - 1
+    )
+    best = None if pick[i] < 0 else _best_json(book, i, starts[pick[i]], float(best_v[i]))
+    used = [book.settings.min_res + j for j in np.flatnonzero(levels[i])]
     return {
         **_place_head(book, i),
         "window": window_json(info),
@@ -403,12 +509,13 @@ def place_detail(reader: Reader, book: PlaceBook, place_id: str, ref: Ref = LATE
             "people": now,
             **book.band_of(i, now),
             "suppressed": now is None,
+            "levels": [int(q) for q in used],
         },
         "trend": trend_json(now, before, prev_info),
         "usual": {
             "people": usual_now,
             **book.band_of(i, usual_now),
-            "basis": basis,
+            "basis": cast(UsualBasis, basis[hour_now]),
             "ratio": ratio,
             "busier_than_usual": None if ratio is None else ratio > 1 + TREND_STEADY,
         },
@@ -417,3 +524,13 @@ def place_detail(reader: Reader, book: PlaceBook, place_id: str, ref: Ref = LATE
         "best_time_today": best,
         "timezone": str(book.tz),
     }
+
+
+def _lookup_of(book: PlaceBook, reader: Reader, info: WindowInfo) -> Callable[[int, U64], F64]:
+    """Return the people lookup of a window (closed: stored values; release: its snapshots)."""
+    if info.closed:
+        pub = reader.store.read_published(info.w)
+        if pub is not None:
+            return book.published_lookup(pub.frame)
+    snaps = reader.snapshots(info)
+    return book.snapshot_lookup(snaps)

@@ -43,8 +43,19 @@ class Trend(TypedDict):
     direction: Literal["busier", "quieter", "steady"] | None
 
 
+Coverage = Literal["published", "parent", "withheld", "outside"]
+"""Why a point reads what it reads: its cell at the asked resolution is published, a coarser
+published cell (parent, grandparent...) fills its withheld cell, every level is withheld, or
+the point is outside the covered area."""
+
+
 class DensityAnswer(TypedDict):
-    """Density at a point (``people: null, suppressed: true`` when withheld)."""
+    """Density at a point (``people: null, suppressed: true`` when withheld).
+
+    ``cell`` and ``res`` are the cell whose values are shown: the finest published one that
+    contains the point at or above ``drawn_res`` (the resolution asked, the map's at that
+    zoom), ``coverage`` says which case it is and ``note`` explains it in words.
+    """
 
     cell: str
     res: int
@@ -55,6 +66,9 @@ class DensityAnswer(TypedDict):
     label: Label
     suppressed: bool
     trend: Trend
+    drawn_res: int
+    coverage: Coverage
+    note: Label | None
 
 
 class CellProperties(TypedDict):
@@ -179,13 +193,23 @@ class PlaceHead(TypedDict):
     area_km2: float
 
 
+class BestTime(BandValue):
+    """The coming local hour with the lowest expected level."""
+
+    hour: int
+    start: str
+    end: str
+    people: float
+
+
 class PlaceItem(PlaceHead, BandValue):
-    """A place in the ranking."""
+    """A place in the ranking (``quieter_at``: its next calmer hour today, if any)."""
 
     people: float | None
     suppressed: bool
     trend: Trend
     rank: int
+    quieter_at: BestTime | None
 
 
 class PlacesAnswer(TypedDict):
@@ -196,10 +220,11 @@ class PlacesAnswer(TypedDict):
 
 
 class PlaceNow(BandValue):
-    """A place's value now."""
+    """A place's value now (``levels``: the resolutions its cells' values come from)."""
 
     people: float | None
     suppressed: bool
+    levels: list[int]
 
 
 UsualBasis = Literal["hour_of_week", "hour_of_day", "none"]
@@ -225,20 +250,14 @@ class ForecastStep(BandValue):
 
 
 class UsualHour(TypedDict):
-    """The usual level of one local hour of the day."""
+    """The usual level of one local hour of the day (popular times), its band, and whether
+    it is the current hour."""
 
     hour: int
     start: str
     usual: float | None
-
-
-class BestTime(BandValue):
-    """The coming local hour with the lowest expected level."""
-
-    hour: int
-    start: str
-    end: str
-    people: float
+    band: str | None
+    current: bool
 
 
 class PlaceDetail(PlaceHead):

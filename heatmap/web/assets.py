@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from heatmap.places import DEFAULT_OUTLINE
+from heatmap.places import DEFAULT_OUTLINE, city_files
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = PACKAGE_DIR / "static"
@@ -106,6 +106,13 @@ class AssetStore:
         self._lock = threading.Lock()
 
     def _resolve(self, path: str) -> Path:
+        if path.startswith("city/"):
+            # The outline of the city this process serves (HEATMAP_OUTLINE_FILE or the sample):
+            # that one file, never the rest of its folder.
+            outline = city_files().outline
+            if path == "city/" + outline.name and outline.is_file():
+                return outline
+            raise AssetNotFound(path)
         for prefix, root in self.roots.items():
             if path.startswith(prefix + "/"):
                 rel = path[len(prefix) + 1 :]

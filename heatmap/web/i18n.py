@@ -68,6 +68,23 @@ STRINGS: Final[dict[str, dict[Lang, str]]] = {
     "close": {"zh": "关闭", "en": "Close"},
     "panel": {"zh": "面板", "en": "Panel"},
     "other_lang": {"zh": "English", "en": "中文"},
+    "key_areas": {"zh": "重点区域拥挤度", "en": "Key areas now"},
+    "busiest": {"zh": "最拥挤", "en": "Busiest"},
+    "nearest": {"zh": "离我最近", "en": "Nearest"},
+    "quieter_at": {"zh": "{time} 起较空闲", "en": "quieter at {time}"},
+    "popular_times": {"zh": "通常拥挤程度（按小时）", "en": "Popular times (usual by hour)"},
+    "now_marker": {"zh": "现在", "en": "now"},
+    "usual_at": {"zh": "{hour} 时通常：{label}", "en": "{hour}:00 usually: {label}"},
+    "no_usual": {"zh": "暂无历史数据", "en": "no history yet"},
+    "no_forecast": {"zh": "暂无预测", "en": "No forecast yet"},
+    "levels": {"zh": "数据来自第 {res} 级网格", "en": "from H3 resolution {res}"},
+    "outside": {"zh": "不在覆盖范围内", "en": "Outside the covered area"},
+    "place_search": {"zh": "查找地点", "en": "Find a place"},
+    "export_city": {"zh": "导出全市（规划人员）", "en": "Export the whole city (planners)"},
+    "token": {"zh": "规划人员令牌", "en": "Planner token"},
+    "resolution": {"zh": "分辨率（H3）", "en": "Resolution (H3)"},
+    "need_token": {"zh": "请先输入规划人员令牌", "en": "Enter a planner token first"},
+    "downloaded": {"zh": "已下载", "en": "Downloaded"},
 }
 """Every UI string, keyed by name, in both languages."""
 

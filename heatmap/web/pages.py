@@ -23,6 +23,11 @@ from heatmap.web.i18n import HTML_LANG, Lang, strings
 
 TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
 
+RESIZER: Final = "vendor/@iframe-resizer/child/index.umd.js"
+"""The iframe-resizer child (npm ``@iframe-resizer/child``): a parent page running
+``@iframe-resizer/parent`` sizes the widget's iframe to it (the widget also posts its height in a
+plain message, see README "Embedding")."""
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
     autoescape=True,
@@ -215,4 +220,4 @@ def planner_html(spec: PageSpec) -> str:
 def widget_html(spec: PageSpec) -> str:
     """Return the citizen widget: small map, place search, crowding in words, legend."""
     words = strings(spec.lang)
-    return _build(spec, "widget", [], words["title_widget"], control_scale=False)
+    return _build(spec, "widget", [RESIZER], words["title_widget"], control_scale=False)

@@ -1,4 +1,5 @@
-"""Routes of the pages: ``GET /`` (planner), ``GET /widget`` (citizen widget), ``/assets/...``.
+"""Routes of the pages: ``GET /`` (planner), ``GET /widget`` (citizen widget), ``/assets/...``,
+the API documentation pages (``/docs``, from local assets) and the planners' PMTiles download.
 
 Each page gets a Content-Security-Policy that allows nothing from another origin but the optional
 basemap's images, only the page's own inline scripts (by hash), and framing only by
@@ -12,16 +13,24 @@ import gzip
 import hashlib
 import logging
 import re
+import tempfile
 from functools import cache
-from typing import Annotated, Any, Final
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request
-from starlette.responses import HTMLResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from heatmap.config import Settings
-from heatmap.places import DEFAULT_OUTLINE, Place, find_place, load_places
+from heatmap.errors import Unauthorized
+from heatmap.places import Place, city_files, find_place, load_places, search_keys
 from heatmap.publish import make_bands
+from heatmap.read.reader import Reader
+from heatmap.read.ref import Ref
+from heatmap.tiling import snapshots_to_pmtiles
 from heatmap.web.assets import AssetNotFound
 from heatmap.web.i18n import Lang, parse_lang
 from heatmap.web.pages import Basemap, PageSpec, asset_store, planner_html, widget_html
@@ -37,6 +46,12 @@ CITY_ZOOM: Final = 10
 
 WIDGET_ZOOM: Final = 15
 """The widget's zoom around a place or point (streets visible)."""
+
+CITY_MIN_ZOOM: Final = 8
+"""The lowest zoom of the pages' maps: the whole city, never the world."""
+
+SWAGGER: Final = "vendor/swagger-ui-dist"
+"""The Swagger UI assets (npm ``swagger-ui-dist``) of ``/docs``."""
 
 ASSET_IMMUTABLE: Final = "public, max-age=31536000, immutable"
 """Cache-Control of an asset fetched by its versioned URL (the content hash is in it)."""
@@ -162,6 +177,19 @@ def _places() -> tuple[Place, ...]:
     return load_places()
 
 
+@cache
+def search_index() -> list[list[Any]]:
+    """Return the places as the pages search them: ``[id, zh, en, lat, lng, keys]``.
+
+    ``keys`` are the folded names, aliases and pinyin (:func:`heatmap.places.search_keys`).
+    The pages get it in their configuration, so a search works before any request returns.
+    """
+    return [
+        [p.id, p.name_zh, p.name_en, round(p.lat, 5), round(p.lng, 5), list(search_keys(p))]
+        for p in _places()
+    ]
+
+
 class Pages:
     """The page handlers for one ``Settings`` (bands, zooms, time zone, basemap, framing)."""
 
@@ -182,7 +210,7 @@ class Pages:
             root=root,
             center=center,
             zoom=zoom,
-            min_zoom=DATA_MIN_ZOOM,
+            min_zoom=max(DATA_MIN_ZOOM, CITY_MIN_ZOOM),
             max_zoom=MAX_ZOOM,
             basemap=self.basemap,
             config={"tz": self.settings.tz, "maxZoom": MAX_ZOOM, **cfg},
@@ -193,7 +221,7 @@ class Pages:
         root = _root(request)
         cfg = {
             "tilejson": {f: f"{root}/tiles.json?format={f}" for f in ("png", "mvt")},
-            "outline": asset_store().url(root, "data/" + DEFAULT_OUTLINE.name),
+            "outline": asset_store().url(root, "city/" + city_files().outline.name),
             "api": api_urls(root),
             "zoomToRes": self.zoom_to_res,
             "fillOpacity": self.fill_opacity,
@@ -202,6 +230,14 @@ class Pages:
             "maxWindows": self.max_windows,
             "topPlaces": 8,
             "otherLang": _lang_link(request, lang),
+            "places": search_index(),
+            "exports": {
+                "cells": f"{root}/api/v1/export/cells.",
+                "pmtiles": f"{root}/api/v1/export/tiles.pmtiles",
+                "formats": ["csv", "geojson", "gpkg", "parquet"],
+            },
+            "resolutions": list(range(self.settings.min_res, self.settings.base_res + 1)),
+            "cityMinZoom": CITY_MIN_ZOOM,
         }
         return planner_html(self._spec(lang, root, CITY_CENTER, CITY_ZOOM, cfg))
 
@@ -238,8 +274,10 @@ class Pages:
             "api": api_urls(root),
             "pollMs": WIDGET_POLL_MS,
             "suggestions": 6,
+            "areas": 8,
             "initial": initial,
             "otherLang": _lang_link(request, lang),
+            "places": search_index(),
         }
         return widget_html(self._spec(lang, root, center, z, cfg))
 
@@ -314,7 +352,90 @@ def create_router(settings: Settings) -> APIRouter:
         body = a.gzipped if packed and a.gzipped is not None else a.data
         return Response(body, media_type=a.media_type, headers=headers)
 
+    @router.get(
+        "/api/v1/export/tiles.pmtiles",
+        tags=["export"],
+        summary="Export the city's tiles as PMTiles (planners)",
+        response_class=Response,
+        responses={
+            200: {"description": "A PMTiles v3 archive of the filled tiles, zooms min-max"},
+            401: {"description": "Exports are for planners: send a planner token"},
+            404: {"description": "No such window or release"},
+            422: {"description": "Invalid parameter"},
+        },
+    )
+    async def pmtiles(
+        request: Request,
+        window: Annotated[str | None, Query(description="A closed window (ISO time)")] = None,
+        release: Annotated[str | None, Query(description="A kept release (ISO time)")] = None,
+        fmt: Annotated[Literal["mvt", "png"], Query(alias="format")] = "mvt",
+        min_zoom: Annotated[int, Query(ge=DATA_MIN_ZOOM, le=14)] = CITY_MIN_ZOOM,
+        max_zoom: Annotated[int, Query(ge=DATA_MIN_ZOOM, le=14)] = 13,
+    ) -> Response:
+        """Return the tiles of the whole city for one release (default the latest) or closed
+        window as one PMTiles file, the bytes the tile endpoints serve, for planners."""
+        if min_zoom > max_zoom:
+            raise HTTPException(422, "min_zoom must not exceed max_zoom")
+        who = request.app.state.services.audience(request.headers.get("authorization"))
+        if not who.private:
+            raise Unauthorized("exports are for planners: send a token of HEATMAP_PLANNER_TOKENS")
+        ref = Ref.parse_release(release) if release else Ref.parse(window)
+        body, name = await run_in_threadpool(pmtiles_file, who.reader, ref, fmt, min_zoom, max_zoom)
+        return Response(
+            body,
+            media_type="application/vnd.pmtiles",
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Cache-Control": "private, no-store",
+            },
+        )
+
     return router
+
+
+def pmtiles_file(
+    reader: Reader, ref: Ref, fmt: str, min_zoom: int, max_zoom: int
+) -> tuple[bytes, str]:
+    """Return a PMTiles archive of one release or closed window and its file name."""
+    info = reader.window(ref)
+    stamp = info.window.end if info.is_release else info.window.start
+    name = f"heatmap-{fmt}-z{min_zoom}-{max_zoom}-{stamp}.pmtiles"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        snapshots_to_pmtiles(
+            reader.policy, info, reader.snapshots(info), path, fmt, min_zoom, max_zoom
+        )
+        return path.read_bytes(), name
+
+
+def docs_html(root: str, openapi_url: str, title: str) -> str:
+    """Return the Swagger UI page of the API, every asset served by the app (works offline)."""
+    html = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=title + " - API",
+        swagger_js_url=asset_store().url(root, SWAGGER + "/swagger-ui-bundle.js"),
+        swagger_css_url=asset_store().url(root, SWAGGER + "/swagger-ui.css"),
+        swagger_favicon_url=asset_store().url(root, SWAGGER + "/favicon-32x32.png"),
+    )
+    return bytes(html.body).decode()
+
+
+def _replace_docs(app: FastAPI) -> None:
+    """Serve ``/docs`` from local assets (FastAPI's default page loads Swagger UI from a CDN,
+    so it stays blank offline); ``/redoc``, which needs a CDN too, points there instead."""
+    drop = {app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in drop]
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    async def docs(request: Request) -> HTMLResponse:
+        root = _root(request)
+        return HTMLResponse(docs_html(root, root + openapi_url, app.title))
+
+    async def redoc(request: Request) -> RedirectResponse:
+        return RedirectResponse(_root(request) + "/docs")
+
+    app.add_route("/docs", docs, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
 
 
 def include(app: FastAPI, settings: Settings) -> None:
@@ -323,3 +444,5 @@ def include(app: FastAPI, settings: Settings) -> None:
     if missing:
         log.warning("front-end assets missing (run `make assets`): %s", ", ".join(missing))
     app.include_router(create_router(settings))
+    _replace_docs(app)
+    search_index()  # pinyin of every name, once at start-up rather than on the first page

@@ -55,7 +55,7 @@ def test_tilejson_validates_against_the_3_0_0_schema(loaded: Loaded) -> None:
         if fmt == "mvt":
             (layer,) = doc["vector_layers"]
             assert layer["id"] == "density"
-            assert set(layer["fields"]) == {"cell", "people", "density_km2", "band"}
+            assert set(layer["fields"]) == {"cell", "people", "density_km2", "band", "res"}
         else:
             assert "vector_layers" not in doc
 

@@ -65,3 +65,24 @@ def test_a_bad_file_is_refused_and_nothing_changes(tmp_path: Path) -> None:
 def test_settings_fields(tmp_path: Path) -> None:
     s = Settings(places_file=str(tmp_path / "p.json"), outline_file="")  # type: ignore[call-arg]
     assert s.places_file == tmp_path / "p.json" and s.outline_file is None
+
+
+def test_the_planner_draws_the_citys_own_outline(tmp_path: Path) -> None:
+    """The planner page links the chosen outline (that one file, not its folder's others)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from heatmap.api import create_app
+
+    outline = tmp_path / "mycity.geojson"
+    outline.write_text(json.dumps(SQUARE), "utf-8")
+    (tmp_path / "secret.geojson").write_text("{}", "utf-8")
+    s = Settings(db=str(tmp_path / "h.db"), secret="t", basemap_url="", outline_file=str(outline))  # type: ignore[call-arg]
+    with TestClient(create_app(s)) as client:
+        page = client.get("/").text
+        link = re.search(r'/assets/city/[^"?]+', page)
+        assert link is not None and link.group(0) == "/assets/city/mycity.geojson"
+        got = client.get(link.group(0))
+        assert got.status_code == 200 and got.json() == SQUARE
+        assert client.get("/assets/city/secret.geojson").status_code == 404

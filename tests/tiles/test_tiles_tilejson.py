@@ -34,7 +34,7 @@ def test_mvt_tilejson_validates_and_describes_the_layer(snap9: Snapshot) -> None
     assert doc["tiles"] == [URL + ".mvt"]
     (layer,) = doc["vector_layers"]
     assert layer["id"] == "density"
-    assert set(layer["fields"]) == {"cell", "people", "density_km2", "band"}
+    assert set(layer["fields"]) == {"cell", "people", "density_km2", "band", "res"}
     assert all(isinstance(v, str) and v for v in layer["fields"].values())
     w, s, e, n = doc["bounds"]
     assert w < doc["center"][0] < e and s < doc["center"][1] < n
@@ -98,4 +98,4 @@ def test_data_bounds_cover_the_cells(snap9: Snapshot) -> None:
     for c in snap9.cells[:: max(1, len(snap9) // 200)]:
         for lat, lng in h3.cell_to_boundary(h3.int_to_str(int(c))):
             assert w - 1e-9 <= lng <= e + 1e-9 and s - 1e-9 <= lat <= n + 1e-9
-    assert set(FIELDS) == {"cell", "people", "density_km2", "band"}
+    assert set(FIELDS) == {"cell", "people", "density_km2", "band", "res"}

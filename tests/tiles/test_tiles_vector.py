@@ -99,6 +99,7 @@ def check_tile(snap: Snapshot, z: int, x: int, y: int, buffer: int = BUFFER) -> 
         assert isinstance(p["people"], int)
         assert p["density_km2"] == snap.density_km2[i]
         assert p["band"] == snap.bands[int(snap.band[i])].name
+        assert p["res"] == snap.res
         geom = f["geometry"]
         assert geom["type"] == "Polygon"
         assert len(geom["coordinates"]) == 1  # one exterior ring, no holes

@@ -18,6 +18,7 @@ from web_harness import (
     CHROMIUM,
     CHROMIUM_ARGS,
     EXPANSION,
+    PLANNER_TOKEN,
     SIM_DEVICES,
     SIM_HOURS,
     SIM_START,
@@ -50,6 +51,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         k_min=3,
         expansion=EXPANSION,
         frame_ancestors=["'self'", f"http://127.0.0.1:{ok_port}"],
+        planner_tokens=[PLANNER_TOKEN],
     )  # type: ignore[call-arg]
     pings = root / "pings.parquet"
     write_pings(
@@ -110,6 +112,16 @@ def browser() -> Iterator[Any]:
 def desktop(browser: Any, site: Site) -> Iterator[tuple[Any, Watch]]:
     """A 1280x800 page; fails the test if a request left 127.0.0.1 or a cookie was set."""
     ctx, page, watch = open_page(browser, 1280, 800)
+    yield page, watch
+    ctx.close()
+    assert not watch.foreign, f"requests left 127.0.0.1: {watch.foreign}"
+    assert not watch.cookies_set, f"cookies set by {watch.cookies_set}"
+
+
+@pytest.fixture(params=[(360, 640), (390, 844)], ids=["360x640", "390x844"])
+def phones(browser: Any, site: Site, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Watch]]:
+    """A page of each phone size; fails the test if a request left 127.0.0.1 or set a cookie."""
+    ctx, page, watch = open_page(browser, *request.param)
     yield page, watch
     ctx.close()
     assert not watch.foreign, f"requests left 127.0.0.1: {watch.foreign}"

@@ -31,6 +31,7 @@ SIM_START = datetime(2026, 11, 27, 5, 40, tzinfo=UTC)  # 13:40 in Shanghai: a bu
 SIM_DEVICES = 30_000
 SIM_HOURS = 0.4  # four closed 5-minute windows, the release at their end, one window filling
 EXPANSION = 800.0  # 30,000 devices x 800 = 24 million people
+PLANNER_TOKEN = "web-planner-token"
 
 
 def free_port() -> int:
@@ -57,10 +58,16 @@ class Site:
 
 def parent_server(port: int, widget_url: str) -> ThreadingHTTPServer:
     """Serve one page that embeds the widget in an iframe."""
+    # The embed snippet of the README: the iframe follows the height the widget posts.
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>parent</title></head><body>"
         f"<h1>Gov app</h1><iframe id='w' src='{widget_url}' width='360' height='640'></iframe>"
-        "</body></html>"
+        "<script>addEventListener('message', (e) => {"
+        " const w = document.getElementById('w');"
+        " if (e.source !== w.contentWindow || !e.data || e.data.type !== 'heatmap-widget:height')"
+        " return;"
+        " w.style.height = e.data.height + 'px'; document.body.dataset.height = e.data.height;"
+        "});</script></body></html>"
     ).encode()
 
     class Handler(BaseHTTPRequestHandler):

@@ -1,6 +1,7 @@
 /* The planner map: density layer (PNG or MVT), time slider with play/pause over the closed
    windows and, at its right end, "Now" (the latest release), live refresh, popup on click,
-   city totals, top places, export of the view.
+   city totals, top places, export of the view and of the whole city (planners), place search;
+   the map stays on the city (max bounds, min zoom).
    Every URL comes from the server (cfg); tile templates come from its TileJSON. A release and a
    closed window never change, so every request names one (?release= or ?window=) and its
    answer can be cached for good; only the poll of /api/v1/windows asks for the latest. */
@@ -250,6 +251,8 @@
         [t.trend, H.trendText(trend, t) + change],
         [t.cell, d.cell + " (res " + d.res + ")"],
       ];
+      // A withheld hexagon is drawn with its published parent's values: say so.
+      if (d.note) rows.push(["", H.el("span", { class: "note", text: lang === "en" ? d.note.en : d.note.zh })]);
       const dl = H.el("dl", { class: "popup", "data-cell": d.cell, "data-people": d.people });
       for (const [k, v] of rows) dl.append(H.el("dt", { text: k }), H.el("dd", {}, v));
       return dl;
@@ -361,6 +364,69 @@
     $("export-geojson").addEventListener("click", (e) => download(e, "geojson"));
     $("export-csv").addEventListener("click", (e) => download(e, "csv"));
 
+    // -- whole-city exports for planners: any resolution, one release or window -----------------
+    /* The planner API needs a bearer token: fetch with it, then hand the file to the browser. The
+       token stays in this page (no cookie, no storage). */
+    async function exportCity(fmt) {
+      const msg = $("city-export-msg");
+      const token = $("token").value.trim();
+      if (!token) { msg.textContent = t.need_token; $("token").focus(); return; }
+      const ref = H.refOf(current());
+      const url = fmt === "pmtiles"
+        ? H.withQuery(cfg.exports.pmtiles, ref)
+        : H.withQuery(cfg.exports.cells + fmt, Object.assign({ res: $("export-res").value }, ref));
+      msg.textContent = t.loading;
+      try {
+        const r = await fetch(url, { credentials: "omit", headers: { Authorization: "Bearer " + token } });
+        if (!r.ok) {
+          const body = await r.json().catch(() => null);
+          throw new Error((body && body.detail) || r.status + " " + r.statusText);
+        }
+        const name = (/filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "") || [])[1] || "heatmap." + fmt;
+        const a = H.el("a", { href: URL.createObjectURL(await r.blob()), download: name });
+        document.body.append(a);
+        a.click();
+        a.remove();
+        setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+        msg.textContent = t.downloaded + ": " + name;
+        msg.dataset.file = name;
+      } catch (err) {
+        msg.textContent = t.error + ": " + err.message;
+      }
+    }
+    document.querySelectorAll("#city-exports button").forEach((b) =>
+      b.addEventListener("click", () => exportCity(b.dataset.format)));
+    map.on("zoomend", () => { $("export-res").value = String(resAtZoom()); });
+
+    // -- place search (names, aliases, pinyin: the index is in the page) ---------------------------
+    const fold = (s) => String(s).toLowerCase().replace(/[\s'’\-_./·()（）]+/g, "");
+    const index = cfg.places.map((p) => ({ id: p[0], name: { zh: p[1], en: p[2] }, lat: p[3], lng: p[4], keys: p[5] }));
+    function findPlaces(q) {
+      const f = fold(q);
+      if (!f) return [];
+      const rank = (p) => (p.keys.includes(f) ? 0 : p.keys.some((k) => k.startsWith(f)) ? 1 : p.keys.some((k) => k.includes(f)) ? 2 : 3);
+      return index.map((p) => [rank(p), p]).filter((x) => x[0] < 3).sort((a, b) => a[0] - b[0]).map((x) => x[1]);
+    }
+    function goTo(p) {
+      $("place-results").replaceChildren();
+      $("pq").value = lang === "en" ? p.name.en : p.name.zh;
+      map.setView([p.lat, p.lng], Math.max(map.getZoom(), 14));
+      openPlacePopup(p);
+    }
+    $("pq").addEventListener("input", () => {
+      const ul = $("place-results");
+      ul.replaceChildren(...findPlaces($("pq").value).slice(0, 6).map((p) => H.el("li", {},
+        H.el("button", { type: "button", class: "place", "data-place": p.id, onclick: () => goTo(p) },
+          H.el("span", { class: "name", text: lang === "en" ? p.name.en : p.name.zh }),
+          H.el("span", { class: "meta", text: lang === "en" ? p.name.zh : p.name.en })))));
+    });
+    $("place-search").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const found = findPlaces($("pq").value);
+      if (found.length) goTo(found[0]);
+      else $("place-results").replaceChildren(H.el("li", { class: "note", text: t.no_match }));
+    });
+
     map.on("moveend", updateExport);
     map.on("zoomend", showTotals);
 
@@ -384,6 +450,12 @@
         const page = await H.getJSON(cfg.api.windows, { limit: cfg.maxWindows });
         mergeWindows(page);
         S.tj.png = await H.getJSON(cfg.tilejson.png);
+        // The city and a margin: panning stops at its edge, zooming out at the whole city.
+        const b = S.tj.png.bounds;
+        map.setMinZoom(cfg.cityMinZoom);
+        map.setMaxBounds(L.latLngBounds([b[1], b[0]], [b[3], b[2]]).pad(0.25));
+        map.options.maxBoundsViscosity = 1.0;
+        $("export-res").value = String(resAtZoom());
         const checked = document.querySelector('input[name="format"]:checked');
         await setFormat(checked ? checked.value : "png");
         select(last());

@@ -1,5 +1,7 @@
-/* The citizen widget: how crowded a place is now, in words and colour, its trend and the best
-   time to go today; place search, "locate me", a small map of the density (PNG tiles). */
+/* The citizen widget: the key areas with their crowding on the first screen, a place's crowding
+   in words and colour with its trend, popular times, forecast and best time to go; search by
+   name, alias or pinyin; "locate me"; a small map of the density (PNG tiles); the page's height
+   posted to an embedding parent. */
 (function () {
   "use strict";
   const H = window.HeatmapCommon;
@@ -10,20 +12,30 @@
     const lang = cfg.lang;
     const $ = (id) => document.getElementById(id);
     const fmtClock = H.timeFormat(lang, cfg.tz, false);
-    const S = { places: [], bands: {}, tpl: null, layer: null, layerUrl: "", shown: null, marker: null };
+    const S = {
+      ranking: {}, // place id -> its /api/v1/places item (band, people, trend, quieter_at)
+      order: [], // ids, busiest first
+      bands: {}, tpl: null, layer: null, layerUrl: "", shown: null, marker: null,
+      sort: "busiest", here: null,
+    };
+    // The search index is in the page (names, aliases, pinyin): search works before any request.
+    const index = cfg.places.map((p) => ({ id: p[0], name: { zh: p[1], en: p[2] }, lat: p[3], lng: p[4], keys: p[5] }));
+    const byId = new Map(index.map((p) => [p.id, p]));
     const nameOf = (p) => (lang === "en" ? p.name.en : p.name.zh);
     const otherName = (p) => (lang === "en" ? p.name.zh : p.name.en);
+    const words = (label) => (label ? (lang === "en" ? label.en : label.zh) : "");
 
-    // The map sits in its slot between the search and the card (folium puts it first).
+    // The map sits in its slot below the card and the key areas (folium puts it first).
     $("map-slot").append(map.getContainer());
     map.invalidateSize();
+    // Leaflet's credit as words: a link there would be a tap target far under 44 px.
+    if (map.attributionControl) map.attributionControl.setPrefix("Leaflet");
 
     // -- density tiles of the answer shown: a release by its tick (?release=), which never changes --
     function showTiles(w) {
       const url = H.withQuery(S.tpl, H.refOf(w));
       if (S.layer && url === S.layerUrl) return;
-      // A new release: the old layer stays until the new one has loaded (no flash).
-      const old = S.layer;
+      const old = S.layer; // stays until the new release's tiles have loaded (no flash)
       S.layerUrl = url;
       S.layer = L.tileLayer(url, { pane: "density", maxNativeZoom: cfg.maxZoom, attribution: cfg.attribution });
       const drop = () => { if (old && S.layer !== old) map.removeLayer(old); };
@@ -32,7 +44,7 @@
       S.layer.addTo(map);
     }
 
-    // -- the card ----------------------------------------------------------------------------------
+    // -- the place card --------------------------------------------------------------------------
     function bandLine(label, band) {
       const b = band ? S.bands[band] : null;
       return H.el("p", { class: "now", "data-band": band || "none", style: b ? "border-color:" + b.color : null },
@@ -41,11 +53,31 @@
         H.el("span", { class: "band-other", text: lang === "en" ? label.zh : label.en }));
     }
 
+    /* Popular times: the usual level of each hour of the day, coloured by band, now outlined. */
+    function chart(today) {
+      const known = today.filter((h) => h.usual !== null);
+      if (!known.length) return H.el("p", { class: "small", id: "popular", text: t.popular_times + ": " + t.no_usual });
+      const top = Math.max(...known.map((h) => h.usual), 1);
+      const ol = H.el("ol", { class: "chart", id: "popular", "aria-label": t.popular_times });
+      for (const h of today) {
+        const b = h.band ? S.bands[h.band] : null;
+        const label = t.usual_at.replace("{hour}", String(h.hour).padStart(2, "0"))
+          .replace("{label}", b ? words(b.label) : t.no_usual);
+        const pct = h.usual === null ? 0 : Math.max(4, Math.round((100 * h.usual) / top));
+        ol.append(H.el("li", { class: h.current ? "current" : null, title: label, "data-hour": h.hour, "data-band": h.band || "none" },
+          H.el("span", { class: "bar-fill", style: "height:" + pct + "%" + (b ? ";background:" + b.color : "") }),
+          H.el("span", { class: "sr-only", text: label + (h.current ? " (" + t.now_marker + ")" : "") })));
+      }
+      return H.el("div", {}, H.el("p", { class: "chart-title", text: t.popular_times }), ol,
+        H.el("p", { class: "chart-axis", "aria-hidden": "true" },
+          ...["00", "06", "12", "18", "24"].map((x) => H.el("span", { text: x }))));
+    }
+
     function showPlace(d) {
       const card = $("card");
       const usual = d.usual || {};
       const bits = [];
-      if (!d.now.suppressed) bits.push("≈ " + H.num(lang, d.now.people) + " " + t.people_unit);
+      if (!d.now.suppressed && d.now.people !== null) bits.push("≈ " + H.num(lang, d.now.people) + " " + t.people_unit);
       bits.push(t.trend + ": " + H.trendText(d.trend, t));
       if (usual.busier_than_usual !== null && usual.busier_than_usual !== undefined) {
         bits.push(usual.busier_than_usual ? t.vs_usual_busier : t.vs_usual_not);
@@ -54,44 +86,75 @@
       const bestLine = best
         ? H.el("p", { class: "best", id: "best-time" }, t.best_time + ": ",
           H.el("strong", { text: fmtClock(best.start) + "–" + fmtClock(best.end) }),
-          best.band ? H.el("span", {}, " ", H.swatch(S.bands[best.band].color), lang === "en" ? best.label.en : best.label.zh) : null)
+          best.band ? H.el("span", {}, " ", H.swatch(S.bands[best.band].color), words(best.label)) : null)
         : H.el("p", { class: "best", id: "best-time", text: t.no_best_time });
-      const forecast = H.el("ul", { class: "forecast", "aria-label": t.forecast });
+      const forecast = H.el("ul", { class: "forecast", id: "forecast", "aria-label": t.forecast });
       for (const f of d.forecast || []) {
         if (!f.band) continue;
         forecast.append(H.el("li", {}, H.el("span", { class: "at", text: fmtClock(f.at) }),
-          H.swatch(S.bands[f.band].color), lang === "en" ? f.label.en : f.label.zh));
+          H.swatch(S.bands[f.band].color), words(f.label)));
       }
-      card.replaceChildren(
+      const levels = (d.now.levels || []).filter((r) => r !== d.res);
+      // Only elements go in (replaceChildren would print a null as the text "null").
+      const parts = [
         H.el("h2", { text: nameOf(d) }, H.el("span", { class: "sub", text: " " + otherName(d) })),
         bandLine(d.now.label, d.now.band),
         H.el("p", { class: "facts", text: bits.join(" · ") }),
+        levels.length ? H.el("p", { class: "small levels", text: t.levels.replace("{res}", levels.join(", ")) }) : null,
         bestLine,
-        forecast.childElementCount ? H.el("p", { class: "small", text: t.forecast }) : null,
-        forecast.childElementCount ? forecast : null,
-        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }));
+        H.el("p", { class: "chart-title", text: t.forecast }),
+        forecast.childElementCount ? forecast : H.el("p", { class: "small", id: "forecast", text: t.no_forecast }),
+        chart(d.today || []),
+        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }),
+      ];
+      card.replaceChildren(...parts.filter((x) => x !== null));
+      card.hidden = false;
       card.dataset.place = d.id;
       showTiles(d.window);
     }
 
     function showPoint(d, title) {
-      $("card").replaceChildren(
+      const facts = (d.people === null ? "" : "≈ " + H.num(lang, d.people) + " " + t.people_unit + " · ") +
+        t.trend + ": " + H.trendText(d.trend, t);
+      const card = $("card");
+      card.replaceChildren(...[
         H.el("h2", { text: title }),
         bandLine(d.label, d.band),
-        H.el("p", { class: "facts", text: (d.suppressed ? "" : "≈ " + H.num(lang, d.people) + " " + t.people_unit + " · ") + t.trend + ": " + H.trendText(d.trend, t) }),
-        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }));
-      delete $("card").dataset.place;
+        H.el("p", { class: "facts", text: facts }),
+        d.note ? H.el("p", { class: "small note", text: words(d.note) }) : null,
+        H.el("p", { class: "small updated", text: t.updated + " " + fmtClock(d.window.as_of) }),
+      ].filter((x) => x !== null));
+      card.hidden = false;
+      card.dataset.coverage = d.coverage || "";
+      delete card.dataset.place;
       showTiles(d.window);
     }
 
     function fail(err) {
+      $("card").hidden = false;
       $("card").replaceChildren(H.el("p", { class: "error", text: t.error + (err ? ": " + err.message : "") }));
+    }
+
+    /* Keep the chosen place in the address and in the language link: switching the language
+       (or reloading, or sharing the link) keeps it. */
+    function remember(id) {
+      const here = new URL(window.location.href);
+      if (id) here.searchParams.set("place", id); else here.searchParams.delete("place");
+      here.searchParams.delete("lat");
+      here.searchParams.delete("lng");
+      try { window.history.replaceState(null, "", here.pathname + here.search); } catch (e) { /* sandboxed */ }
+      const other = new URL($("lang").href, window.location.href);
+      if (id) other.searchParams.set("place", id); else other.searchParams.delete("place");
+      $("lang").href = other.pathname + other.search;
     }
 
     async function choosePlace(id, zoom) {
       S.shown = { place: id };
+      remember(id);
+      const p = byId.get(id);
+      if (p) map.setView([p.lat, p.lng], zoom || Math.max(map.getZoom(), 14));
       try {
-        const d = await H.getJSON(cfg.api.place + encodeURIComponent(id));
+        const [d] = await Promise.all([H.getJSON(cfg.api.place + encodeURIComponent(id)), legendLoaded]);
         showPlace(d);
         map.setView([d.lat, d.lng], zoom || Math.max(map.getZoom(), 14));
         mark(d.lat, d.lng);
@@ -101,7 +164,10 @@
     async function choosePoint(lat, lng, title) {
       S.shown = { lat: lat, lng: lng, title: title };
       try {
-        showPoint(await H.getJSON(cfg.api.density, { lat: lat.toFixed(6), lng: lng.toFixed(6) }), title);
+        const [d] = await Promise.all([
+          H.getJSON(cfg.api.density, { lat: lat.toFixed(6), lng: lng.toFixed(6) }), legendLoaded,
+        ]);
+        showPoint(d, title);
         mark(lat, lng);
       } catch (err) { fail(err); }
     }
@@ -111,19 +177,64 @@
       else S.marker = L.circleMarker([lat, lng], { radius: 7, color: "#111", weight: 2, fillOpacity: 0, interactive: false }).addTo(map);
     }
 
-    // -- search --------------------------------------------------------------------------------------
+    // -- the key areas: busiest first, or nearest to the user ----------------------------------------
+    const dist = (a, b) => Math.hypot(a.lat - b.lat, (a.lng - b.lng) * Math.cos((a.lat * Math.PI) / 180));
+
+    function areaButton(p) {
+      const r = S.ranking[p.id] || {};
+      const b = r.band ? S.bands[r.band] : null;
+      const meta = [r.label ? words(r.label) : t.loading];
+      if (r.people !== null && r.people !== undefined) meta.push("≈ " + H.num(lang, r.people) + " " + t.people_unit);
+      if (r.trend && r.trend.direction) meta.push(H.trendText(r.trend, t));
+      if (r.quieter_at) meta.push(t.quieter_at.replace("{time}", fmtClock(r.quieter_at.start)));
+      return H.el("button", { type: "button", "data-place": p.id, "data-band": r.band || "none", onclick: () => {
+        $("q").value = nameOf(p);
+        choosePlace(p.id);
+      } }, b ? H.swatch(b.color) : null, H.el("span", { class: "name", text: nameOf(p) }),
+      H.el("span", { class: "meta", text: meta.join(" · ") }));
+    }
+
+    function showAreas() {
+      let list = S.order.map((id) => byId.get(id)).filter(Boolean);
+      if (S.sort === "nearest" && S.here) list = index.slice().sort((a, b) => dist(a, S.here) - dist(b, S.here));
+      const ol = $("areas");
+      ol.replaceChildren(...list.slice(0, cfg.areas).map((p) => H.el("li", {}, areaButton(p))));
+      $("sort-busiest").setAttribute("aria-pressed", String(S.sort === "busiest"));
+      $("sort-nearest").setAttribute("aria-pressed", String(S.sort === "nearest"));
+    }
+
+    function setRanking(answer) {
+      S.ranking = {};
+      for (const p of answer.places) S.ranking[p.id] = p;
+      S.order = answer.places.filter((p) => p.people !== null).map((p) => p.id);
+      showAreas();
+    }
+
+    $("sort-busiest").addEventListener("click", () => { S.sort = "busiest"; showAreas(); });
+    const nearest = $("sort-nearest");
+    if (!navigator.geolocation) nearest.hidden = true;
+    nearest.addEventListener("click", () => {
+      navigator.geolocation.getCurrentPosition((pos) => {
+        S.here = { lat: pos.coords.latitude, lng: pos.coords.longitude };
+        S.sort = "nearest";
+        showAreas();
+      }, () => { $("areas").prepend(H.el("li", { class: "error", text: t.locate_failed })); },
+      { timeout: 10000, maximumAge: 60000 });
+    });
+
+    // -- search ----------------------------------------------------------------------------------
     function matches(q) {
       const f = fold(q);
-      if (!f) return S.places.slice(0, cfg.suggestions);
-      // Exact names first, then prefixes, then substrings; busiest first within each.
+      if (!f) return S.order.map((id) => byId.get(id)).filter(Boolean);
+      // Names and aliases first, then pinyin; exact, then prefix, then substring; busiest first.
       const rank = (p) => {
-        const keys = [p.id, p.name.zh, p.name.en].map(fold);
-        if (keys.includes(f)) return 0;
-        if (keys.some((k) => k.startsWith(f))) return 1;
-        return keys.some((k) => k.includes(f)) ? 2 : 3;
+        if (p.keys.includes(f)) return 0;
+        if (p.keys.some((k) => k.startsWith(f))) return 1;
+        return p.keys.some((k) => k.includes(f)) ? 2 : 3;
       };
-      return S.places.map((p) => [rank(p), p]).filter((x) => x[0] < 3)
-        .sort((a, b) => a[0] - b[0]).map((x) => x[1]);
+      const busy = (p) => { const i = S.order.indexOf(p.id); return i < 0 ? 1e6 : i; };
+      return index.map((p) => [rank(p), busy(p), p]).filter((x) => x[0] < 3)
+        .sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((x) => x[2]);
     }
 
     function showResults(list, q) {
@@ -131,21 +242,21 @@
       ul.replaceChildren();
       if (q && !list.length) ul.append(H.el("li", { class: "none", text: t.no_match }));
       for (const p of list.slice(0, cfg.suggestions)) {
-        const b = p.band ? S.bands[p.band] : null;
+        const r = S.ranking[p.id] || {};
+        const b = r.band ? S.bands[r.band] : null;
         ul.append(H.el("li", {}, H.el("button", {
-          type: "button",
+          type: "button", "data-place": p.id,
           onclick: () => { showResults([], ""); $("q").value = nameOf(p); choosePlace(p.id); },
         }, b ? H.swatch(b.color) : null, H.el("span", { text: nameOf(p) }),
-        H.el("span", { class: "small", text: " " + (lang === "en" ? p.label.en : p.label.zh) }))));
+        H.el("span", { class: "small", text: " " + (r.label ? words(r.label) : otherName(p)) }))));
       }
     }
 
-    $("q").addEventListener("input", () => showResults(matches($("q").value), $("q").value));
-    $("q").addEventListener("focus", () => showResults(matches($("q").value), $("q").value));
+    $("q").addEventListener("input", () => showResults($("q").value ? matches($("q").value) : [], $("q").value));
     $("search").addEventListener("submit", (e) => {
       e.preventDefault();
       const found = matches($("q").value);
-      if (found.length) { showResults([], ""); $("q").value = nameOf(found[0]); choosePlace(found[0].id); }
+      if ($("q").value && found.length) { showResults([], ""); $("q").value = nameOf(found[0]); choosePlace(found[0].id); }
       else showResults([], $("q").value);
     });
 
@@ -157,49 +268,60 @@
       navigator.geolocation.getCurrentPosition((pos) => {
         locate.disabled = false;
         locate.textContent = t.locate;
+        remember(null);
         map.setView([pos.coords.latitude, pos.coords.longitude], Math.max(map.getZoom(), 15));
         choosePoint(pos.coords.latitude, pos.coords.longitude, t.near_you);
       }, () => {
         locate.disabled = false;
         locate.textContent = t.locate;
-        $("card").replaceChildren(H.el("p", { class: "error", text: t.locate_failed }));
+        fail(new Error(t.locate_failed));
       }, { timeout: 10000, maximumAge: 60000 });
     });
 
     function refresh() {
+      H.getJSON(cfg.api.places, null, true).then(setRanking, () => {});
       const s = S.shown;
       if (!s) return;
       // The latest release: the card and its tiles move to a new one when it is made.
       if (s.place) {
-        H.getJSON(cfg.api.place + encodeURIComponent(s.place), null, true)
-          .then(showPlace, () => {});
+        H.getJSON(cfg.api.place + encodeURIComponent(s.place), null, true).then(showPlace, () => {});
       } else {
         H.getJSON(cfg.api.density, { lat: s.lat.toFixed(6), lng: s.lng.toFixed(6) }, true)
           .then((d) => showPoint(d, s.title), () => {});
       }
     }
 
+    // -- the embedding parent: our height, so its iframe fits (iframe-resizer, or a plain message) --
+    function postHeight() {
+      if (window.parent === window) return;
+      const height = Math.ceil(document.documentElement.scrollHeight);
+      window.parent.postMessage({ type: "heatmap-widget:height", height: height }, "*");
+    }
+    if (window.parent !== window) {
+      new ResizeObserver(postHeight).observe(document.body);
+      window.addEventListener("load", postHeight);
+    }
+
     // -- start ------------------------------------------------------------------------------------------
     map.createPane("density").style.zIndex = 350;
+    // The legend (band colours and words) and the tile template come first; a card waits for them.
+    const tilejson = H.getJSON(cfg.tilejson).then((tj) => { S.tpl = tj.tiles[0]; cfg.attribution = tj.attribution; });
+    const legendLoaded = Promise.all([H.getJSON(cfg.api.legend), tilejson]).then(([legend]) => {
+      S.bands = H.bandIndex(legend);
+      H.renderLegend($("legend"), legend, lang, t);
+      $("privacy").textContent = t.privacy.replace("{k}", legend.k_min);
+    });
     (async function start() {
+      const init = cfg.initial;
+      // A place named in the address is fetched at once, beside the key areas.
+      const first = init.place ? choosePlace(init.place, init.zoom) : null;
+      if (init.query) { $("q").value = init.query; showResults(matches(init.query), init.query); }
       try {
-        const [legend, tj, ranking] = await Promise.all([
-          H.getJSON(cfg.api.legend), H.getJSON(cfg.tilejson), H.getJSON(cfg.api.places),
-        ]);
-        S.bands = H.bandIndex(legend);
-        H.renderLegend($("legend"), legend, lang, t);
-        $("privacy").textContent = t.privacy.replace("{k}", legend.k_min);
-        S.tpl = tj.tiles[0];
-        cfg.attribution = tj.attribution;
-        S.places = ranking.places;
+        const [ranking] = await Promise.all([H.getJSON(cfg.api.places), legendLoaded]);
+        setRanking(ranking);
         showTiles(ranking.window);
-        const init = cfg.initial;
-        if (init.place) await choosePlace(init.place, init.zoom);
-        else if (init.lat !== null && init.lng !== null) await choosePoint(init.lat, init.lng, t.here);
-        else {
-          $("card").replaceChildren(H.el("p", { class: "small", text: t.search_hint }));
-          if (init.query) { $("q").value = init.query; showResults(matches(init.query), init.query); }
-        }
+        if (first) await first;
+        if (!init.place && init.lat !== null && init.lng !== null) await choosePoint(init.lat, init.lng, t.here);
         setInterval(refresh, cfg.pollMs);
         document.body.dataset.ready = "true";
       } catch (err) { fail(err); }
