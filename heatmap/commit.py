@@ -37,7 +37,7 @@ from heatmap.live.state import Clock, LiveState, log_rows, state_of
 from heatmap.policy import PublishPolicy
 from heatmap.publish import counts_to_published
 from heatmap.store import Store
-from heatmap.store.codec import ClosedWindow, close_windows, ping_entries
+from heatmap.store.codec import ClosedWindow, close_windows, ping_entries, published_blob
 
 
 @dataclass
@@ -138,7 +138,7 @@ def commit_unit(
     CommitResult
         Accepted and late pings, the windows closed, the release made and the new watermark.
     """
-    state = state_of(store, Clock(policy.window_s, policy.horizon_s))
+    state = state_of(store, Clock(policy.window_s, policy.release_s, policy.horizon_s))
     try:
         with store.transaction():
             result = _commit(
@@ -284,8 +284,7 @@ def make_release(
         {"w": np.zeros(len(cells), np.int64), "cell": cells.astype(np.uint64), "devices": devices}
     )
     published = counts_to_published(counts, policy)
-    (packed,) = close_windows([0], counts, published)
-    store.write_release(t, packed.published, packed.devices)
+    store.write_release(t, published_blob(published), int(devices.sum()))
     store.delete_releases_before(t - clock.keep_s)
     store.set_meta("release_t", str(t))
     return t

@@ -4,14 +4,14 @@ Every committed unit appends the pings that open windows and coming releases nee
 store's *ping log* (one entry per unit and release slot, keyed hashes only); the log is the
 durable state. :class:`LiveState` is what a process makes of the log, kept in memory:
 
-- ``live``: per device its latest (ts, cell) among pings before the last release tick (and any
-  later-arriving ping before it), with devices per cell counted as they change;
-- ``pending``: pings at or after that tick, waiting for their release;
+- ``live``: per device its latest (ts, cell) among pings before the next release tick, with
+  devices per cell counted as they change (pings before the next tick go in as they arrive);
+- ``pending``: pings at or after the next tick, waiting for it to be released;
 - one table per open window: per device its latest (ts, cell) in the window, counted per cell.
 
-Making release ``t`` applies the pending pings before ``t`` to ``live``, drops devices last seen
-before ``t - horizon`` and reads the per-cell counts: the work follows the pings folded, never
-the number of live devices (but for one pass over the table to expire). Closing a window reads
+Making release ``t`` drops devices last seen before ``t - horizon`` (one pass over the table) and
+reads the per-cell counts; then the pending pings before the following tick go in. The work of
+counting a ping is done when it arrives, not at the tick. Closing a window reads
 its table's counts. Each of these is a function of the *set* of logged pings alone (the larger
 (ts, cell) per device wins, whatever the order), so a state rebuilt from the log after a
 restart, or caught up with entries other processes appended, makes the same releases and
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from heatmap.live.tables import CellDict, DeviceTable
+from heatmap.live.tables import CellDict, DeviceTable, bits_for
 from heatmap.store.base import Store
 
 I64 = npt.NDArray[np.int64]
@@ -46,6 +46,7 @@ class Clock:
     """The lengths the state needs (seconds)."""
 
     window_s: int
+    release_s: int
     horizon_s: int
 
 
@@ -62,7 +63,10 @@ class LiveState:
         self.windows: dict[int, DeviceTable] = {}
         self._pending: list[tuple[I64, I64, I32]] = []
         self.folded_t: int | None = None
-        """Pings before this tick are in ``live``; later ones are pending."""
+        """The last release tick made (or seen): ``live`` holds that release's devices."""
+        self.fold_until: int | None = None
+        """Pings before this tick (the next one) go to ``live`` as they arrive; later ones wait
+        as pending. The next release then has only expiry left to do."""
         self.applied_seq = 0
         """The last log entry applied."""
         self.synced = False
@@ -81,6 +85,7 @@ class LiveState:
         last = store.get_meta("release_t")
         if last is not None and (self.folded_t is None or int(last) > self.folded_t):
             self._fold(int(last))
+            self._advance()
         for seq, (dev, ts, cell) in store.read_log(self.applied_seq):
             self.apply(dev, ts, cell, open_ws)
             self.applied_seq = seq
@@ -98,32 +103,38 @@ class LiveState:
                 rows = w == x
                 table = self.windows.get(x)
                 if table is None:
-                    table = self.windows[x] = DeviceTable(self.cells)
+                    table = self.windows[x] = DeviceTable(self.cells, self._bits())
                 table.apply(dev[rows], ts[rows], cid[rows])
         if not live:
             return
-        if self.folded_t is None:
+        if self.folded_t is None or self.fold_until is None:
             self._pending.append((dev, ts, cid))
             return
         floor = self.folded_t - self.clock.horizon_s
-        now = (ts >= floor) & (ts < self.folded_t)
+        now = (ts >= floor) & (ts < self.fold_until)
         if now.all():
             self.live.apply(dev, ts, cid)
             return
         self.live.apply(dev[now], ts[now], cid[now])
-        later = ts >= self.folded_t
+        later = ts >= self.fold_until
         if later.any():
             self._pending.append((dev[later], ts[later], cid[later]))
+
+    def _bits(self) -> int:
+        """Size of a new window's table: room for as many devices as the largest table holds
+        (windows of a steady feed hold about the live devices), so it rarely grows (each
+        growth rehashes the whole table, in the middle of some batch)."""
+        most = max([len(self.live), *(len(t) for t in self.windows.values())])
+        return bits_for(most)
 
     def appended(self, seq: int) -> None:
         """Note that the entries up to ``seq`` (this unit's, applied already) are in the log."""
         self.applied_seq = max(self.applied_seq, seq)
 
     # -- releases and windows --------------------------------------------------------------------
-    def _fold(self, t: int) -> None:
-        """Apply the pending pings before ``t`` to ``live``; expire devices before ``t - h``."""
+    def _take_pending(self, t: int, floor: int) -> None:
+        """Apply the pending pings in ``[floor, t)`` to ``live``; keep those from ``t`` on."""
         keep: list[tuple[I64, I64, I32]] = []
-        floor = t - self.clock.horizon_s
         for dev, ts, cid in self._pending:
             now = (ts < t) & (ts >= floor)
             if now.any():
@@ -132,13 +143,28 @@ class LiveState:
             if later.any():
                 keep.append((dev[later], ts[later], cid[later]))
         self._pending = _compact(keep)
+
+    def _fold(self, t: int) -> None:
+        """Make ``live`` the state of release ``t``: the pending pings before ``t`` in (only
+        those of a jump over several ticks: the rest went in as they arrived), devices before
+        ``t - h`` out."""
+        floor = t - self.clock.horizon_s
+        self._take_pending(t, floor)
         self.live.expire(floor)
         self.folded_t = t
+
+    def _advance(self) -> None:
+        """After release ``folded_t``: pings before the next tick may go to ``live`` now."""
+        assert self.folded_t is not None
+        self.fold_until = self.folded_t + self.clock.release_s
+        self._take_pending(self.fold_until, self.folded_t - self.clock.horizon_s)
 
     def release(self, t: int) -> tuple[U64, I64]:
         """Make the state of release ``t``; return its (cells ascending, devices per cell)."""
         self._fold(t)
-        return self.live.counts()
+        counts = self.live.counts()
+        self._advance()
+        return counts
 
     def window_counts(self, w: int) -> tuple[U64, I64]:
         """Return the (cells ascending, devices per cell) of open window ``w``."""

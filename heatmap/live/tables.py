@@ -10,7 +10,7 @@ Both are open-addressing tables with linear probing over power-of-two arrays, th
 the top bits of ``key * 0x9E3779B97F4A7C15`` (Fibonacci hashing: keyed hashes are random
 already, but tests and other callers may use small consecutive keys). Deleting (expiry) shifts
 the following entries of the cluster back (no tombstones), so a table never degrades. Tables
-grow x2 past 70 % load; the kernels stop where a table would pass that load and return how far
+grow x2 past 75 % load; the kernels stop where a table would pass that load and return how far
 they got, the wrapper grows the table and calls again.
 
 The kernels are numba loops (work per applied row is a probe or two); everything else is numpy.
@@ -30,12 +30,20 @@ U64 = npt.NDArray[np.uint64]
 EMPTY = np.int64(-(2**63))
 """Key of a free slot. A device hash equal to it is stored as ``EMPTY + 1`` (odds 2**-64)."""
 _MULT = np.uint64(0x9E3779B97F4A7C15)
-_MAX_LOAD = 0.7
+_MAX_LOAD = 0.75
 _MIN_BITS = 10
 
 
 def _limit(cap: int) -> int:
     return int(cap * _MAX_LOAD)
+
+
+def bits_for(n: int) -> int:
+    """Return the table size (log2 of slots) that holds ``n`` entries without growing."""
+    bits = _MIN_BITS
+    while _limit(1 << bits) < n:
+        bits += 1
+    return bits
 
 
 @kernel

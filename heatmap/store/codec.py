@@ -79,6 +79,12 @@ def close_windows(
     ]
 
 
+def published_blob(published: pl.DataFrame) -> bytes:
+    """Pack one snapshot's published values (``res, cell, people``), as ``close_windows`` packs a
+    window's: a release keeps only these."""
+    return arrays_to_blob(*(_words(published[c].to_numpy()) for c in ("res", "cell", "people")))
+
+
 def _words(values: np.ndarray) -> I64:
     """A column as 8-byte words: integers widened, uint64 and float64 reinterpreted."""
     wide = values.astype(np.dtype(f"{values.dtype.kind}8"), copy=False)

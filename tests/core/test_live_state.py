@@ -103,7 +103,7 @@ def test_releases_and_windows_equal_a_plain_count_whatever_the_order(steps) -> N
     """Units of pings in any order (late ones included), releases at rising ticks: each release
     counts every device once at its latest ping in ``[t - h, t)``, each window at its latest
     ping in the window."""
-    state = LiveState(Clock(WINDOW, HORIZON))
+    state = LiveState(Clock(WINDOW, SLOT, HORIZON))
     seen: list[tuple[int, int, int]] = []
     t = 1_000
     for rows, release in steps:
@@ -153,7 +153,7 @@ def test_a_state_rebuilt_from_the_log_makes_the_same_releases(make_settings) -> 
         hm.ingest_frame(frame, ParseOptions(now=t0 + 86_400.0))
     from heatmap.live.state import state_of
 
-    clock = Clock(s.window_s, s.horizon)
+    clock = Clock(s.window_s, s.release_s, s.horizon)
     first = state_of(hm.store, clock)
     other = SQLiteStore(s)
     second = LiveState(clock)
