@@ -412,8 +412,9 @@ def test_no_raw_id_or_closed_hash_in_store_logs_or_metrics(geolife: Path, tmp_pa
             assert form not in files, dev
         for name, text in texts.items():
             assert str(h) not in text and f"{h & (2**64 - 1):016x}" not in text, (name, dev)
-    # Positive control: the search does find the hashes that must still be on disk.
-    found = [d for d in in_open if hasher.hash_one(d).to_bytes(8, "big", signed=True) in files]
+    # Positive control: the search does find the hashes that must still be on disk (in the
+    # ping log's blobs, little-endian).
+    found = [d for d in in_open if hasher.hash_one(d).to_bytes(8, "little", signed=True) in files]
     assert found, "the search would not see a hash on disk"
 
 
@@ -430,7 +431,13 @@ def test_ingest_needs_its_token_and_reads_need_none(exact: Exact) -> None:
     ]  # fmt: skip
     assert secured == [("POST", "/api/v1/pings")]
     place = client.get("/api/v1/places").json()["places"][0]["id"]
-    fill = {"z": "12", "x": "3430", "y": "1673", "place_id": place, "id": place}
+    items = client.get("/ogc/collections/density/items", params={"limit": 1}).json()
+    fill = {
+        "z": "12", "x": "3430", "y": "1673", "place_id": place, "id": place,
+        "collectionId": "density", "featureId": str(items["features"][0]["id"]),
+        "tileMatrixSetId": "WebMercatorQuad", "tileMatrix": "12", "tileRow": "1673",
+        "tileCol": "3430",
+    }  # fmt: skip
     query = {"lat": "31.23", "lng": "121.47", "bbox": "121.45,31.22,121.50,31.25", "res": "8"}
     for path, ops in spec["paths"].items():
         if "get" not in ops or path.startswith("/api/v1/export/"):  # planners only (401)
