@@ -7,6 +7,7 @@ once), and only read afterwards; for the open window it is rebuilt when its vers
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,11 +51,60 @@ def density_to_band(density_km2: F64, bands: tuple[Band, ...]) -> npt.NDArray[np
 
 
 def cell_area_km2(cells: U64) -> F64:
-    """Return the true area of each H3 cell in km2 (vectorised, h3's exact cell area)."""
+    """Return the true area of each H3 cell in km2 (h3's exact cell area, remembered).
+
+    The exact area walks each cell's boundary (~2 us a cell): a city's release has some 10^5
+    cells, nearly all of them the same from one release to the next, so areas are kept in a
+    sorted table (:class:`_Areas`) and only new cells are computed.
+    """
     if len(cells) == 0:
         return np.zeros(0)
+    return _AREAS.lookup(np.asarray(cells, dtype=np.uint64))
+
+
+def _exact_area_km2(cells: U64) -> F64:
     s = pl.Series("c", cells, dtype=pl.UInt64)
     return pl.select(plh3.cell_area(s, unit="km^2")).to_series().to_numpy()
+
+
+class _Areas:
+    """Cell areas already computed: sorted cells and their areas, at most ``limit`` of them
+    (past it the table starts over: memory stays bounded whatever cells come)."""
+
+    def __init__(self, limit: int = 4_000_000) -> None:
+        self.limit = limit
+        self._cells = np.zeros(0, dtype=np.uint64)
+        self._areas = np.zeros(0, dtype=np.float64)
+        self._lock = threading.Lock()
+
+    def lookup(self, cells: U64) -> F64:
+        known, areas = self._cells, self._areas  # one consistent pair (replaced whole)
+        at = np.searchsorted(known, cells)
+        hit = at < len(known)
+        hit[hit] = known[at[hit]] == cells[hit]
+        if hit.all():
+            return areas[at]
+        out = np.empty(len(cells), dtype=np.float64)
+        out[hit] = areas[at[hit]]
+        new = np.unique(cells[~hit])
+        new_areas = _exact_area_km2(new)
+        out[~hit] = new_areas[np.searchsorted(new, cells[~hit])]
+        with self._lock:
+            if len(self._cells) + len(new) > self.limit:
+                merged, marea = new, new_areas
+            else:
+                merged = np.concatenate([self._cells, new])
+                marea = np.concatenate([self._areas, new_areas])
+                order = np.argsort(merged, kind="stable")
+                merged, marea = merged[order], marea[order]
+                keep = np.ones(len(merged), dtype=bool)
+                keep[1:] = merged[1:] != merged[:-1]  # another thread added some meanwhile
+                merged, marea = merged[keep], marea[keep]
+            self._cells, self._areas = merged, marea
+        return out
+
+
+_AREAS = _Areas()
 
 
 TEMPORAL_LIMIT = (

@@ -128,3 +128,24 @@ def test_a_window_reached_again_by_a_late_chunk_is_recounted(tmp_path: Path) -> 
     assert _published(hm) == reference_counts(rows, 300, s.base_res, 9)
     first = next(i for i in hm.store.windows() if i.w == T0 // 300)
     assert first.devices == 2
+
+
+def test_cell_areas_are_h3s_whether_remembered_or_new() -> None:
+    """Areas come from a bounded table of cells seen before: hits, misses, repeats and a table
+    that starts over at its limit all answer h3-py's exact area, in the asked order."""
+    import h3
+    import numpy as np
+
+    from heatmap.publish import _Areas, _exact_area_km2
+
+    cells = np.array(
+        [h3.str_to_int(h3.latlng_to_cell(31.2 + i * 0.013, 121.4, r)) for i in range(40)
+         for r in (5, 8, 10)],
+        dtype=np.uint64,
+    )  # fmt: skip
+    want = {int(c): h3.cell_area(h3.int_to_str(int(c)), unit="km^2") for c in cells}
+    areas = _Areas(limit=70)
+    for part in (cells[:30], cells[10:60], cells[::-1], np.repeat(cells[:5], 3), cells[60:]):
+        got = areas.lookup(part)
+        assert got.tolist() == _exact_area_km2(part).tolist()  # bit for bit what polars-h3 says
+        assert np.allclose(got, [want[int(c)] for c in part], rtol=1e-9, atol=0)
