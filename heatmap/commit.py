@@ -251,20 +251,22 @@ _END_OF_TIME = 2**62
 def _log_rows(
     positions: pl.DataFrame, slots: pl.DataFrame | None, staying: list[int], floor: int | None
 ) -> pl.DataFrame:
-    """Return the unit's pings (``device, ts, cell``) that go to the log: those of windows
-    staying open, and those at or after ``floor`` (a coming release's horizon; None: none)."""
+    """Return the unit's pings (``device, ts, cell``) that go to the log: from ``floor`` on (a
+    coming release's horizon; None: no release), every position per release slot; before it,
+    the positions of windows staying open.
+
+    The two parts are disjoint in time, and together they hold every position a staying window
+    needs: a device's latest ping in a window is also its latest in that ping's slot, so from
+    ``floor`` on the slot positions include it (a file keeps slot positions for its tail, which
+    starts before any release's floor).
+    """
     cols = ("device", "ts", "cell")
-    parts = []
-    if staying:
-        parts.append(positions.filter(pl.col("w").is_in(staying)).select(cols))
-    if floor is not None:
-        src = positions if slots is None else slots
-        parts.append(src.filter(pl.col("ts") >= floor).select(cols))
-    if not parts:
-        return positions.select(cols).clear()
-    if len(parts) == 1:
-        return parts[0]
-    return pl.concat(parts).unique()
+    before = positions.filter(pl.col("w").is_in(staying)) if staying else positions.clear()
+    if floor is None:
+        return before.select(cols)
+    src = positions if slots is None else slots
+    parts = [before.filter(pl.col("ts") < floor).select(cols), src.filter(pl.col("ts") >= floor)]
+    return pl.concat([parts[0], parts[1].select(cols)])
 
 
 def _not_late(slots: pl.DataFrame, watermark: int | None, policy: PublishPolicy) -> pl.DataFrame:

@@ -257,6 +257,10 @@ class DeviceTable:
             counts = np.zeros(len(self.cells.values), dtype=np.int64)
             counts[: len(self._counts)] = self._counts
             self._counts = counts
+        if self.size + len(dev) > _limit(len(self._keys)):
+            # Room for every row at once (an upper bound: rows may repeat or update devices):
+            # one rehash, not one per doubling.
+            self._grow(bits_for(self.size + len(dev)))
         d, t, c = readonly(
             np.ascontiguousarray(dev, dtype=np.int64),
             np.ascontiguousarray(ts, dtype=np.int64),
@@ -303,8 +307,8 @@ class DeviceTable:
         order = np.argsort(dev)
         return dev[order], ts[order], self.cells.cells(cid[order])
 
-    def _grow(self) -> None:
-        cap = 2 * len(self._keys)
+    def _grow(self, bits: int | None = None) -> None:
+        cap = 2 * len(self._keys) if bits is None else max(1 << bits, len(self._keys))
         keys = np.full(cap, EMPTY, dtype=np.int64)
         ts = np.zeros(cap, dtype=np.int64)
         cid = np.zeros(cap, dtype=np.int32)
