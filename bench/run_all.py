@@ -28,15 +28,17 @@ SCRIPTS = {
     "load": ("Load: mixed traffic at rising concurrency", []),
     "live": ("Live: POSTed batches, releases", []),
     "privacy": ("Privacy: cells withheld, leaks and error of public values, 0.3.0 vs now", []),
+    "soak": ("Soak: a continuous feed with a reader, memory and disk over time", []),
 }
 TIMEOUT_S = {
-    "ingest": 600,
+    "ingest": 1800,
     "tiles": 600,
     "serve": 300,
     "scale": 900,
     "load": 600,
     "live": 1500,
     "privacy": 600,
+    "soak": 1800,
 }
 
 

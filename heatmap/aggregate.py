@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from heatmap._jit import kernel, readonly, warms
+from heatmap._jit import kernel, readonly, warms, worth
 from heatmap.cellindex import latlng_to_cells
 
 U64 = npt.NDArray[np.uint64]
@@ -121,7 +121,7 @@ def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
     """
     ts = frame["ts"].to_numpy()
     w = w.astype(np.int64, copy=False)
-    dense = _dense_codes(frame, dev, w)
+    dense = _dense_codes(frame, dev, w) if worth(len(ts)) else None
     if dense is not None:
         return _latest_dense(*readonly(w, dense[0], ts), dense[1], dense[2])
     keyed = pl.DataFrame({"w": w, "d": frame[dev], "ts": ts}).with_row_index("i")
@@ -133,7 +133,7 @@ def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
 def _has_ties(frame: pl.DataFrame, dev: str) -> bool:
     """Return whether some (w, device) pair has more than one row."""
     w = frame["w"].to_numpy()
-    dense = _dense_codes(frame, dev, w)
+    dense = _dense_codes(frame, dev, w) if worth(len(w)) else None
     if dense is not None:
         return bool(
             _dense_has_ties(*readonly(w.astype(np.int64, copy=False), dense[0]), *dense[1:])
@@ -180,9 +180,11 @@ def reduce_candidates(frames: list[pl.DataFrame]) -> pl.DataFrame:
 class Candidates:
     """Position candidates of a stream of chunks, held until their windows look complete.
 
-    ``add`` takes one chunk's candidates. ``ripe(w)`` hands back, reduced, the candidates of
-    the windows before ``w``: with time-ordered input (the usual case) no later chunk reaches
-    them, so they can be indexed while the rest of the input is still being read. If a later
+    ``add`` takes one chunk's candidates. ``ripe(w)`` hands back the candidates of the windows
+    before ``w`` as they are (a window split across chunks keeps a set per chunk, which
+    :func:`index_candidates` reduces on whichever thread indexes them): with time-ordered input
+    (the usual case) no later chunk reaches them, so they can be indexed while the rest of the
+    input is still being read. If a later
     chunk does reach such a window, the window just gets a second set of positions, which
     :func:`merge_positions` settles by the same rule. ``rest()`` returns what is left.
     Candidates are also reduced whenever ``bound`` new rows pile up, so memory stays near the
@@ -206,11 +208,13 @@ class Candidates:
             self._fresh = 0
 
     def ripe(self, before: int) -> pl.DataFrame:
-        """Remove and return the (reduced) candidates of windows ``w < before``."""
+        """Remove and return the candidates of windows ``w < before`` (not reduced: cheap on
+        the merging thread; :func:`index_candidates` reduces them)."""
         cuts = [int(np.searchsorted(p["w"].to_numpy(), before)) for p in self._parts]
         parts = self._parts
         self._parts = [p[k:] for p, k in zip(parts, cuts, strict=True) if k < p.height]
-        return reduce_candidates([p[:k] for p, k in zip(parts, cuts, strict=True)])
+        done = [p[:k] for p, k in zip(parts, cuts, strict=True) if k]
+        return pl.concat(done, how="vertical_relaxed") if done else pl.DataFrame()
 
     def rest(self) -> pl.DataFrame:
         """Remove and return all remaining candidates, reduced."""
@@ -221,15 +225,20 @@ class Candidates:
 def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.DataFrame:
     """Index candidates at ``res`` and keep one position per (w, device).
 
+    Candidates of one (w, device) from several chunks are first reduced to the latest ``ts``.
     Slices of ``_INDEX_SLICE`` rows are indexed through ``mapper`` (the compiled indexer
     releases the GIL, so an executor's ``map`` uses every core). Where candidates tie on
     ``ts`` the larger cell wins, which makes the rule independent of row order.
     """
     dev = _device_col(cands)
+    if _has_ties(cands, dev):
+        cands = cands[_latest_rows(cands, dev, cands["w"].to_numpy())]
     lat, lng = cands["lat"].to_numpy(), cands["lng"].to_numpy()
 
+    to_cells = latlng_to_cells if worth(len(lat)) else _h3py_cells
+
     def index(part: slice) -> U64:
-        return latlng_to_cells(lat[part], lng[part], res)  # validated coordinates
+        return to_cells(lat[part], lng[part], res)  # validated coordinates
 
     # Slices small enough for every worker to get one, large enough to amortise each call.
     step = max(_INDEX_MIN_SLICE, min(_INDEX_SLICE, -(-len(lat) // 8)))
@@ -241,6 +250,16 @@ def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.
             subset=["w", dev], keep="any"
         )
     return out
+
+
+def _h3py_cells(lat: npt.NDArray[np.float64], lng: npt.NDArray[np.float64], res: int) -> U64:
+    """Index a few points with h3-py (the reference), where loading the compiled indexer
+    would cost more than the points."""
+    from h3.api import basic_int
+
+    to_cell = basic_int.latlng_to_cell
+    pts = zip(lat.tolist(), lng.tolist(), strict=True)
+    return np.fromiter((to_cell(y, x, res) for y, x in pts), dtype=np.uint64, count=len(lat))
 
 
 def pings_to_positions(pings: pl.DataFrame, window_s: int, res: int) -> pl.DataFrame:
@@ -301,18 +320,19 @@ def merge_positions(frames: list[pl.DataFrame]) -> pl.DataFrame:
 def windows_of(frame: pl.DataFrame) -> list[int]:
     """Return the distinct windows ``w`` of a frame, ascending.
 
-    Windows of one ingest span a narrow range, so a ``bincount`` over it (per memory chunk, no
-    copy) beats hashing millions of rows; a wide range falls back to ``np.unique``.
+    Windows of one ingest span a narrow range, so marking them in a table over that range
+    (one pass, no sort) beats hashing millions of rows; a wide range falls back to
+    ``np.unique``.
     """
     col = frame["w"]
     if not col.len():
         return []
-    lo, hi = int(col.min()), int(col.max())  # type: ignore[arg-type]
-    if hi - lo > max(1 << 20, col.len()):
-        return [int(x) for x in np.unique(col.to_numpy()).tolist()]
+    w = col.to_numpy()
+    lo, hi = int(w.min()), int(w.max())
+    if hi - lo > max(1 << 20, len(w)):
+        return [int(x) for x in np.unique(w).tolist()]
     seen = np.zeros(hi - lo + 1, dtype=bool)
-    for part in col.get_chunks():
-        seen[np.bincount(part.to_numpy() - lo, minlength=hi - lo + 1) > 0] = True
+    seen[w - lo] = True
     return (np.flatnonzero(seen) + lo).tolist()
 
 

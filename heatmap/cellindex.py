@@ -69,11 +69,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from heatmap._jit import kernel, readonly, warms
+from heatmap._jit import inline, kernel, readonly, warms
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -81,8 +80,8 @@ I32 = npt.NDArray[np.int32]
 
 _kernel = kernel
 """The compiled loop (``heatmap._jit.kernel``): disk-cached, GIL released, no division checks."""
-_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-"""Its scalar helpers, inlined into it by numba."""
+_inline = inline
+"""Its scalar helpers, inlined into it by numba (``heatmap._jit.inline``)."""
 
 # --- Constants of the H3 algorithm (double literals exactly as written in H3's C source). ---
 _M_PI_180 = 0.0174532925199432957692369076848861271111

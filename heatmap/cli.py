@@ -8,14 +8,18 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from heatmap.config import Settings
 from heatmap.errors import BadInput, HeatmapError
+from heatmap.ops_cli import register as register_ops
+
+if TYPE_CHECKING:  # imported where used: ``heatmap --help`` needs neither
+    from rich.progress import Progress
+
+    from heatmap.config import Settings
 
 app = typer.Typer(
     help="Crowd-density heatmap: pings -> private people counts per H3 cell -> tiles and JSON.",
@@ -56,6 +60,8 @@ def reports_errors(fn: F) -> F:
 
 
 def _settings() -> Settings:
+    from heatmap.config import Settings
+
     try:
         return Settings()
     except ValueError as exc:
@@ -64,6 +70,8 @@ def _settings() -> Settings:
 
 
 def _progress() -> Progress:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -312,6 +320,9 @@ def serve(
         access_log=False,
         http=uvicorn_http_protocol(s),  # bounded request heads (slow or huge headers)
     )
+
+
+register_ops(app, reports_errors, _settings)  # compact, backup, restore (heatmap.ops_cli)
 
 
 def main() -> None:

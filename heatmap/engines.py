@@ -42,7 +42,8 @@ from heatmap.aggregate import (
     merge_positions,
 )
 from heatmap.errors import BadInput, HeatmapError
-from heatmap.ingest import ParseOptions, Rejects, arrow_to_pings, read_pings, resolve_columns
+from heatmap.ingest import ParseOptions, Rejects, read_pings, resolve_columns
+from heatmap.ingest.validate import check_arrow_types
 from heatmap.privacy import DeviceHasher
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 PARTITION_ROWS = 1 << 21  # target rows per Parquet partition: ~100 MB of pings in memory
 FAN_IN = 8  # frames per merge task: few levels, small merges
-SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
+SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 
 # progress(stage, done, total): stage "read" counts rows, "merge" counts merged buckets.
 Progress = Callable[[str, int, int | None], None]
@@ -80,8 +81,9 @@ class Partition:
 def expand_paths(paths: list[str]) -> list[Path]:
     """Return the input files named by ``paths``: files, globs, or directories (recursively).
 
-    Directories contribute their ``.parquet``/``.pq``/``.csv``/``.csv.gz`` files (Hive-style
-    datasets included). Raises ``BadInput`` for a path that matches nothing.
+    Directories contribute their Parquet, CSV and NDJSON files (``.parquet``, ``.pq``,
+    ``.csv``, ``.ndjson``, ``.jsonl``, the text ones gzipped too; Hive-style datasets
+    included). Raises ``BadInput`` for a path that matches nothing.
     """
     out: dict[Path, None] = {}  # ordered set: the same file named twice is read once
     for raw in paths:
@@ -95,7 +97,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
                     f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUFFIXES)
                 )
                 if not found:
-                    raise BadInput(f"{p}: directory holds no Parquet or CSV file")
+                    raise BadInput(f"{p}: directory holds no Parquet, CSV or NDJSON file")
                 out.update(dict.fromkeys(f.resolve() for f in found))
             elif p.is_file():
                 out[p.resolve()] = None
@@ -115,7 +117,8 @@ def _is_parquet(path: Path) -> bool:
 def plan_partitions(files: list[Path], partition_rows: int = PARTITION_ROWS) -> list[Partition]:
     """Cut files into partitions: consecutive Parquet row groups up to ``partition_rows`` rows.
 
-    A CSV (or gzip CSV) file cannot be split without reading it, so it is one partition. Missing
+    A text file (CSV or NDJSON, gzipped or not) cannot be split without reading it, so it is
+    one partition. Missing
     columns and unreadable Parquet footers raise ``BadInput`` here, before any task runs.
     """
     parts: list[Partition] = []
@@ -127,7 +130,8 @@ def plan_partitions(files: list[Path], partition_rows: int = PARTITION_ROWS) -> 
             meta = pq.ParquetFile(path).metadata
         except (pa.ArrowException, OSError) as exc:
             raise BadInput(f"{path}: unreadable Parquet file ({exc})") from exc
-        resolve_columns(meta.schema.to_arrow_schema().names)
+        schema = meta.schema.to_arrow_schema()
+        check_arrow_types(schema, resolve_columns(schema.names), str(path))
         groups: list[int] = []
         rows = 0
         first = 1
@@ -187,17 +191,13 @@ def _read_partition(
     if not part.parquet:
         yield from read_pings(path, opts, rejects)
         return
+    from heatmap.ingest.parquet import _parquet_tasks
+
     row = part.first_row
     try:
-        cols = resolve_columns(pq.read_schema(path).names)
-        pf = pq.ParquetFile(path, read_dictionary=[cols["device_id"]])
-        for batch in pf.iter_batches(
-            batch_size=opts.chunk_rows,
-            row_groups=list(part.row_groups),
-            columns=list(cols.values()),
-        ):
-            yield arrow_to_pings(batch, opts, rejects, first_row=row, source=str(path))
-            row += batch.num_rows
+        for task in _parquet_tasks(path, opts, part.row_groups, part.first_row):
+            row = task.first_row
+            yield task.load(rejects)
     except BadInput:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:

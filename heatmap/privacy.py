@@ -21,11 +21,13 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from heatmap._jit import loaded
 from heatmap.aggregate import parent_index, strictly_sorted
 from heatmap.devicehash import KeyedHasher
 from heatmap.errors import StoreUnavailable
 
 SECRET_FILE = "secret.key"
+_FEW_IDS = 4096
 
 
 def load_or_create_secret(secret: str | None, store_dir: Path) -> bytes:
@@ -62,7 +64,7 @@ class DeviceHasher:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._many = KeyedHasher(key)
+        self._many: KeyedHasher | None = None
         self._cache: dict[str, int] = {}
         # Hashes by polars' (process-global, stable) categorical code: ids seen in an earlier
         # chunk cost one numpy gather, not a dictionary lookup each.
@@ -91,9 +93,18 @@ class DeviceHasher:
                 by_code = self._codes_to_hashes(ids, codes)
             out = frame.with_columns(device=pl.Series("device", by_code[codes])).drop("device_id")
         else:
-            hashes = self._many.hash_strings(ids.cast(pl.String).to_arrow())
+            hashes = self._hash_strings(ids.cast(pl.String))
             out = frame.with_columns(device=pl.Series("device", hashes)).drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])
+
+    def _hash_strings(self, ids: pl.Series) -> npt.NDArray[np.int64]:
+        """Hash a column of ids: the numba kernel, or ``hashlib`` for a few ids while numba is
+        not loaded (a one-row ingest never pays numba's start-up)."""
+        if len(ids) < _FEW_IDS and not loaded():
+            return np.array([self.hash_one(i) for i in ids.to_list()], dtype=np.int64)
+        if self._many is None:
+            self._many = KeyedHasher(self._key)
+        return self._many.hash_strings(ids.to_arrow())
 
     def _codes_to_hashes(
         self, ids: pl.Series, codes: npt.NDArray[np.uint32]
@@ -109,8 +120,7 @@ class DeviceHasher:
         rows = np.flatnonzero(~self._known[codes])
         if rows.size:
             new, first = np.unique(codes[rows], return_index=True)
-            strings = ids.gather(rows[first]).cast(pl.String).to_arrow()
-            self._by_code[new] = self._many.hash_strings(strings)
+            self._by_code[new] = self._hash_strings(ids.gather(rows[first]).cast(pl.String))
             self._known[new] = True
         return self._by_code
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import polars as pl
 
-from heatmap._jit import warmup
 from heatmap.aggregate import (
     Candidates,
     index_candidates,
@@ -101,7 +100,6 @@ class Heatmap:
         self.policy = PublishPolicy.from_settings(settings)
         self.store = store or open_store(settings)
         self.key = load_or_create_secret(settings.secret, settings.store_dir)
-        warmup()
 
     def close(self) -> None:
         """Close the store."""

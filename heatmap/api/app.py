@@ -20,7 +20,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 import heatmap
 from heatmap import web
-from heatmap.api import cells, export, ingest, ogc, ops, places, style, tiles
+from heatmap._jit import warmup as warm_up_core_kernels
+from heatmap.api import cells, events, export, ingest, ogc, ops, places, style, tiles, watches
 from heatmap.api.dependencies import Services
 from heatmap.api.errors import add_exception_handlers
 from heatmap.api.fastpath import TileFastPath
@@ -54,19 +55,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Return the service's ASGI app for ``settings`` (default: from the environment).
 
     Routes: tiles and TileJSON, ``/api/v1`` JSON (density, cells, windows, legend, stats,
-    places), ``POST /api/v1/pings``, ``/healthz``, ``/metrics``, and the pages of
-    :mod:`heatmap.web`.
+    places), ``POST /api/v1/pings``, watches, alerts and the event stream (``/api/v1/events``),
+    ``/healthz``, ``/metrics``, and the pages of :mod:`heatmap.web`.
     """
     settings = settings or Settings()  # type: ignore[call-arg]
     _setup_logging()
     select_city(settings.places_file, settings.outline_file)  # the city's own files, if set
     warm_up_tile_kernels()  # compile or load the renderers' kernels now, not on a tile request
+    warm_up_core_kernels(now=True)  # and the ingest's: the first POST pays nothing extra
     svc = Services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(svc.open)
+        events.start(app)  # crowd warnings: alert engine, event feed, webhook sender
         yield
+        await events.stop(app)
         await run_in_threadpool(svc.close)
 
     app = FastAPI(
@@ -86,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export.router)
     app.include_router(ingest.router)
     app.include_router(ops.router)
+    app.include_router(watches.router)  # watches and alerts
+    events.include(app, settings)  # GET /api/v1/events (Server-Sent Events)
     ogc.include(app)  # OGC API - Features and Tiles under /ogc, for GIS clients
     app.include_router(style.router)  # /style.json: MapLibre style of the vector tiles
     web.include(app, settings)
@@ -102,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
     app.add_middleware(TileFastPath, services=svc)  # cached tiles skip the rest
     app.add_middleware(LoadShedder, settings=settings, registry=svc.metrics.registry)  # outermost
+    app.add_middleware(events.StreamGate)  # outside the shedder: streams have their own cap
     return app
 
 

@@ -1,6 +1,7 @@
 """Parse and validate pings from files and request bodies; convert coordinates to WGS-84.
 
-Every input becomes chunks of a canonical frame: ``device_id`` (str), ``ts`` (int64 epoch s),
+Every input becomes chunks of a canonical frame: ``device_id`` (text, dictionary-encoded where
+it comes from a file), ``ts`` (int64 epoch s),
 ``lat``, ``lng`` (float64, WGS-84). Rows that cannot be used are counted by reason (and, for
 request bodies, listed with their 1-based data-row number); with ``strict`` the first bad row
 fails the whole input with a one-line reason. Files are read in bounded chunks.
@@ -9,7 +10,8 @@ The modules, in data-flow order:
 
 - ``options``: the canonical columns and their aliases, :class:`ParseOptions`, :class:`Rejects`;
 - ``files``: a file of any kind -> chunk tasks (:func:`ping_tasks`) or pings (:func:`read_pings`);
-- ``csv``, ``parquet``: one format -> chunk tasks (line-aligned ranges, blocks, row groups);
+- ``csv``, ``ndjson``, ``parquet``: one format -> chunk tasks (blocks of whole lines, runs of
+  row groups), each imported only when a file of its format comes;
 - ``chunks``: :class:`ChunkTask`, a chunk that loads on any thread, and the read errors;
 - ``validate``: one chunk -> WGS-84 pings and rejected rows (:func:`frame_to_pings`,
   :func:`arrow_to_pings`);
@@ -18,7 +20,6 @@ The modules, in data-flow order:
 
 from heatmap.ingest.body import BODY_TYPES, body_to_frame
 from heatmap.ingest.chunks import ChunkTask
-from heatmap.ingest.csv import _newlines as _newlines
 from heatmap.ingest.files import ping_tasks, read_pings
 from heatmap.ingest.options import (
     ALIASES,

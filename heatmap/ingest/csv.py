@@ -1,39 +1,54 @@
-"""CSV and CSV.gz files as chunk tasks: line-aligned byte ranges parsed in parallel, or a stream.
+"""CSV and CSV.gz files as chunk tasks: blocks of whole lines, parsed in parallel.
 
-A plain CSV file without quotes is cut into ranges of whole lines (:func:`_csv_ranges`), each
-parsed by its own task, first with numeric column types, then as text if a value does not
-convert. A compressed file, or one that cannot be cut so, is read in order, in blocks. Lines
-with the wrong number of fields, which arrow skips, become rejected rows; every later row keeps
-its own number.
+The reading thread only cuts the file (decompressed, for CSV.gz) into blocks of whole lines
+(:func:`line_blocks`) and counts their lines, so every row keeps its number; each block is
+parsed by its own task with arrow, first with numeric column types, then, if a value does not
+convert, as text, which the validation reads row by row and gives each bad row its reason.
+Lines with the wrong number of fields, which arrow skips, become rejected rows; blank lines
+stay rows (rejected as "empty row"). Only the four columns are converted; others are skipped.
+
+A quoted value may not hold a line break: blocks are cut at line ends. A block whose parsed
+rows do not match its lines fails the file with that reason rather than misnumber its rows.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from heatmap._jit import kernel, readonly, warms
 from heatmap.errors import BadInput
-from heatmap.ingest.chunks import ChunkTask, _batch_loader, _unreadable
-from heatmap.ingest.options import ParseOptions, Rejects, resolve_columns
-from heatmap.ingest.validate import _NUMBER_TYPES, _row_numbers, arrow_to_pings
+from heatmap.ingest.chunks import ChunkTask, _unreadable
+from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
+from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
+
+_MIN_BLOCK = 64
+_PARSE_BLOCK = 4 << 20  # arrow parses a block in pieces of this size: 2x faster than whole
+_BYTES_PER_ROW = 16  # the block size before the first lines show how long a row is
+
+
+def _open(path: Path, compressed: bool) -> io.RawIOBase | pa.NativeFile:
+    return (
+        pa.input_stream(str(path), compression="gzip", buffer_size=1 << 20)
+        if compressed
+        else path.open("rb", buffering=0)
+    )
 
 
 def _csv_header(path: Path, compressed: bool) -> list[str]:
     try:
-        opener: Callable[..., io.BufferedIOBase] = gzip.open if compressed else open  # type: ignore[assignment]
-        with opener(path, "rb") as fh:
-            line = fh.readline(1 << 16)
-    except (OSError, EOFError) as exc:
-        raise BadInput(f"{path}: unreadable ({exc})") from exc
+        with _open(path, compressed) as fh:
+            head = fh.read(1 << 16)
+    except (OSError, EOFError, pa.ArrowException) as exc:
+        raise BadInput(f"{path}: unreadable ({str(exc).splitlines()[0]})") from exc
+    line = bytes(head).split(b"\n", 1)[0]
     try:
         text = line.decode("utf-8-sig").strip()
     except UnicodeDecodeError as exc:
@@ -43,40 +58,105 @@ def _csv_header(path: Path, compressed: bool) -> list[str]:
     return [c.strip().strip('"') for c in text.split(",")]
 
 
+@dataclass(frozen=True)
+class Block:
+    """Whole lines of a text file: ``[start, end)`` of its (decompressed) bytes."""
+
+    data: bytes | None  # the bytes, for a compressed file; else read again by the task
+    start: int
+    end: int
+    first_row: int  # 1-based data-row number of the first line (a skipped header is row 0)
+    lines: int  # a last line without a line end included
+
+    def read(self, path: Path) -> pa.Buffer:
+        """Return the block's bytes. A plain file's are read into this thread's buffer, valid
+        until its next ``read``: reused, its pages are not faulted in again for every block
+        (a fresh or memory-mapped one costs a page fault per 4 KiB)."""
+        if self.data is not None:
+            return pa.py_buffer(self.data)
+        n = self.end - self.start
+        buf = getattr(_LOCAL, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = _LOCAL.buf = bytearray(n)
+        with path.open("rb", buffering=0) as fh:
+            fh.seek(self.start)
+            got = fh.readinto(memoryview(buf)[:n])
+        if got != n:
+            raise OSError(f"file changed while read (short read at byte {self.start + got})")
+        return pa.py_buffer(buf)[:n]
+
+
+_LOCAL = threading.local()
+
+
+def line_blocks(path: Path, compressed: bool, rows: int, skip_header: bool) -> Iterator[Block]:
+    """Cut a text file into blocks of whole lines, about ``rows`` lines each.
+
+    The block size follows from the first block's line length; a line longer than a block
+    makes its block larger. The reading thread only reads into one reused buffer and counts
+    line ends with numpy (both without the GIL), so the tasks parsing blocks run meanwhile;
+    a plain file's block is read again by its task, a compressed file's is handed over.
+    """
+    step = max(_MIN_BLOCK, rows * _BYTES_PER_ROW)
+    win = bytearray(step)
+    newline = np.empty(step, dtype=bool)  # reused: a fresh array would fault in every page
+    have = base = 0
+    row, sized, eof, header = 1, False, False, skip_header
+    with _open(path, compressed) as fh:
+        while True:
+            while have < len(win) and not eof:
+                with memoryview(win) as mv:
+                    n = fh.readinto(mv[have:])
+                eof = not n
+                have += n or 0
+            if header:  # drop the header line
+                cut = win.find(b"\n", 0, have) + 1
+                if cut == 0 and not eof:
+                    win.extend(bytes(len(win)))
+                    continue
+                cut = cut or have
+                win[: have - cut] = win[cut:have]
+                have -= cut
+                base += cut
+                header = False
+                continue
+            end = have if eof else win.rfind(b"\n", 0, have) + 1
+            if end == 0 and not eof:  # a line longer than the buffer: make it larger
+                win.extend(bytes(len(win)))
+                continue
+            if end:
+                view = np.frombuffer(win, dtype=np.uint8, count=end)
+                if len(newline) < end:
+                    newline = np.empty(len(win), dtype=bool)
+                lines = int(np.count_nonzero(np.equal(view, 10, out=newline[:end])))
+                lines += int(view[-1] != 10)
+                data = bytes(view) if compressed else None
+                del view  # no export of the buffer may outlive this (it is resized)
+                yield Block(data, base, base + end, row, lines)
+                row += lines
+            if eof:
+                return
+            win[: have - end] = win[end:have]
+            have -= end
+            base += end
+            if not sized and end:
+                sized = True  # from now on, about ``rows`` lines a block
+                size = max(_MIN_BLOCK, rows * (end // max(1, lines)))
+                if size > len(win):
+                    win.extend(bytes(size - len(win)))
+
+
 def _csv_tasks(
     path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
 ) -> Iterator[ChunkTask]:
     names = _csv_header(path, compressed)
     cols = resolve_columns(names)
-    # Every column as text: the validation finds each bad value's reason. Ranges first try
-    # typed numbers (a bad value fails the range, which is then read as text).
-    types = {n: pa.string() for n in names}
-    if not compressed:
-        ranges = _csv_ranges(path, opts.chunk_rows * _CSV_BYTES_PER_ROW)
-        if ranges is not None:
-            typed = {**types, **{cols[c]: t for c, t in _NUMBER_TYPES.items()}}
-            yield from _csv_range_tasks(path, ranges, names, (typed, types), opts)
-            return
-    wrong = _WrongFields(path, opts.strict, offset=-1)  # arrow counts the header as line 1
-    stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            block_size=max(1 << 10, opts.chunk_rows * _CSV_BYTES_PER_ROW), use_threads=False
-        ),
-        parse_options=_csv_parse(wrong),
-        convert_options=_csv_convert(types),
-    )
-    row = 1
-    pending: list[int] = []  # skipped lines from ``row`` on (the reader may have read ahead)
-    for batch in reader:
-        pending += wrong.rows
-        wrong.flush(rejects)
-        last = int(_row_numbers(row, np.array([batch.num_rows - 1]), pending)[0])
-        here = [s for s in pending if s <= last]
-        yield ChunkTask(row, last - row + 1, _batch_loader(path, batch, opts, row, skipped=here))
-        row, pending = last + 1, [s for s in pending if s > last]
-    wrong.flush(rejects)
+    keep = [cols[c] for c in COLUMNS]
+    text = {n: pa.string() for n in keep}
+    typed = {**text, **{cols[c]: t for c, t in _NUMBER_TYPES.items()}}
+    for block in line_blocks(path, compressed, opts.chunk_rows, skip_header=True):
+        load = _block_loader(path, block, names, keep, (typed, text), opts)
+        yield ChunkTask(block.first_row, block.lines, load)
 
 
 class _WrongFields:
@@ -102,107 +182,52 @@ class _WrongFields:
             self.rows = []
 
 
-def _csv_parse(wrong: _WrongFields) -> pacsv.ParseOptions:
-    """Lines with the wrong number of fields go to ``wrong``; blank lines stay rows (all
-    empty, rejected as "empty row"), so that every line keeps its own row number."""
-    return pacsv.ParseOptions(invalid_row_handler=wrong, ignore_empty_lines=False)
-
-
-def _csv_convert(types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
-    """Column types as given; an empty field is null (the validation names it missing)."""
-    return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True, null_values=[""])
-
-
-_CSV_BYTES_PER_ROW = 16  # a chunk of ``chunk_rows`` rows spans about this many bytes per row
-
-
-def _csv_ranges(path: Path, step: int) -> list[tuple[int, int, int]] | None:
-    """Cut a plain CSV file into ranges of whole lines, to be parsed in parallel.
-
-    Returns ``(start, end, first_row)`` per range, or ``None`` when the file must be read in
-    order: a single range, a line longer than a range, or a quote anywhere (a quoted field may
-    hold a newline, so line ends would not be row ends). Reads the file once, a range at a
-    time (each range's task reads its bytes again), so memory stays near a few ranges.
-    """
-    size = path.stat().st_size
-    if size <= step:
-        return None
-    ranges, row = [], 1
-    block = bytearray(step)  # reused: no fresh pages per range
-    with path.open("rb") as fh:
-        start = len(fh.readline())  # after the header line
-        while start < size:
-            fh.seek(start)
-            cut = got = fh.readinto(block)
-            if block.find(b'"', 0, got) != -1:
-                return None
-            if start + got < size:
-                cut = block.rfind(b"\n", 0, got) + 1  # the range ends with its last whole line
-                if cut == 0:
-                    return None
-            lines = _newlines(readonly(np.frombuffer(block, dtype=np.uint8, count=cut))[0])
-            ranges.append((start, start + cut, row))
-            row += lines + (block[cut - 1] != 0x0A)
-            start += cut
-    return ranges
-
-
-@kernel
-def _newlines(data: npt.NDArray[np.uint8]) -> int:
-    """Count the newline bytes of a buffer (no temporary array)."""
-    n = 0
-    for b in data:
-        n += b == 10
-    return n
-
-
-@warms
-def _warm() -> None:
-    _newlines(*readonly(np.zeros(1, dtype=np.uint8)))
-
-
-def _csv_range_tasks(
+def _block_loader(
     path: Path,
-    ranges: list[tuple[int, int, int]],
+    block: Block,
     names: list[str],
-    types: tuple[dict[str, pa.DataType], ...],
-    opts: ParseOptions,
-) -> Iterator[ChunkTask]:
-    for i, (start, end, row) in enumerate(ranges):
-        rows = (ranges[i + 1][2] if i + 1 < len(ranges) else row + 1) - row
-        yield ChunkTask(row, rows, _range_loader(path, (start, end), row, names, types, opts))
-
-
-def _range_loader(
-    path: Path,
-    span: tuple[int, int],
-    row: int,
-    names: list[str],
+    keep: list[str],
     types: tuple[dict[str, pa.DataType], ...],
     opts: ParseOptions,
 ) -> Callable[[Rejects], pl.DataFrame]:
-    """Parse one range with the first column types that convert every value (the last ones,
+    """Parse one block with the first column types that convert every value (the last ones,
     all text, always do)."""
 
+    row, lines = block.first_row, block.lines
+
     def load(rejects: Rejects) -> pl.DataFrame:
-        with _unreadable(path, row), path.open("rb") as fh:
-            fh.seek(span[0])
-            data = fh.read(span[1] - span[0])
+        with _unreadable(path, row):
+            data = block.read(path)
         for i, column_types in enumerate(types):
             wrong = _WrongFields(path, opts.strict, offset=row - 1)
             try:
-                table = pacsv.read_csv(
-                    pa.BufferReader(data),
-                    read_options=pacsv.ReadOptions(
-                        column_names=names, use_threads=False, block_size=4 << 20
-                    ),
-                    parse_options=_csv_parse(wrong),
-                    convert_options=_csv_convert(column_types),
-                )
+                with _unreadable(path, row):
+                    table = pacsv.read_csv(
+                        pa.BufferReader(data),
+                        read_options=pacsv.ReadOptions(
+                            column_names=names, use_threads=False, block_size=_PARSE_BLOCK
+                        ),
+                        # Blank lines stay rows (all empty, rejected as "empty row"), so that
+                        # every line keeps its own row number.
+                        parse_options=pacsv.ParseOptions(
+                            invalid_row_handler=wrong, ignore_empty_lines=False
+                        ),
+                        convert_options=pacsv.ConvertOptions(
+                            column_types=column_types,
+                            include_columns=keep,
+                            strings_can_be_null=True,
+                            null_values=[""],
+                        ),
+                    )
                 break
-            except pa.ArrowInvalid:
+            except BadInput:
                 if i == len(types) - 1:
                     raise
+        if table.num_rows + len(wrong.rows) != lines:
+            raise BadInput(
+                f"{path}: a quoted value holds a line break near row {row} (a ping file has "
+                "one row per line)"
+            )
         skipped = list(wrong.rows)
         wrong.flush(rejects)
         return arrow_to_pings(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from heatmap._jit import kernel, readonly, warms
+from heatmap._jit import kernel, readonly, warms, worth
 from heatmap.errors import BadInput
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 
@@ -204,6 +205,19 @@ def _seconds_if_valid(
     return out, ok
 
 
+def _seconds_if_valid_np(
+    ts: npt.NDArray[np.int64],
+    lat: npt.NDArray[np.float64],
+    lng: npt.NDArray[np.float64],
+    newest: int,
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """:func:`_seconds_if_valid` in numpy, for chunks too small to load numba for."""
+    out = np.where(np.abs(ts) >= _EPOCH_MS_INT, ts // 1000, ts)
+    ok = (lat >= -90.0) & (lat <= 90.0) & (lng >= -180.0) & (lng <= 180.0)
+    ok &= (out >= 0) & (out <= newest)
+    return out, bool(ok.all())
+
+
 @warms
 def _warm() -> None:
     one = np.zeros(1)
@@ -241,7 +255,10 @@ def _typed_and_valid(
     ts = t.to_numpy().astype(np.int64, copy=False)
     lat = la.to_numpy().astype(np.float64, copy=False)
     lng = ln.to_numpy().astype(np.float64, copy=False)
-    ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
+    if worth(len(ts)):
+        ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
+    else:
+        ts, ok = _seconds_if_valid_np(ts, lat, lng, newest)
     if not ok:
         return None
     if not ids_checked and not d.unique().cast(pl.String).str.len_bytes().is_between(1, 256).all():
@@ -268,14 +285,19 @@ def arrow_to_pings(
     source: str = "input",
     skipped: Sequence[int] = (),
 ) -> pl.DataFrame:
-    """Validate one chunk read by arrow (Parquet or CSV) like :func:`frame_to_pings`.
+    """Validate one chunk read by arrow (Parquet, CSV, NDJSON) like :func:`frame_to_pings`.
 
-    Text numbers are cast by arrow and dictionary-encoded ids checked once per distinct id, so
-    that a clean chunk takes the numpy fast path.
+    Columns are first brought to the canonical types with arrow (:func:`_canonical`): ids
+    dictionary-encoded text, timestamps epoch seconds, coordinates float64, so that a clean
+    chunk takes the compiled fast path; text that does not convert stays text for the general
+    path, which names each bad row's reason.
     """
     cols = resolve_columns(data.schema.names)
-    data = _ids_as_dictionary(data, cols["device_id"])
-    frame = pl.from_arrow(_numbers_as_numbers(data, cols))
+    data = _canonical(data.select([cols[c] for c in COLUMNS]), cols)
+    if isinstance(data, pa.Table) and any(c.num_chunks > 1 for c in data.columns):
+        # polars converts batch by batch, mapping a dictionary once per batch: one batch.
+        data = data.combine_chunks()
+    frame = pl.from_arrow(data)
     assert isinstance(frame, pl.DataFrame)
     checked = _ids_look_valid(data, cols["device_id"])
     return frame_to_pings(
@@ -290,39 +312,149 @@ def arrow_to_pings(
 
 
 _NUMBER_TYPES = {"ts": pa.int64(), "lat": pa.float64(), "lng": pa.float64()}
+_UNIT_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_FAR_FUTURE = 9 * 10**18  # a timestamp past year 5138 in seconds: rejected as in the future
 
 
-def _numbers_as_numbers(
-    data: pa.RecordBatch | pa.Table, cols: dict[str, str]
-) -> pa.RecordBatch | pa.Table:
-    """Convert text ``ts``, ``lat``, ``lng`` columns (CSV) with arrow's strict casts.
+def _text(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
 
-    The common case (plain integers and decimals) then takes the numeric fast path; if any
-    value does not convert (spaces, ISO-8601 times, junk), the text is kept and the general
-    path finds each bad row's reason.
+
+def _id_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _id_ok(t.value_type)
+    return _text(t) or pa.types.is_integer(t) or pa.types.is_null(t)
+
+
+def _ts_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _text(t.value_type)
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_timestamp(t)
+        or _text(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _coord_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _text(t.value_type)
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or _text(t)
+        or pa.types.is_null(t)
+    )
+
+
+_TYPE_RULES = {
+    "device_id": (_id_ok, "text or integer ids"),
+    "ts": (_ts_ok, "epoch seconds or milliseconds, a timestamp, or ISO-8601 text"),
+    "lat": (_coord_ok, "numbers (degrees)"),
+    "lng": (_coord_ok, "numbers (degrees)"),
+}
+
+
+def check_arrow_types(schema: pa.Schema, cols: dict[str, str], source: str) -> None:
+    """Raise ``BadInput`` naming the first column whose type cannot be used, and its type."""
+    for canon, (ok, want) in _TYPE_RULES.items():
+        name = cols[canon]
+        t = schema.field(name).type
+        if not ok(t):
+            label = name if name == canon else f"{name} ({canon})"
+            raise BadInput(f"{source}: column {label!r} has type {t}; expected {want}")
+
+
+def _canonical(data: pa.RecordBatch | pa.Table, cols: dict[str, str]) -> pa.RecordBatch | pa.Table:
+    """Bring a chunk's columns to ids as dictionary text, ``ts`` as int64 epoch seconds (or
+    milliseconds, told apart later), coordinates as float64, where every value converts.
+
+    Text numbers (CSV) are cast with arrow's strict casts; if any value does not convert
+    (spaces, ISO-8601 times, junk), that column stays text for the general path.
     """
     out = data
-    for canon, typ in _NUMBER_TYPES.items():
+    for canon in COLUMNS:
         name = cols[canon]
         i = out.schema.get_field_index(name)
-        if not pa.types.is_string(out.schema.field(i).type):
-            continue
-        try:
-            col = pc.cast(out.column(i), typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return data
-        out = out.set_column(i, name, col)
+        col = out.column(i)
+        new = _ids(col) if canon == "device_id" else _number(col, canon)
+        if new is not None:
+            out = out.set_column(i, name, new)
     return out
 
 
-def _ids_as_dictionary(data: pa.RecordBatch | pa.Table, name: str) -> pa.RecordBatch | pa.Table:
-    """Dictionary-encode text ids (CSV): grouping then works on small integer codes and only
+Column: TypeAlias = pa.Array | pa.ChunkedArray
+
+
+def _ids(col: Column) -> Column | None:
+    """Ids as dictionary-encoded text: grouping then works on small integer codes and only
     the distinct ids are ever checked and hashed (see ``aggregate.latest_candidates``).
-    Encoding after parsing costs a quarter of what arrow's CSV dictionary conversion does."""
-    i = data.schema.get_field_index(name)
-    if not pa.types.is_string(data.schema.field(i).type):
-        return data
-    return data.set_column(i, name, pc.dictionary_encode(data.column(i)))
+    Integer ids become their decimal text, the same id as in a CSV file."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        if pa.types.is_string(t.value_type):
+            return None
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        return pa.chunked_array(
+            [
+                pa.DictionaryArray.from_arrays(c.indices, pc.cast(c.dictionary, pa.string()))
+                for c in chunks
+            ],
+            pa.dictionary(pa.int32(), pa.string()),
+        )
+    if pa.types.is_integer(t):
+        enc = pc.dictionary_encode(col)
+        return _ids(enc)
+    if _text(t):
+        enc = pc.dictionary_encode(col if pa.types.is_string(t) else pc.cast(col, pa.string()))
+        return _one_dictionary(enc)
+    return None
+
+
+def _one_dictionary(enc: Column) -> Column:
+    """One dictionary array for the chunks of an encoded column: arrow encodes every chunk
+    against one table, so they share the final dictionary, and polars would otherwise map
+    it once per chunk."""
+    if not isinstance(enc, pa.ChunkedArray) or enc.num_chunks < 2:
+        return enc
+    chunks = enc.chunks
+    last = chunks[-1].dictionary
+    if not all(c.dictionary.equals(last) for c in chunks[:-1]):
+        return enc
+    codes = pa.concat_arrays([c.indices for c in chunks])
+    return pa.DictionaryArray.from_arrays(codes, last)
+
+
+def _number(col: Column, canon: str) -> Column | None:
+    t = col.type
+    want = _NUMBER_TYPES[canon]
+    if t == want:
+        return None
+    if canon == "ts" and pa.types.is_timestamp(t):
+        # An instant in any unit, with or without a zone (none is read as UTC): whole
+        # seconds. Before 1970 stays negative (rejected), after year 5138 stays in the future.
+        raw = pc.cast(col, pa.int64())
+        secs = pc.divide(raw, _UNIT_S[t.unit]) if t.unit != "s" else raw
+        secs = pc.if_else(pc.less(raw, 0), -1, secs)
+        return pc.if_else(pc.greater_equal(secs, _EPOCH_MS_INT), _FAR_FUTURE, secs)
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    if canon == "ts" and not pa.types.is_integer(t) and not _text(t):
+        return None  # float or decimal timestamps: the general path rounds them
+    if not numeric and not pa.types.is_string(t):
+        return None
+    try:
+        return pc.cast(col, want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _ids_look_valid(data: pa.RecordBatch | pa.Table, name: str) -> bool:

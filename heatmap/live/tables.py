@@ -18,10 +18,13 @@ The kernels are numba loops (work per applied row is a probe or two); everything
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-from heatmap._jit import kernel, readonly, warms
+from heatmap._jit import kernel, loaded, readonly, warms
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
@@ -32,10 +35,23 @@ EMPTY = np.int64(-(2**63))
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 _MAX_LOAD = 0.75
 _MIN_BITS = 10
+_PY_ROWS = 4096
+"""Below this many rows (or table slots) a table runs its kernels' Python originals while
+numba is not loaded."""
 
 
 def _limit(cap: int) -> int:
     return int(cap * _MAX_LOAD)
+
+
+def _run(fn: Callable[..., Any], rows: int, *args: Any) -> Any:
+    """Call a kernel, or for a small input while numba is not loaded its Python original
+    (same code, numpy scalars wrap alike; ~1 us a row): a one-row ingest never pays numba's
+    start-up (~0.5 s)."""
+    if rows >= _PY_ROWS or loaded():
+        return fn(*args)
+    with np.errstate(over="ignore"):
+        return fn.py_func(*args)  # type: ignore[attr-defined]
 
 
 def bits_for(n: int) -> int:
@@ -44,11 +60,6 @@ def bits_for(n: int) -> int:
     while _limit(1 << bits) < n:
         bits += 1
     return bits
-
-
-@kernel
-def _home(key: np.int64, shift: np.uint64) -> np.int64:
-    return np.int64((np.uint64(key) * _MULT) >> shift)
 
 
 @kernel
@@ -61,7 +72,7 @@ def _cell_ids(
     shift = np.uint64(64 - int(np.log2(len(keys))))
     for i in range(start, len(cells)):
         c = cells[i]
-        h = _home(c, shift)
+        h = np.int64((np.uint64(c) * _MULT) >> shift)
         while True:
             k = keys[h]
             if k == EMPTY:
@@ -105,7 +116,7 @@ def _apply(
             d = EMPTY + 1
         t = pts[i]
         c = pcid[i]
-        h = _home(d, shift)
+        h = np.int64((np.uint64(d) * _MULT) >> shift)
         while True:
             k = keys[h]
             if k == EMPTY:
@@ -147,7 +158,7 @@ def _expire(keys: I64, ts: I64, cid: I32, counts: I64, min_ts: int) -> int:
         hole = i
         j = (i + 1) & mask
         while keys[j] != EMPTY:
-            home = _home(keys[j], shift)
+            home = np.int64((np.uint64(keys[j]) * _MULT) >> shift)
             # Entry j may fill the hole unless its home lies cyclically in (hole, j].
             if ((j - home) & mask) >= ((j - hole) & mask):
                 keys[hole] = keys[j]
@@ -170,7 +181,7 @@ def _rehash(keys: I64, ts: I64, cid: I32, nkeys: I64, nts: I64, ncid: I32) -> No
         k = keys[i]
         if k == EMPTY:
             continue
-        h = _home(k, shift)
+        h = np.int64((np.uint64(k) * _MULT) >> shift)
         while nkeys[h] != EMPTY:
             h = (h + 1) & mask
         nkeys[h] = k
@@ -186,7 +197,7 @@ def _rehash_cells(keys: I64, ids: I32, nkeys: I64, nids: I32) -> None:
         k = keys[i]
         if k == EMPTY:
             continue
-        h = _home(k, shift)
+        h = np.int64((np.uint64(k) * _MULT) >> shift)
         while nkeys[h] != EMPTY:
             h = (h + 1) & mask
         nkeys[h] = k
@@ -208,8 +219,17 @@ class CellDict:
         out = np.empty(len(c), dtype=np.int32)
         done = 0
         while True:
-            self.n, done = _cell_ids(
-                self._keys, self._ids, self.values, self.n, _limit(len(self._keys)), c, out, done
+            self.n, done = _run(
+                _cell_ids,
+                len(c),
+                self._keys,
+                self._ids,
+                self.values,
+                self.n,
+                _limit(len(self._keys)),
+                c,
+                out,
+                done,
             )
             if done == len(c):
                 return out
@@ -219,7 +239,7 @@ class CellDict:
         cap = 2 * len(self._keys)
         keys = np.full(cap, EMPTY, dtype=np.int64)
         ids = np.zeros(cap, dtype=np.int32)
-        _rehash_cells(self._keys, self._ids, keys, ids)
+        _run(_rehash_cells, len(self._keys), self._keys, self._ids, keys, ids)
         self._keys, self._ids = keys, ids
         values = np.zeros(cap, dtype=np.int64)
         values[: self.n] = self.values[: self.n]
@@ -268,7 +288,9 @@ class DeviceTable:
         )
         done = 0
         while True:
-            self.size, done = _apply(
+            self.size, done = _run(
+                _apply,
+                len(d),
                 self._keys,
                 self._ts,
                 self._cid,
@@ -289,7 +311,9 @@ class DeviceTable:
         """Delete devices whose latest ts is before ``min_ts``; return how many."""
         if not self.size:
             return 0
-        n = int(_expire(self._keys, self._ts, self._cid, self._counts, min_ts))
+        n = int(
+            _run(_expire, len(self._keys), self._keys, self._ts, self._cid, self._counts, min_ts)
+        )
         self.size -= n
         return n
 
@@ -312,7 +336,7 @@ class DeviceTable:
         keys = np.full(cap, EMPTY, dtype=np.int64)
         ts = np.zeros(cap, dtype=np.int64)
         cid = np.zeros(cap, dtype=np.int32)
-        _rehash(self._keys, self._ts, self._cid, keys, ts, cid)
+        _run(_rehash, len(self._keys), self._keys, self._ts, self._cid, keys, ts, cid)
         self._keys, self._ts, self._cid = keys, ts, cid
 
 

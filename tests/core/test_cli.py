@@ -87,6 +87,40 @@ def test_unusable_files_exit_2_with_one_line(tmp_path: Path, content: bytes, mes
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "shown"),
+    [
+        ("device_id", [1.5], "double"),
+        ("ts", [True], "bool"),
+        ("lat", [[31.2]], "large_list<element: double>"),
+    ],
+)
+def test_a_parquet_column_of_an_unusable_type_exits_2_naming_it(
+    tmp_path: Path, column: str, values: list[object], shown: str
+) -> None:
+    cols: dict[str, list[object]] = {"device_id": ["a"], "ts": [T0], "lat": [31.2], "lng": [121.4]}
+    p = tmp_path / "x.parquet"
+    pl.DataFrame({**cols, column: values}).write_parquet(p)
+    r = run(["ingest", str(p)], tmp_path / "h.db")
+    assert r.returncode == 2
+    assert f"column '{column}' has type {shown}" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ndjson_files_are_ingested(tmp_path: Path) -> None:
+    p = tmp_path / "x.ndjson"
+    p.write_text(
+        f'{{"device_id": "a", "ts": {T0}, "lat": 31.2, "lng": 121.4}}\n'
+        f'{{"device_id": "b", "ts": "{T0 + 5}", "lat": 31.3, "lng": 121.5, "speed": 3}}\n'
+        "not json\n"
+    )
+    r = run(["ingest", str(p)], tmp_path / "h.db")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["accepted"] == 2 and summary["reasons"] == {"not valid JSON": 1}
+    assert f"{p}: row 3: not valid JSON" in r.stderr
+
+
 def test_rejected_rows_are_named_on_stderr(tmp_path: Path) -> None:
     p = tmp_path / "x.csv"
     p.write_text(

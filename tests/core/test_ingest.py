@@ -267,3 +267,19 @@ def test_rejected_rows_are_named_by_their_line_whatever_precedes_them(
         rejects.merge(part)
     assert sorted(rejects.rows) == want[: len(rejects.rows)]
     assert rejects.total == len(want)
+
+
+def test_small_chunk_check_agrees_with_the_compiled_one() -> None:
+    """Small chunks are checked in numpy while numba is not loaded: the same seconds and the
+    same verdict as the kernel, milliseconds, NaN and both range ends included."""
+    from heatmap._jit import readonly
+    from heatmap.ingest.validate import _seconds_if_valid, _seconds_if_valid_np
+
+    rng = np.random.default_rng(3)
+    ts = rng.choice([-1, 0, 1_700_000_000, 1_700_000_000_123, 10**11, 1_800_003_600], 64)
+    lat = rng.choice([-90.0, 90.0, 31.2, 90.5, float("nan")], 64)
+    lng = rng.choice([-180.0, 180.0, 121.4, -180.5], 64)
+    for n in range(1, 65):
+        a = _seconds_if_valid(*readonly(ts[:n], lat[:n], lng[:n]), 1_800_003_600)
+        b = _seconds_if_valid_np(ts[:n], lat[:n], lng[:n], 1_800_003_600)
+        assert a[1] == b[1] and a[0].tolist() == b[0].tolist()

@@ -13,7 +13,8 @@ from collections import Counter
 
 import numpy as np
 import polars as pl
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heatmap.live.state import Clock, LiveState
@@ -48,9 +49,25 @@ keys = st.one_of(
 pings = st.tuples(keys, st.integers(0, 30), st.sampled_from(CELLS))
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.lists(pings, max_size=60), st.integers(0, 32)), min_size=1))
-def test_a_table_keeps_the_latest_position_and_counts_cells(steps) -> None:
+@pytest.fixture(params=["compiled", "python"])
+def kernels(request, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """Run a table test with the numba kernels, then with their Python originals (what a small
+    input takes while numba is not loaded): both must follow the same rules."""
+    import heatmap.live.tables as tables
+
+    if request.param == "compiled":
+        monkeypatch.setattr(tables, "_PY_ROWS", 0)
+    else:
+        monkeypatch.setattr(tables, "_PY_ROWS", 10**12)
+        monkeypatch.setattr(tables, "loaded", lambda: False)
+    return str(request.param)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.tuples(st.lists(pings, max_size=60), st.integers(0, 32)), min_size=1))
+def test_a_table_keeps_the_latest_position_and_counts_cells(kernels: str, steps) -> None:
     cells = CellDict(bits=2)
     table = DeviceTable(cells, bits=2)  # tiny: growth happens all the time
     model: dict[int, Pos] = {}
@@ -76,10 +93,10 @@ def test_a_table_keeps_the_latest_position_and_counts_cells(steps) -> None:
         assert _table_counts(table) == _counts(model)
 
 
-def test_a_big_cluster_of_consecutive_keys_survives_expiry_of_every_other_one() -> None:
+def test_a_big_cluster_of_consecutive_keys_survives_expiry_of_every_other_one(kernels: str) -> None:
     cells = CellDict()
     table = DeviceTable(cells)
-    n = 50_000
+    n = 50_000 if kernels == "compiled" else 3_000
     dev = np.arange(n, dtype=np.int64)
     ts = (dev % 2) * 10
     table.apply(dev, ts, cells.ids(np.full(n, CELLS[0], dtype=np.uint64)))
