@@ -41,11 +41,13 @@ lock-upgrade:
 
 setup: $(STAMP) assets
 
-# Debian packages the tests use: Chromium (browser tests), PostgreSQL (shared store tests).
+# Debian packages the tests use: Chromium (browser tests), PostgreSQL (shared store tests), a CJK
+# font (Chinese text in the pages' screenshots).
 $(APT_STAMP): $(STAMP)
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1 || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \

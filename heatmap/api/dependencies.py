@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -16,16 +17,22 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from heatmap import publish
+from heatmap.alerts import Alerting
 from heatmap.api.caching import json_response
-from heatmap.api.metrics import Metrics
+from heatmap.api.metrics import CacheUse, Metrics
 from heatmap.config import Settings
 from heatmap.errors import BadInput, NotFound, StoreUnavailable, Unauthorized
+from heatmap.maintenance import Compactor, MemoryTrimmer
 from heatmap.read import LATEST, Reader, Ref
 from heatmap.read.answers import parse_bbox
 from heatmap.read.places import PlaceBook
 from heatmap.service import Heatmap
+from heatmap.store.base import StoreSize
 from heatmap.tiling import TileService
 from tiles.cache import TileCache
+from tiles.fill import FILL_CACHE
+from tiles.index import INDEX_CACHE
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,20 @@ class Services:
         self.settings = settings
         self.metrics = Metrics()
         self.cache = TileCache(settings.tile_cache_mb << 20)
+        # The renderers' process-wide caches take this service's bounds (the last one made).
+        INDEX_CACHE.max_bytes = settings.index_cache_mb << 20
+        FILL_CACHE.size = settings.fill_cache_entries
+        self.extra_caches: dict[str, Callable[[], CacheUse]] = {}
+        """Caches of the HTTP layer (the tile fast path...), reported with :meth:`cache_uses`."""
         self.write_lock = threading.Lock()
         self.started = time.time()
         self.closed = True
+        self.compactor: Compactor | None = None
+        self.trimmer = MemoryTrimmer(settings.memory_trim_s)
+        self._alerting: Alerting | None = None
         self.open()
         self.metrics.watch_cache(self.cache, self._latest_age)
+        self.metrics.watch_upkeep(self.cache_uses, self.store_size, lambda: self.compactor)
 
     def open(self) -> None:
         """Open the store and wire the reader and the tile service on it (if closed)."""
@@ -73,10 +89,20 @@ class Services:
             self._planner = Audience(exact, TileService(exact, self.cache, private=True), True)
             self._public = Audience(public, TileService(public, self.cache), private=False)
             self._tiles = self._public.tiles
+            self.compactor = Compactor(hm.store, self.settings, lambda _: exact.invalidate())
+            self.compactor.start()
+            self.trimmer.start()
+            # Crowd warnings: their threads are started by the app's lifespan (start_alerting).
+            self._alerting = Alerting(hm.store, exact, public, self.settings, lambda: self.places)
             self.closed = False
 
     def close(self) -> None:
         """Wait for an in-flight commit, then release the store (graceful shutdown)."""
+        self.trimmer.stop()
+        if self.compactor is not None:
+            self.compactor.stop()  # first: it writes outside the ingest lock
+        if self._alerting is not None:
+            self._alerting.stop()  # so does the alert engine
         with self.write_lock:
             if self.closed:
                 return
@@ -93,6 +119,13 @@ class Services:
         """Return the core facade (``StoreUnavailable`` once closed)."""
         self._check_open()
         return self._hm
+
+    @property
+    def alerting(self) -> Alerting:
+        """Return the crowd warnings: watches, alerts, events (``StoreUnavailable`` once closed)."""
+        self._check_open()
+        assert self._alerting is not None
+        return self._alerting
 
     @property
     def reader(self) -> Reader:
@@ -130,7 +163,44 @@ class Services:
     @cached_property
     def places(self) -> PlaceBook:
         """Return the named places (loaded on first use)."""
-        return PlaceBook.load(self.settings)
+        book = PlaceBook.load(self.settings)
+        book.HISTORY_MEMO = self.settings.place_history_entries
+        return book
+
+    def store_size(self) -> StoreSize | None:
+        """Return the store's size and free disk (None once closed)."""
+        return None if self.closed else self._hm.store.size()
+
+    def cache_uses(self) -> list[CacheUse]:
+        """Return every read-side cache's size and bound (each one is bounded)."""
+        s = self.settings
+        memo_sets, memo_bytes = self._planner.reader.memo_stats()
+        tiles = self.cache.stats()
+        out = [
+            CacheUse("tiles", tiles["entries"], tiles["bytes"], tiles["max_bytes"], "bytes"),
+            CacheUse(
+                "tile_indexes",
+                len(INDEX_CACHE),
+                int(getattr(INDEX_CACHE, "_bytes", 0)),
+                INDEX_CACHE.max_bytes,
+                "bytes",
+            ),
+            CacheUse(
+                "fills", len(getattr(FILL_CACHE, "_items", ())), None, FILL_CACHE.size, "entries"
+            ),
+            CacheUse("snapshots", memo_sets, memo_bytes, s.snapshot_cache_entries, "entries"),
+        ]
+        if "places" in self.__dict__:  # loaded
+            book = self.places
+            n = len(getattr(book, "_history", ()))
+            nbytes = n * 8 * len(book.places)
+            out.append(CacheUse("place_history", n, nbytes, book.HISTORY_MEMO, "entries"))
+        areas = getattr(publish, "_AREAS", None)  # cell areas already computed (publish)
+        if areas is not None:
+            n = len(getattr(areas, "_cells", ()))
+            out.append(CacheUse("cell_areas", n, 16 * n, int(areas.limit), "entries"))
+        out += [use() for use in self.extra_caches.values()]
+        return out
 
 
 async def get_services(request: Request) -> Services:

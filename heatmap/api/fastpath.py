@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heatmap.api.caching import accepts_gzip
 from heatmap.api.dependencies import Services
+from heatmap.api.metrics import CacheUse
 from heatmap.api.tiles import tile_answer
 from heatmap.errors import BadInput
 from heatmap.read.ref import LATEST, Ref
@@ -37,12 +38,14 @@ _REFS = {"window": Ref.parse, "release": Ref.parse_release}
 class TileFastPath:
     """Pure ASGI middleware answering cached tiles without routing (see the module doc)."""
 
-    MEMO_BYTES = 32 << 20
-    """Bound of the encoded answers kept (headers and body), bytes."""
-
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.svc = services
+        self.max_bytes = services.settings.fastpath_cache_mb << 20
+        """Bound of the answers kept (bodies + 512 bytes each): HEATMAP_FASTPATH_CACHE_MB."""
+        services.extra_caches["tile_answers"] = lambda: CacheUse(
+            "tile_answers", len(self._memo), self._memo_bytes, self.max_bytes, "bytes"
+        )
         # (path, query, gzip) -> (window list it was valid for, raw headers, body). A window list
         # object is replaced whenever the store changes, so identity means "same versions".
         self._memo: dict[tuple[str, bytes, bool], tuple[object, list[tuple[bytes, bytes]], bytes]]
@@ -114,11 +117,17 @@ class TileFastPath:
     def _remember(
         self, key: tuple[str, bytes, bool], wl: object, raw: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
-        if self._memo_bytes + len(body) > self.MEMO_BYTES:
+        cost = len(body) + 512
+        if cost > self.max_bytes:
+            return
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= len(old[2]) + 512
+        if self._memo_bytes + cost > self.max_bytes:
             self._memo.clear()
             self._memo_bytes = 0
         self._memo[key] = (wl, raw, body)
-        self._memo_bytes += len(body) + 512
+        self._memo_bytes += cost
 
     @staticmethod
     async def _send(send: Send, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:

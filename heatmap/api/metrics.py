@@ -4,18 +4,97 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from heatmap.maintenance import Compactor
+from heatmap.store.base import StoreSize
 from tiles.cache import TileCache
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What one in-memory cache holds and its bound."""
+
+    name: str
+    entries: int
+    nbytes: int | None  # None where only entries are bounded (and counted)
+    limit: int
+    unit: Literal["bytes", "entries"]
+
+
+class _UpkeepCollector(Collector):
+    """Every cache's size and bound, the store's size and free disk, compaction: at scrape."""
+
+    def __init__(
+        self,
+        caches: Callable[[], list[CacheUse]],
+        store: Callable[[], StoreSize | None],
+        compactor: Callable[[], Compactor | None],
+    ) -> None:
+        self.caches = caches
+        self.store = store
+        self.compactor = compactor
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        entries = GaugeMetricFamily(
+            "heatmap_cache_entries", "Entries held by each in-memory cache", labels=["cache"]
+        )
+        nbytes = GaugeMetricFamily(
+            "heatmap_cache_bytes", "Bytes held by each cache (where counted)", labels=["cache"]
+        )
+        limit = GaugeMetricFamily(
+            "heatmap_cache_limit",
+            "Bound of each cache, in its unit (HEATMAP_*_CACHE_* settings)",
+            labels=["cache", "unit"],
+        )
+        try:
+            uses = self.caches()
+        except Exception:  # noqa: BLE001 - a closed service reports no caches
+            uses = []
+        for u in uses:
+            entries.add_metric([u.name], u.entries)
+            if u.nbytes is not None:
+                nbytes.add_metric([u.name], u.nbytes)
+            limit.add_metric([u.name, u.unit], u.limit)
+        yield from (entries, nbytes, limit)
+        try:
+            size = self.store()
+        except Exception:  # noqa: BLE001 - the store's fault shows in /healthz
+            size = None
+        if size is not None:
+            yield GaugeMetricFamily("heatmap_store_bytes", "Store size on disk", value=size.bytes)
+            if size.free_bytes is not None:
+                yield GaugeMetricFamily(
+                    "heatmap_disk_free_bytes", "Free disk beside the store", value=size.free_bytes
+                )
+        job = self.compactor()
+        if job is not None:
+            yield CounterMetricFamily("heatmap_compactions", "Compaction runs", value=job.runs)
+            yield CounterMetricFamily(
+                "heatmap_compaction_failures", "Failed compaction runs", value=job.failures
+            )
+            if job.last is not None and job.last_at is not None:
+                yield GaugeMetricFamily(
+                    "heatmap_compaction_last_timestamp_seconds",
+                    "When the last compaction ended (epoch s)",
+                    value=job.last_at,
+                )
+                yield GaugeMetricFamily(
+                    "heatmap_compaction_last_seconds",
+                    "How long the last compaction took",
+                    value=job.last.seconds,
+                )
 
 
 class _CacheCollector(Collector):
@@ -77,6 +156,16 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def watch_upkeep(
+        self,
+        caches: Callable[[], list[CacheUse]],
+        store: Callable[[], StoreSize | None],
+        compactor: Callable[[], Compactor | None],
+    ) -> None:
+        """Export every cache's size and bound, the store's size and the compaction job."""
+        self.registry.register(_UpkeepCollector(caches, store, compactor))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
 
     def watch_cache(self, cache: TileCache, age: Callable[[], float | None]) -> None:
         """Export a tile cache's counters (and the latest window's age) at scrape time."""

@@ -224,6 +224,9 @@ def when_to_ref(reader: Reader, when: When) -> Ref:
         return Ref(when.start // s.release_s * s.release_s, when.text, "release")
     if when.start // s.window_s == (when.end - 1) // s.window_s:
         return Ref(when.start, when.text)
+    rolled = reader.windows().closed().find(when.start)  # an hourly or daily roll-up's span
+    if rolled is not None and rolled.is_rollup and tuple(rolled.window) == (when.start, when.end):
+        return Ref(when.start, when.text)
     if when.end % s.release_s == 0 and when.end - when.start == s.horizon:
         return Ref(when.end, when.text, "release")
     n = (when.end - 1) // s.window_s - when.start // s.window_s + 1

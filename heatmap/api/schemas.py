@@ -49,3 +49,13 @@ class Health(TypedDict):
     latest_release_age_s: NotRequired[float | None]
     ingest_enabled: NotRequired[bool]
     uptime_s: NotRequired[float]
+    reason: NotRequired[str]
+    """Why the status is not ``ok`` (a 503): the store's fault, or the disk nearly full."""
+    store_bytes: NotRequired[int]
+    disk_free_bytes: NotRequired[int | None]
+    min_free_disk_bytes: NotRequired[int]
+    oldest: NotRequired[WindowOut | None]
+    """The oldest entry of the history: a daily or hourly roll-up, or a closed window."""
+    oldest_window: NotRequired[WindowOut | None]
+    """The oldest closed window still kept at full detail."""
+    rollups: NotRequired[dict[str, int]]

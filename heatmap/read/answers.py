@@ -67,7 +67,7 @@ def window_json(info: WindowInfo) -> WindowOut:
         "start": _iso(start),
         "end": _iso(end),
         "complete": info.closed,
-        "kind": "release" if info.is_release else "window",
+        "kind": info.kind,  # type: ignore[typeddict-item]  # release | window | hour | day
         "as_of": _iso(end),
         "horizon_s": end - start,
     }
@@ -381,7 +381,7 @@ def windows_json(reader: Reader, limit: int = 100, before: Ref = LATEST) -> Wind
     page = wl.page(limit, before.at)
     first, latest = wl.first(), wl.latest()
     release = every.releases.latest()
-    more = bool(page) and first is not None and page[-1].w > first.w
+    more = bool(page) and first is not None and page[-1].window.start > first.window.start
     return {
         "total": len(wl),
         "window_s": reader.settings.window_s,

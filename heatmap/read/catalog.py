@@ -1,6 +1,10 @@
-"""The store's windows and kept releases in memory: columnar lists with O(log n) lookups,
-refreshed incrementally when the store changes (cheap change token), so a request costs no scan
-of 100k windows and still sees a committed batch at once."""
+"""The store's windows, roll-ups and kept releases in memory: columnar lists with O(log n)
+lookups, refreshed incrementally when the store changes (cheap change token), so a request costs
+no scan of 100k windows and still sees a committed batch at once.
+
+The *history* (:meth:`WindowList.closed`) is the daily and hourly roll-ups of what is past the
+full-detail retention (:mod:`heatmap.maintenance`), oldest first, then every closed window; a
+time names the one entry that contains it (:meth:`WindowList.find`)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import numpy.typing as npt
 
 from heatmap.model import Window
 from heatmap.store import Store, WindowInfo
+from heatmap.store.base import LEVEL_NAMES
+
+_KIND_WINDOW = 0
 
 
 class Releases:
@@ -54,6 +61,37 @@ class Releases:
 NO_RELEASES = Releases(np.zeros((0, 2), np.int64), 0)
 
 
+class Rollups:
+    """The stored roll-ups: rows ``(level, start, end, windows, devices)`` by start.
+
+    >>> r = Rollups(np.array([[1, 3600, 7200, 12, 40]]))
+    >>> r.at("hour", 5000).window, r.at("day", 5000)
+    (Window(start=3600, end=7200), None)
+    """
+
+    def __init__(self, rows: npt.NDArray[np.int64]) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def info(self, i: int) -> WindowInfo:
+        """Return the ``i``-th roll-up as a :class:`WindowInfo` (kind ``hour`` or ``day``)."""
+        level, start, end, _, devices = self.rows[i].tolist()
+        return WindowInfo(start, Window(start, end), True, 0, devices, LEVEL_NAMES[level])
+
+    def at(self, kind: str, t: int) -> WindowInfo | None:
+        """Return the roll-up of a kind whose span contains ``t``, if stored."""
+        code = {v: k for k, v in LEVEL_NAMES.items()}[kind]
+        hit = np.flatnonzero(
+            (self.rows[:, 0] == code) & (self.rows[:, 1] <= t) & (self.rows[:, 2] > t)
+        )
+        return self.info(int(hit[0])) if hit.size else None
+
+
+NO_ROLLUPS = Rollups(np.zeros((0, 5), np.int64))
+
+
 class WindowList:
     """An immutable, sorted, columnar view of the store's windows with O(log n) lookups.
 
@@ -66,10 +104,18 @@ class WindowList:
     (300, None)
     """
 
-    def __init__(self, rows: npt.NDArray[np.int64], releases: Releases = NO_RELEASES) -> None:
+    def __init__(
+        self,
+        rows: npt.NDArray[np.int64],
+        releases: Releases = NO_RELEASES,
+        rollups: Rollups = NO_ROLLUPS,
+        kinds: npt.NDArray[np.int8] | None = None,
+    ) -> None:
         self.releases = releases
+        self.rollups = rollups
         self._closed: WindowList | None = None
         self.rows = rows.reshape(-1, 6)
+        self.kinds = kinds  # per row: 0 a window, else a roll-up level (history lists only)
         self.ws = self.rows[:, 0]
         self.starts = self.rows[:, 1]
         self._latest = self.info(-1) if len(self.rows) else None
@@ -90,6 +136,8 @@ class WindowList:
     def info(self, i: int) -> WindowInfo:
         """Return the ``i``-th window (oldest first; negative counts from the newest)."""
         w, a, b, c, v, d = self.rows[i].tolist()
+        if self.kinds is not None and self.kinds[i] != _KIND_WINDOW:
+            return WindowInfo(a, Window(a, b), True, 0, d, LEVEL_NAMES[int(self.kinds[i])])
         return WindowInfo(w, Window(a, b), bool(c), v, d)
 
     def infos(self, lo: int = 0, hi: int | None = None) -> list[WindowInfo]:
@@ -110,11 +158,14 @@ class WindowList:
         return self.info(int(idx[-1])) if idx.size else None
 
     def closed(self) -> WindowList:
-        """Return the history: every window of the clock from the first closed to the last.
+        """Return the history: the roll-ups, then every window of the clock from the first
+        closed window to the last.
 
         Windows still filling are left out (they change with every batch), and windows in which
         nobody pinged are filled in (version 0, nothing published), so the list tells nothing of
-        where or whether anyone pinged, only when the store began.
+        where or whether anyone pinged, only when the store began. Roll-ups come first, oldest
+        first (they hold what is past the full-detail retention); in the list their row's ``w``
+        is the number of their first window, so the rows stay sorted.
         """
         if self._closed is None:
             done = self.rows[self.rows[:, 3] != 0]
@@ -127,8 +178,26 @@ class WindowList:
                 at = np.searchsorted(ws, done[:, 0])
                 full[at] = done
                 done = full
-            self._closed = WindowList(done, self.releases)
+            kinds = None
+            if len(self.rollups):
+                ru = self.rollups.rows
+                if len(done):  # a roll-up never overlaps a window kept at full detail
+                    ru = ru[ru[:, 2] <= done[0, 1]]
+                span = max(int(done[0, 2] - done[0, 1]) if len(done) else 1, 1)
+                head = np.zeros((len(ru), 6), dtype=np.int64)
+                head[:, 0], head[:, 1], head[:, 2] = ru[:, 1] // span, ru[:, 1], ru[:, 2]
+                head[:, 3], head[:, 5] = 1, ru[:, 4]
+                kinds = np.concatenate([ru[:, 0], np.zeros(len(done), np.int64)]).astype(np.int8)
+                done = np.concatenate([head, done])
+            self._closed = WindowList(done, self.releases, self.rollups, kinds)
         return self._closed
+
+    def find(self, t: int) -> WindowInfo | None:
+        """Return the entry whose span ``[start, end)`` contains epoch second ``t``."""
+        i = int(np.searchsorted(self.starts, t, side="right")) - 1
+        if i >= 0 and int(self.rows[i, 2]) > t:
+            return self.info(i)
+        return None
 
     def get(self, w: int) -> WindowInfo | None:
         """Return window number ``w`` if the store has it."""
@@ -151,7 +220,8 @@ class WindowList:
     def splice(self, lo_w: int, tail: WindowList) -> WindowList:
         """Return this list with every window ``w >= lo_w`` replaced by ``tail``."""
         cut = int(np.searchsorted(self.ws, lo_w))
-        return WindowList(np.concatenate([self.rows[:cut], tail.rows]), tail.releases)
+        rows = np.concatenate([self.rows[:cut], tail.rows])
+        return WindowList(rows, tail.releases, tail.rollups)
 
 
 class WindowCatalog:
@@ -193,6 +263,8 @@ class WindowCatalog:
         self.ttl_s = ttl_s
         self._incremental = store.change_token() is not None
         self._list = WindowList(np.zeros((0, 6), dtype=np.int64))
+        self._rollups = NO_ROLLUPS
+        self._epoch: int | None = None
         self._token: int | None = None
         self._watermark: int | None = None
         self._next_check = 0.0
@@ -227,7 +299,8 @@ class WindowCatalog:
             gen = self._gen
             if not self._incremental:
                 rows = self.store.window_rows_since(None)[0]
-                self._list = WindowList(rows, self._releases())
+                self._rollups = Rollups(self.store.rollup_rows())
+                self._list = WindowList(rows, self._releases(), self._rollups)
                 self._loaded = True
                 valid = self.ttl_s
             else:
@@ -269,13 +342,18 @@ class WindowCatalog:
 
     def _reload(self) -> None:
         old = self._list
-        if not self._loaded or self._watermark is None or not len(old):
+        # Compaction rewrites old history (windows out, roll-ups in) and moves this counter:
+        # then the whole list is read again, else only what the watermark may still change.
+        epoch = self.store.history_epoch()
+        if not self._loaded or self._watermark is None or not len(old) or epoch != self._epoch:
             rows, wm = self.store.window_rows_since(None)
-            self._list = WindowList(rows, self._releases())
+            self._rollups = Rollups(self.store.rollup_rows())
+            self._list = WindowList(rows, self._releases(), self._rollups)
         else:
             lo = self._watermark // self.window_s - 1
             rows, wm = self.store.window_rows_since(lo)
-            self._list = old.splice(lo, WindowList(rows, self._releases()))
+            self._list = old.splice(lo, WindowList(rows, self._releases(), self._rollups))
+        self._epoch = epoch
         self._watermark = wm
         self._loaded = True
 

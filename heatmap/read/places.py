@@ -146,7 +146,7 @@ class PlaceBook:
             self.tz = ZoneInfo(settings.tz)
         except (ZoneInfoNotFoundError, ValueError):
             self.tz = ZoneInfo("UTC")
-        self._history: dict[int, F64] = {}
+        self._history: dict[tuple[str, int], F64] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -241,15 +241,17 @@ class PlaceBook:
 
     def closed_values(self, reader: Reader, info: WindowInfo) -> F64:
         """Return the places' people in a closed window (memoised: closed windows are final)."""
-        hit = self._history.get(info.w)
+        key = (info.kind, info.w)
+        hit = self._history.get(key)
         if hit is not None:
             return hit
-        pub = reader.store.read_published(info.w)
+        pub = reader.published(info)  # a closed window or a roll-up
         vals = np.full(len(self.places), np.nan) if pub is None else self.from_published(pub.frame)
         with self._lock:
-            if len(self._history) >= self.HISTORY_MEMO:
+            while self._history and len(self._history) >= self.HISTORY_MEMO:
                 self._history.pop(next(iter(self._history)))
-            self._history[info.w] = vals
+            if self.HISTORY_MEMO:
+                self._history[key] = vals
         return vals
 
     def window_values(self, reader: Reader, info: WindowInfo) -> F64:
@@ -260,10 +262,12 @@ class PlaceBook:
 
     # -- history -------------------------------------------------------------------------------
     def hour_level(self, reader: Reader, wl: WindowList, hour_start: int) -> F64 | None:
-        """Return the places' people in the closed window nearest the middle of an hour."""
+        """Return the places' people in the closed window nearest the middle of an hour (past the
+        full-detail retention: the hour's roll-up, its mean)."""
         wins = [i for i in wl.between(hour_start, hour_start + 3600) if i.closed]
         if not wins:
-            return None
+            rolled = wl.rollups.at("hour", hour_start + 1800)
+            return None if rolled is None else self.closed_values(reader, rolled)
         mid = hour_start + 1800
         best = min(wins, key=lambda i: abs((i.window.start + i.window.end) / 2 - mid))
         return self.closed_values(reader, best)
@@ -529,7 +533,7 @@ def place_detail(reader: Reader, book: PlaceBook, place_id: str, ref: Ref = LATE
 def _lookup_of(book: PlaceBook, reader: Reader, info: WindowInfo) -> Callable[[int, U64], F64]:
     """Return the people lookup of a window (closed: stored values; release: its snapshots)."""
     if info.closed:
-        pub = reader.store.read_published(info.w)
+        pub = reader.published(info)
         if pub is not None:
             return book.published_lookup(pub.frame)
     snaps = reader.snapshots(info)

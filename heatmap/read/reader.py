@@ -52,9 +52,6 @@ class Reader:
         Receives the seconds spent whenever a snapshot set had to be built or loaded.
     """
 
-    MEMO = 48
-    """Snapshot sets kept (one per window version)."""
-
     def __init__(
         self,
         store: Store,
@@ -70,6 +67,8 @@ class Reader:
         self.last_build_s = 0.0
         self.public = False
         """True for the public audience's view (rounded people), see :meth:`as_public`."""
+        self.memo_size = settings.snapshot_cache_entries
+        """Snapshot sets kept (one per version and audience): ``HEATMAP_SNAPSHOT_CACHE_ENTRIES``."""
         self._memo: OrderedDict[tuple[str, int, int, bool], dict[int, Snapshot]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._build_lock = threading.Lock()
@@ -110,12 +109,16 @@ class Reader:
             return info
         if ref.kind == "release":
             return self._release(wl, ref)
-        found = wl.closed().get(ref.at // self.settings.window_s) or wl.get(
-            ref.at // self.settings.window_s
-        )
+        # The history holds roll-ups (hours, days) of what is past the full-detail retention,
+        # then the closed windows: a time names the entry that contains it.
+        hist = wl.closed()
+        found = hist.find(ref.at) or wl.get(ref.at // self.settings.window_s)
         if found is None:
             have = ""
-            if len(wl):
+            if len(hist):
+                have = f" (the history runs from {hist.info(0).window.isoformat()} to "
+                have += f"{hist.info(-1).window.isoformat()})"
+            elif len(wl):
                 have = f" (windows run from {wl.info(0).window.isoformat()} to "
                 have += f"{wl.info(-1).window.isoformat()})"
             raise NotFound(f"no window at {ref.text}{have}")
@@ -151,15 +154,18 @@ class Reader:
 
         For a release, the newest kept release at least one horizon earlier (the same span,
         just before; releases are skipped while no input arrives); for a closed window, the
-        window before it. None if the store does not have it.
+        window before it; for a roll-up, the hour or day before it. None if the store does not
+        have it.
         """
         return self._previous(self.catalog.current(), info)
 
     def _previous(self, wl: WindowList, info: WindowInfo) -> WindowInfo | None:
         if info.is_release:
             return wl.releases.at_or_before(info.w - self.settings.horizon)
-        prev = wl.closed().get(info.w - 1)
-        return prev if prev is not None and prev.closed else None
+        prev = wl.closed().find(info.window.start - 1)
+        if prev is None or not prev.closed or prev.kind != info.kind:
+            return None
+        return prev
 
     def check_res(self, res: int) -> int:
         """Return ``res`` if it is published; ``BadInput`` naming the range otherwise."""
@@ -211,9 +217,20 @@ class Reader:
                 self.on_build(self.last_build_s)
             with self._memo_lock:
                 self._memo[key] = snaps
-                while len(self._memo) > self.MEMO:
+                while len(self._memo) > self.memo_size:
                     self._memo.popitem(last=False)
         return snaps
+
+    def memo_stats(self) -> tuple[int, int]:
+        """Return the snapshot sets memoised and the bytes of their arrays (both audiences)."""
+        with self._memo_lock:
+            sets = list(self._memo.values())
+        nbytes = sum(
+            s.cells.nbytes + s.people.nbytes + s.density_km2.nbytes + s.band.nbytes
+            for snaps in sets
+            for s in snaps.values()
+        )
+        return len(sets), nbytes
 
     def snapshot(self, ref: Ref, res: int) -> Snapshot:
         """Return one resolution's snapshot of the window ``ref`` names."""
@@ -223,16 +240,22 @@ class Reader:
     def _build(self, info: WindowInfo) -> dict[int, Snapshot]:
         policy = self.policy
         version = version_of(info.window, info.version, policy, self.store_id)
-        if info.is_release:
-            pub = self.store.read_release(info.w, info.window) or Published(info.window, _EMPTY)
-        elif info.closed:
-            pub = self.store.read_published(info.w) or Published(info.window, _EMPTY)
+        if info.is_release or info.closed:
+            pub = self.published(info) or Published(info.window, _EMPTY)
         else:
             cells, dev = self.store.read_open_counts(info.w)
             counts = pl.DataFrame({"w": np.full(len(cells), info.w), "cell": cells, "devices": dev})
             # Open windows are never served (tests and tools only): built fresh, never kept.
             pub = Published(info.window, counts_to_published(counts, policy))
         return published_to_snapshots(pub, policy, version, complete=info.closed)
+
+    def published(self, info: WindowInfo) -> Published | None:
+        """Return the stored published values of a release, closed window or roll-up."""
+        if info.is_release:
+            return self.store.read_release(info.w, info.window)
+        if info.is_rollup:
+            return self.store.read_rollup(info.kind, info.w, info.window)
+        return self.store.read_published(info.w)
 
     def warm(self, ref: Ref) -> bool:
         """Return True when answering for ``ref`` needs no store access and no build."""

@@ -19,7 +19,8 @@ class Label(TypedDict):
 
 
 class WindowOut(TypedDict):
-    """What an answer describes: a release (the live answer) or a closed window.
+    """What an answer describes: a release (the live answer), a closed window, or an hourly or
+    daily roll-up of closed windows past their full-detail retention (``hour``, ``day``).
 
     ``[start, end)`` in ISO-8601 UTC; ``complete`` for a closed window; ``as_of`` the time
     the numbers hold for; ``horizon_s`` the span counted.
@@ -28,7 +29,7 @@ class WindowOut(TypedDict):
     start: str
     end: str
     complete: bool
-    kind: Literal["release", "window"]
+    kind: Literal["release", "window", "hour", "day"]
     as_of: str
     horizon_s: int
 

@@ -27,12 +27,17 @@ import polars as pl
 
 from heatmap.config import Settings
 from heatmap.model import Published, Window
+from heatmap.store.alert_rows import AlertRow, EventRow, OutboxRow, WatchRow, WatchStateRow
 from heatmap.store.codec import ClosedWindow
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-SCHEMA_VERSION = 5  # 2: open_counts; 3: release state; 4: live_cells; 5: the ping log
+SCHEMA_VERSION = 7  # 2: open_counts; 3: release state; 4: live_cells; 5: the ping log; 6: roll-ups;
+# 7: watches, alerts, events and the webhook outbox
+LEVELS = {"hour": 1, "day": 2}
+"""Roll-up levels and their codes in the store (``rollups.level``)."""
+LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,9 @@ class WindowInfo:
     """A window the store knows (open, or closed and final), or a release (``kind``).
 
     A release at tick ``t`` has ``w = t``, ``window = [t - horizon, t)``, ``closed = False``
-    (it is not a complete window) and version 0: it never changes.
+    (it is not a complete window) and version 0: it never changes. A roll-up of closed windows
+    (kind ``hour`` or ``day``) has ``w`` = its start (epoch seconds), ``closed = True``, version
+    0 and ``devices`` = the mean devices per window.
     """
 
     w: int
@@ -55,6 +62,40 @@ class WindowInfo:
         """Return True for a release."""
         return self.kind == "release"
 
+    @property
+    def is_rollup(self) -> bool:
+        """Return True for an hourly or daily roll-up."""
+        return self.kind in LEVELS
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A roll-up of closed windows' published values over an hour or a day (schema 6).
+
+    ``published`` is what is served (``arrays_to_blob(res, cell, people)``: the mean people per
+    window, cells under the display threshold left out); ``sums`` is the sum of the published
+    people per cell over the ``windows`` summed, before that threshold, from which the next
+    level is rolled up exactly. Both are made of published values only
+    (:mod:`heatmap.maintenance`).
+    """
+
+    level: str  # "hour" | "day"
+    start: int
+    end: int
+    windows: int
+    devices: int  # mean devices per window
+    published: bytes
+    sums: bytes
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    """What the store takes on disk and what is left (``None`` where a backend cannot say)."""
+
+    bytes: int
+    free_bytes: int | None
+    where: str
+
 
 class Store(abc.ABC):
     """Durable counts and open-window state; one implementation per backend."""
@@ -64,8 +105,13 @@ class Store(abc.ABC):
 
     # -- backend primitives (called inside ``transaction``) ------------------------------------
     @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager[None]:
-        """Return a context manager holding the write lock; commits on success."""
+    def transaction(self, guard: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Return a context manager holding the write lock; commits on success.
+
+        With ``guard`` a backend that knows its disk refuses to start writing when the free
+        space is below ``HEATMAP_MIN_FREE_DISK_MB`` (``StoreUnavailable``, a 503): writes that
+        free space (compaction) pass ``guard=False``.
+        """
 
     @abc.abstractmethod
     def get_meta(self, key: str) -> str | None:
@@ -138,6 +184,133 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_releases_before(self, t: int) -> None:
         """Delete the releases older than ``t`` (past the retention span)."""
+
+    # -- history: roll-ups and retention (schema 6; :mod:`heatmap.maintenance` drives them) -----
+    @abc.abstractmethod
+    def rollup_rows(self) -> I64:
+        """Return every roll-up as int64 rows ``(level, start, end, windows, devices)``, by
+        ascending ``start`` (days before hours: they never overlap)."""
+
+    @abc.abstractmethod
+    def write_rollups(self, rollups: list[Rollup]) -> None:
+        """Store roll-ups; one already stored at its ``(level, start)`` is kept as it is."""
+
+    @abc.abstractmethod
+    def read_rollup(self, level: str, start: int, window: Window) -> Published | None:
+        """Return the published values of a roll-up (labelled ``window``), if stored."""
+
+    @abc.abstractmethod
+    def read_rollup_sums(self, level: str, starts: list[int]) -> dict[int, tuple[int, bytes]]:
+        """Return ``start -> (windows, sums blob)`` of stored roll-ups of a level."""
+
+    @abc.abstractmethod
+    def delete_windows(self, ws: list[int]) -> None:
+        """Delete closed windows (their row, published values and raw counts)."""
+
+    @abc.abstractmethod
+    def delete_rollups(self, level: str, starts: list[int]) -> None:
+        """Delete roll-ups of a level."""
+
+    @abc.abstractmethod
+    def forget_batches(self, before_epoch: int) -> int:
+        """Forget batch ids committed before ``before_epoch`` (wall clock); return how many."""
+
+    @abc.abstractmethod
+    def size(self) -> StoreSize:
+        """Return the store's size on disk and the free space beside it."""
+
+    def reclaim(self) -> None:
+        """Give back what a large deletion left behind (the SQLite WAL); default nothing."""
+        return
+
+    def history_epoch(self) -> int:
+        """Return a counter that moves whenever compaction rewrote the history."""
+        v = self.get_meta("history_epoch")
+        return 0 if v is None else int(v)
+
+    def mark_history_changed(self) -> None:
+        """Move the history counter (inside the compaction's transaction)."""
+        self.set_meta("history_epoch", str(self.history_epoch() + 1))
+
+    # -- crowd warnings (schema 7; :mod:`heatmap.alerts` drives them) ---------------------------
+    @abc.abstractmethod
+    def insert_watch(self, row: WatchRow) -> None:
+        """Store a new watch."""
+
+    @abc.abstractmethod
+    def watch_rows(self) -> list[WatchRow]:
+        """Return every stored watch, oldest first."""
+
+    @abc.abstractmethod
+    def delete_watch(self, watch_id: str) -> bool:
+        """Delete a watch and its state; return False when there was none."""
+
+    @abc.abstractmethod
+    def watch_states(self) -> list[WatchStateRow]:
+        """Return the state of every watch evaluated so far."""
+
+    @abc.abstractmethod
+    def put_watch_states(self, rows: list[WatchStateRow]) -> None:
+        """Create or replace watch states (inside ``transaction``)."""
+
+    @abc.abstractmethod
+    def open_alert(self, watch_id: str, audience: str, t: int, opened: str) -> int:
+        """Store a new open alert; return its number (numbers grow, never reused)."""
+
+    @abc.abstractmethod
+    def close_alert(self, alert_id: int, t: int, closed: str) -> None:
+        """Mark an alert closed at release ``t`` with its closing values."""
+
+    @abc.abstractmethod
+    def alert_rows(self, closed_since: int) -> list[AlertRow]:
+        """Return open alerts and those closed at or after ``closed_since``, oldest first."""
+
+    @abc.abstractmethod
+    def delete_alerts_closed_before(self, t: int) -> int:
+        """Forget alerts closed before release ``t``; return how many."""
+
+    @abc.abstractmethod
+    def append_events(self, rows: list[tuple[str, str, str, int]]) -> list[int]:
+        """Append events ``(audience, kind, data, at)`` in order; return their numbers."""
+
+    @abc.abstractmethod
+    def events_after(self, seq: int, limit: int) -> list[EventRow]:
+        """Return up to ``limit`` events numbered above ``seq``, in order (never blocks on a
+        writer where the backend can avoid it)."""
+
+    @abc.abstractmethod
+    def last_event_seq(self) -> int:
+        """Return the number of the newest event ever appended (0 before the first)."""
+
+    @abc.abstractmethod
+    def delete_events_before(self, at: int) -> int:
+        """Delete the events written before ``at`` (epoch seconds); return how many."""
+
+    @abc.abstractmethod
+    def enqueue_webhooks(self, rows: list[OutboxRow]) -> None:
+        """Add messages to the outbox (their ``id`` is assigned here; inside ``transaction``)."""
+
+    @abc.abstractmethod
+    def due_webhooks(self, now: float, limit: int) -> list[OutboxRow]:
+        """Return the oldest pending message of each watch if it is due and not leased."""
+
+    @abc.abstractmethod
+    def lease_webhook(self, msg: int, now: float, until: float) -> bool:
+        """Take a pending message for delivery until ``until``; False if someone has it."""
+
+    @abc.abstractmethod
+    def finish_webhook(
+        self, msg: int, state: str, attempts: int, next_at: float, error: str | None, now: float
+    ) -> None:
+        """Record a delivery attempt's outcome (state, attempts, next try, error) and free it."""
+
+    @abc.abstractmethod
+    def webhook_rows(self, watch_id: str, limit: int) -> list[OutboxRow]:
+        """Return a watch's newest messages, newest first."""
+
+    @abc.abstractmethod
+    def delete_webhooks_before(self, done_before: float) -> int:
+        """Forget delivered and dead messages finished before ``done_before``."""
 
     # -- reads ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,7 +28,10 @@ This module holds :class:`PostgresStore`: connecting, migrating, transactions, w
 reads. The tables (DDL by migration, staging tables, partition names) are in
 :mod:`heatmap.store.postgres_schema`, the binary COPY codec in :mod:`heatmap.store.postgres_copy`,
 and the ping-log and release methods are the mixin
-:class:`heatmap.store.postgres_releases.PostgresReleases`, run on this store's connections.
+:class:`heatmap.store.postgres_releases.PostgresReleases`, roll-ups and retention the mixin
+:class:`heatmap.store.postgres_history.PostgresHistory`, watches, alerts, events and the webhook
+outbox the mixin :class:`heatmap.store.postgres_alerts.PostgresAlerts`, all run on this store's
+connections.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from heatmap.errors import StoreUnavailable
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
+from heatmap.store.postgres_alerts import PostgresAlerts
 from heatmap.store.postgres_copy import copy_to_int64_columns, int64_columns_to_copy
+from heatmap.store.postgres_history import PostgresHistory
 from heatmap.store.postgres_releases import PostgresReleases, absorb_rows
 from heatmap.store.postgres_schema import MIGRATIONS, STAGING
 
@@ -75,7 +80,7 @@ def _cells(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.uint64).view(np.int64)
 
 
-class PostgresStore(PostgresReleases, Store):
+class PostgresStore(PostgresReleases, PostgresHistory, PostgresAlerts, Store):
     """PostgreSQL backend: several processes (and threads) may read and commit concurrently."""
 
     def __init__(self, settings: Settings) -> None:
@@ -193,8 +198,12 @@ class PostgresStore(PostgresReleases, Store):
             raise StoreUnavailable(f"{self._where()}: {_one_line(exc)}") from exc
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Hold the store-wide commit lock (advisory, transaction-scoped); commit on success."""
+    def transaction(self, guard: bool = True) -> Iterator[None]:
+        """Hold the store-wide commit lock (advisory, transaction-scoped); commit on success.
+
+        ``guard`` is ignored: the server's disk is not visible from here (a full one fails the
+        statement with the server's reason, a 503).
+        """
         if getattr(self._local, "conn", None) is not None:  # nested: join the outer one
             yield
             return

@@ -71,6 +71,47 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) PARTITION BY LIST (k)""",
         "CREATE INDEX ping_log_seq ON ping_log (seq)",
     ),
+    # Roll-ups of closed windows past their full-detail retention (heatmap.maintenance); batch
+    # ids already carry created_at, by which compaction forgets them.
+    6: (
+        """CREATE TABLE rollups (
+            level smallint NOT NULL, start bigint NOT NULL, "end" bigint NOT NULL,
+            windows bigint NOT NULL, devices bigint NOT NULL, data bytea NOT NULL,
+            sums bytea NOT NULL, PRIMARY KEY (level, start)
+        )""",
+        "CREATE INDEX batches_created ON batches (created_at)",
+    ),
+    # Crowd warnings (heatmap.alerts): watches, their state, alerts, the event stream (numbered
+    # under the commit lock, so in commit order) and the webhook outbox.
+    7: (
+        """CREATE TABLE watches (
+            id text PRIMARY KEY, created bigint NOT NULL, spec text NOT NULL,
+            webhook_url text, webhook_secret text
+        )""",
+        """CREATE TABLE watch_state (
+            watch_id text PRIMARY KEY, streak bigint NOT NULL, alert_id bigint,
+            quiet_until bigint NOT NULL
+        )""",
+        """CREATE TABLE alerts (
+            id bigserial PRIMARY KEY, watch_id text NOT NULL, audience text NOT NULL,
+            opened_t bigint NOT NULL, closed_t bigint, opened text NOT NULL, closed text
+        )""",
+        "CREATE INDEX alerts_closed ON alerts (closed_t)",
+        """CREATE TABLE events (
+            seq bigserial PRIMARY KEY, audience text NOT NULL, kind text NOT NULL,
+            data text NOT NULL, at bigint NOT NULL
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        """CREATE TABLE outbox (
+            id bigserial PRIMARY KEY, watch_id text NOT NULL, msg_id text NOT NULL,
+            url text NOT NULL, secret text NOT NULL, body text NOT NULL,
+            state text NOT NULL DEFAULT 'pending', attempts integer NOT NULL DEFAULT 0,
+            next_at double precision NOT NULL, lease_until double precision NOT NULL DEFAULT 0,
+            last_error text, created double precision NOT NULL, done_at double precision
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (watch_id, id) WHERE state = 'pending'",
+        "CREATE INDEX outbox_watch ON outbox (watch_id, id)",
+    ),
 }
 
 # Per-connection staging tables for COPY; emptied at every commit.

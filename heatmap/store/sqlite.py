@@ -7,8 +7,11 @@ after a unit deleted some, so no unneeded hash stays on disk.
 
 This module holds :class:`SQLiteStore`: opening and migrating the file, transactions, windows
 and reads. The tables (DDL by migration) are in :mod:`heatmap.store.sqlite_schema`; the ping
-log and release methods are the mixin :class:`heatmap.store.sqlite_releases.SQLiteReleases`, run
-on this store's connection and lock.
+log and release methods are the mixin :class:`heatmap.store.sqlite_releases.SQLiteReleases`,
+roll-ups, retention, size and backups the mixin
+:class:`heatmap.store.sqlite_history.SQLiteHistory`, watches, alerts, events and the webhook
+outbox the mixin :class:`heatmap.store.sqlite_alerts.SQLiteAlerts`, all run on this store's
+connections and lock.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from heatmap.errors import StoreUnavailable
 from heatmap.model import Published, Window
 from heatmap.store.base import I64, SCHEMA_VERSION, U64, Store, WindowInfo
 from heatmap.store.codec import ClosedWindow, blob_to_arrays, blob_to_published
+from heatmap.store.sqlite_alerts import SQLiteAlerts
+from heatmap.store.sqlite_history import SQLiteHistory
 from heatmap.store.sqlite_releases import SQLiteReleases
 from heatmap.store.sqlite_schema import APPLICATION_ID, MIGRATIONS, absorb_rows
 
@@ -41,7 +47,7 @@ def _store_fault(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
-class SQLiteStore(SQLiteReleases, Store):
+class SQLiteStore(SQLiteReleases, SQLiteHistory, SQLiteAlerts, Store):
     """SQLite (WAL) backend; safe to share between threads of one process."""
 
     def __init__(self, settings: Settings) -> None:
@@ -131,12 +137,17 @@ class SQLiteStore(SQLiteReleases, Store):
 
     # -- primitives ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Hold the write lock (BEGIN IMMEDIATE); commit on success, roll back on error."""
+    def transaction(self, guard: bool = True) -> Iterator[None]:
+        """Hold the write lock (BEGIN IMMEDIATE); commit on success, roll back on error.
+
+        With ``guard``, refuse to start when the disk is nearly full (:meth:`check_space`).
+        """
         with self._lock:
             if self._conn.in_transaction:  # nested: join the outer transaction
                 yield
                 return
+            if guard:
+                self.check_space()
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -226,7 +237,10 @@ class SQLiteStore(SQLiteReleases, Store):
 
     def record_batch(self, batch_id: str, result: str) -> None:
         """Remember a committed batch id."""
-        self._q("INSERT INTO batches(batch_id, result) VALUES (?, ?)", (batch_id, result))
+        self._q(
+            "INSERT INTO batches(batch_id, result, at) VALUES (?, ?, ?)",
+            (batch_id, result, int(time.time())),
+        )
 
     def after_commit(self) -> None:
         """Truncate the WAL if the unit deleted hashes (trimmed the ping log)."""

@@ -77,6 +77,49 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX ping_log_hi ON ping_log (hi_ts);
     """,
+    # Roll-ups of closed windows past their full-detail retention (heatmap.maintenance): one
+    # row per hour or day, its published means and the sums the next level is made from.
+    # Batch ids get the time they were recorded, so they can be forgotten after a while.
+    6: """
+    CREATE TABLE rollups (
+        level INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+        windows INTEGER NOT NULL, devices INTEGER NOT NULL, data BLOB NOT NULL,
+        sums BLOB NOT NULL, PRIMARY KEY (level, start)
+    );
+    ALTER TABLE batches ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+    """,
+    # Crowd warnings (heatmap.alerts): planners' watches, each watch's state, alerts, the event
+    # stream (numbered in commit order, read back by Last-Event-ID) and the webhook outbox,
+    # written in the transaction that evaluated a release (delivered at least once from here).
+    7: """
+    CREATE TABLE watches (
+        id TEXT PRIMARY KEY, created INTEGER NOT NULL, spec TEXT NOT NULL,
+        webhook_url TEXT, webhook_secret TEXT
+    );
+    CREATE TABLE watch_state (
+        watch_id TEXT PRIMARY KEY, streak INTEGER NOT NULL, alert_id INTEGER,
+        quiet_until INTEGER NOT NULL
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, watch_id TEXT NOT NULL, audience TEXT NOT NULL,
+        opened_t INTEGER NOT NULL, closed_t INTEGER, opened TEXT NOT NULL, closed TEXT
+    );
+    CREATE INDEX alerts_closed ON alerts (closed_t);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, audience TEXT NOT NULL, kind TEXT NOT NULL,
+        data TEXT NOT NULL, at INTEGER NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, watch_id TEXT NOT NULL, msg_id TEXT NOT NULL,
+        url TEXT NOT NULL, secret TEXT NOT NULL, body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL, lease_until REAL NOT NULL DEFAULT 0, last_error TEXT,
+        created REAL NOT NULL, done_at REAL
+    );
+    CREATE INDEX outbox_pending ON outbox (watch_id, id) WHERE state = 'pending';
+    CREATE INDEX outbox_watch ON outbox (watch_id, id);
+    """,
 }
 _ROW_STATE = ("device_state", "pending", "live")
 _ROW_TABLES = ("device_state", "open_counts", "pending", "live", "live_cells")

@@ -85,6 +85,11 @@ STRINGS: Final[dict[str, dict[Lang, str]]] = {
     "resolution": {"zh": "分辨率（H3）", "en": "Resolution (H3)"},
     "need_token": {"zh": "请先输入规划人员令牌", "en": "Enter a planner token first"},
     "downloaded": {"zh": "已下载", "en": "Downloaded"},
+    "alerts": {"zh": "人流预警", "en": "Crowd warnings"},
+    "no_alerts": {"zh": "目前没有人流预警", "en": "No crowd warnings now"},
+    "warning": {"zh": "人流预警", "en": "Crowd warning"},
+    "alert_since": {"zh": "{time} 起", "en": "since {time}"},
+    "colon": {"zh": "：", "en": ": "},
 }
 """Every UI string, keyed by name, in both languages."""
 

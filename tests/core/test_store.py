@@ -510,11 +510,11 @@ def test_a_v2_store_moves_its_device_state_into_the_log(make_settings, monkeypat
     sql = _sqlite_sql(s.db)
     assert sql("PRAGMA user_version") == [(2,)]
     store = SQLiteStore(s)
-    assert sql("PRAGMA user_version") == [(5,)]
+    assert sql("PRAGMA user_version") == [(7,)]
     names = {r[0] for r in sql("SELECT name FROM sqlite_master")}
     assert {"ping_log", "releases"} <= names
     assert not names & {"device_state", "open_counts", "pending", "live", "live_cells"}
-    assert store.get_meta("schema_version") == "5" and store.get_meta("window_s") == "300"
+    assert store.get_meta("schema_version") == "7" and store.get_meta("window_s") == "300"
     assert read(store) == before
     logged = _logged(store).sort("device")
     assert logged.rows() == rows.select("device", "ts", "cell").sort("device").rows()
@@ -541,7 +541,7 @@ def test_a_v4_store_moves_its_release_state_into_the_log(make_settings, monkeypa
         con.executemany("INSERT INTO pending(device, k, ts, cell) VALUES (?, ?, ?, ?)", V3_PENDING)
     con.close()
     store = SQLiteStore(s)
-    assert _sqlite_sql(s.db)("PRAGMA user_version") == [(5,)]
+    assert _sqlite_sql(s.db)("PRAGMA user_version") == [(7,)]
     want = sorted([*V3_LIVE, *[(d, ts, c) for d, _, ts, c in V3_PENDING]])
     assert sorted(_logged(store).rows()) == want
     check_ping_log(store, _sqlite_sql(s.db))

@@ -54,14 +54,14 @@ def test_migrations_run_once_and_record_their_version(pg_url: str, make_settings
     Heatmap(make_settings(db=pg_url)).close()
     Heatmap(make_settings(db=pg_url)).close()  # a second node: nothing to do
     versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,), (5,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,)]
     meta = dict(_sql(pg_url, "SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "5" and meta["window_s"] == "300"
+    assert meta["schema_version"] == "7" and meta["window_s"] == "300"
     tables = {
         r[0] for r in _sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
     assert tables >= {"meta", "windows", "base_counts", "published", "batches", "releases"}
-    assert tables >= {"ping_log"}
+    assert tables >= {"ping_log", "rollups"}
     assert not tables & {"device_state", "pending", "live", "live_cells"}
 
 
@@ -310,7 +310,7 @@ def test_a_v1_store_moves_its_device_state_into_the_log(
     pg_url: str, make_settings, monkeypatch
 ) -> None:
     """A store made by 0.3 (schema_migrations 1 only) opens with its windows intact; the open
-    window's device rows become log entries, counted as before; versions 2 to 5 are recorded."""
+    window's device rows become log entries, counted as before; versions 2 to 6 are recorded."""
     import heatmap.store.postgres as pg
 
     s = make_settings(db=pg_url)
@@ -323,8 +323,8 @@ def test_a_v1_store_moves_its_device_state_into_the_log(
     assert _sql(pg_url, "SELECT version FROM schema_migrations") == [(1,)]
     store = PostgresStore(s)
     versions = _sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,), (5,)]
-    assert store.get_meta("schema_version") == "5"
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,)]
+    assert store.get_meta("schema_version") == "7"
     assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE tablename LIKE 'device_state%'")
     assert read(store) == before
     logged = _logged(store).sort("device")
@@ -362,7 +362,7 @@ def test_a_v4_store_moves_its_release_state_into_the_log(
                 "INSERT INTO pending (device, k, ts, cell) VALUES (%s, %s, %s, %s)", V3_PENDING
             )
     store = PostgresStore(s)
-    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(5,)]
+    assert _sql(pg_url, "SELECT max(version) FROM schema_migrations") == [(7,)]
     want = sorted([*V3_LIVE, *[(d, ts, c) for d, _, ts, c in V3_PENDING]])
     assert sorted(_logged(store).rows()) == want
     left = _sql(pg_url, "SELECT tablename FROM pg_tables WHERE tablename ~ '^(live|pending)'")

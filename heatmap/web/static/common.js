@@ -118,5 +118,51 @@
     return t[trend.direction] || trend.direction;
   };
 
+  /* The URL of another /api/v1 endpoint beside the page's /api/v1/windows (same root). */
+  H.apiUrl = function (api, name) {
+    return api.windows.replace(/windows$/, name);
+  };
+
+  /* Follow the service's event stream (Server-Sent Events): on.release(data) at each new
+     release, on.alert(data) when an alert opens or closes, on.reset() when the stream could
+     not resume. EventSource reconnects by itself and resumes after the last event it got
+     (Last-Event-ID); the pages poll besides, so a blocked stream only makes them slower.
+     body[data-events] tells the stream's state: open, retrying, closed. */
+  H.follow = function (url, on) {
+    if (!window.EventSource) return null;
+    const es = new EventSource(url);
+    const state = (s) => { document.body.dataset.events = s; };
+    const json = (e) => { try { return JSON.parse(e.data); } catch (err) { return null; } };
+    es.addEventListener("ready", () => state("open"));
+    es.addEventListener("release", (e) => { const d = json(e); if (d && on.release) on.release(d); });
+    es.addEventListener("alert", (e) => { const d = json(e); if (d && on.alert) on.alert(d); });
+    es.addEventListener("reset", () => { if (on.reset) on.reset(); });
+    es.onerror = () => state(es.readyState === 2 ? "closed" : "retrying");
+    return es;
+  };
+
+  /* Run fn after a random 2-5 s. A release event reaches every open page at the same moment;
+     spread out, their tile and JSON requests reach the server as a ramp, not a spike. */
+  H.spread = function (fn) {
+    return setTimeout(fn, 2000 + Math.random() * 3000);
+  };
+
+  /* GET /api/v1/alerts: the public's alerts, or with a planner token every alert. */
+  H.getAlerts = async function (url, token) {
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = "Bearer " + token;
+    const r = await fetch(url, { credentials: "omit", cache: "no-cache", headers: headers });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) throw new Error((body && body.detail) || r.status + " " + r.statusText);
+    return body;
+  };
+
+  /* The words of an alert in the page language: the target's name and what its rule says. */
+  H.alertWords = function (a, lang) {
+    const name = a.target && a.target.name ? (lang === "en" ? a.target.name.en : a.target.name.zh) : "";
+    const says = a.watch && a.watch.says ? (lang === "en" ? a.watch.says.en : a.watch.says.zh) : "";
+    return { name: name || (a.watch && a.watch.name) || "", says: says };
+  };
+
   window.HeatmapCommon = H;
 })();

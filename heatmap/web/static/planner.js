@@ -1,7 +1,8 @@
 /* The planner map: density layer (PNG or MVT), time slider with play/pause over the closed
-   windows and, at its right end, "Now" (the latest release), live refresh, popup on click,
-   city totals, top places, export of the view and of the whole city (planners), place search;
-   the map stays on the city (max bounds, min zoom).
+   windows and, at its right end, "Now" (the latest release), live refresh (release events over
+   Server-Sent Events, a poll besides), popup on click, city totals, top places, open crowd
+   warnings on the map and in a list, export of the view and of the whole city (planners),
+   place search; the map stays on the city (max bounds, min zoom).
    Every URL comes from the server (cfg); tile templates come from its TileJSON. A release and a
    closed window never change, so every request names one (?release= or ?window=) and its
    answer can be cached for good; only the poll of /api/v1/windows asks for the latest. */
@@ -28,6 +29,7 @@
       follow: true, // showing "Now", and moving to each new release
       stats: null,
       play: null,
+      alerts: [], // the alerts this page may see (/api/v1/alerts), open ones first
     };
 
     map.createPane("density");
@@ -175,13 +177,135 @@
     async function poll() {
       try {
         const page = await H.getJSON(cfg.api.windows, { limit: 3 }, true);
+        const before = S.release ? S.release.as_of : null;
         const changed = mergeWindows(page);
         if (S.follow && changed) select(last());
         else showWindowLabel();
+        if ((S.release ? S.release.as_of : null) !== before) alertsSoon(); // evaluated per release
         status("");
       } catch (err) {
         status(t.error + ": " + err.message);
       }
+    }
+
+    // -- crowd warnings: the open alerts, on the map and in the panel ---------------------------
+    const alertsUrl = H.apiUrl(cfg.api, "alerts");
+    map.createPane("alerts").style.zIndex = 380; // above the density and the outline
+    const alertLayer = L.layerGroup().addTo(map);
+
+    function goToTarget(tgt) {
+      if (tgt.lat === undefined || tgt.lat === null) return;
+      map.setView([tgt.lat, tgt.lng], Math.max(map.getZoom(), 14));
+      if (tgt.kind === "place") openPlacePopup({ id: tgt.place, lat: tgt.lat, lng: tgt.lng });
+    }
+
+    function showAlerts() {
+      const open = S.alerts.filter((a) => a.state === "open");
+      const ol = $("alerts");
+      ol.replaceChildren();
+      $("alerts-none").hidden = open.length > 0;
+      const byTarget = new Map(); // one spot per place or area, with every rule that holds
+      for (const a of open) {
+        const w = H.alertWords(a, lang);
+        const o = a.opened || {};
+        const meta = [w.says];
+        if (o.people !== null && o.people !== undefined) meta.push(H.num(lang, o.people) + " " + t.people_unit);
+        if (o.release) meta.push(t.alert_since.replace("{time}", fmtClock(o.release)));
+        const tgt = a.target || {};
+        ol.append(H.el("li", { "data-alert": a.id, "data-target": tgt.place || "" },
+          H.el("button", { type: "button", class: "place alert", onclick: () => goToTarget(tgt) },
+            H.el("span", { class: "icon", "aria-hidden": "true", text: "⚠" }),
+            H.el("span", { class: "name", text: w.name }),
+            H.el("span", { class: "meta", text: meta.join(" · ") }))));
+        if (tgt.lat === undefined || tgt.lat === null) continue;
+        const key = tgt.place || JSON.stringify(tgt.polygon);
+        if (!byTarget.has(key)) byTarget.set(key, { tgt: tgt, name: w.name, says: [] });
+        byTarget.get(key).says.push(w.says);
+      }
+      S.alertSpots = [...byTarget.values()];
+      drawAlertSpots();
+      document.body.dataset.alerts = String(open.length);
+    }
+
+    /* The warnings on the map: spots closer than FLAG_GAP px on screen share one flag (with
+       their count), set on a stem above the northernmost of them, so a flag never covers the
+       crowding it warns about; redrawn at every zoom. */
+    const FLAG_GAP = 100;
+    function drawAlertSpots() {
+      alertLayer.clearLayers();
+      const spots = (S.alertSpots || []).map((s) => ({ s: s, p: map.latLngToLayerPoint([s.tgt.lat, s.tgt.lng]) }));
+      const group = spots.map((_, i) => i);
+      const root = (i) => (group[i] === i ? i : (group[i] = root(group[i])));
+      for (let i = 0; i < spots.length; i++) {
+        for (let j = i + 1; j < spots.length; j++) {
+          if (spots[i].p.distanceTo(spots[j].p) < FLAG_GAP) group[root(i)] = root(j);
+        }
+      }
+      const groups = new Map();
+      spots.forEach((x, i) => {
+        const g = root(i);
+        if (!groups.has(g)) groups.set(g, []);
+        groups.get(g).push(x);
+      });
+      for (const members of groups.values()) {
+        for (const { s } of members) {
+          if (s.tgt.kind === "polygon" && s.tgt.polygon) {
+            L.geoJSON(s.tgt.polygon, { pane: "alerts", interactive: false,
+              style: { color: "#9b1c1c", weight: 3, fill: false, dashArray: "6 4" } }).addTo(alertLayer);
+          }
+        }
+        const top = members.reduce((a, b) => (b.p.y < a.p.y ? b : a));
+        const label = t.warning + " · " +
+          members.map(({ s }) => s.name + t.colon + s.says.join(" · ")).join("; ");
+        const count = members.length > 1 ? " " + members.length : "";
+        const go = () => {
+          if (members.length === 1) goToTarget(top.s.tgt);
+          else map.fitBounds(L.latLngBounds(members.map(({ s }) => [s.tgt.lat, s.tgt.lng])).pad(0.5));
+        };
+        L.marker([top.s.tgt.lat, top.s.tgt.lng], {
+          pane: "alerts", keyboard: true, title: label, alt: label,
+          icon: L.divIcon({ className: "alert-marker", html: '<span class="badge">⚠' + count + "</span>",
+            iconSize: [24, 50], iconAnchor: [12, 50] }),
+        }).bindTooltip(label).on("click", go).addTo(alertLayer);
+      }
+    }
+    map.on("zoomend", drawAlertSpots);
+
+    /* The planner token (typed in the export section) shows every alert; without it, or with a
+       wrong one, the public's. */
+    async function loadAlerts() {
+      const token = $("token").value.trim();
+      try {
+        let answer;
+        try {
+          answer = await H.getAlerts(alertsUrl, token);
+        } catch (err) {
+          if (!token) throw err;
+          answer = await H.getAlerts(alertsUrl, "");
+        }
+        S.alerts = answer.alerts || [];
+        showAlerts();
+      } catch (err) {
+        /* keep the list shown: the next release or poll tries again */
+      }
+    }
+
+    let alertsTimer = null;
+    function alertsSoon() {
+      if (alertsTimer === null) alertsTimer = H.spread(() => { alertsTimer = null; loadAlerts(); });
+    }
+    $("token").addEventListener("change", loadAlerts);
+
+    /* A release event: show the new release (its tiles loaded before the old ones leave), the
+       panel and the warnings, a moment later (H.spread); then the closed windows (poll). */
+    function onRelease(ev) {
+      H.spread(() => {
+        const changed = mergeWindows({ windows: [], latest_release: ev.window });
+        if (S.follow && changed) select(last());
+        else showWindowLabel();
+        loadAlerts();
+        poll();
+      });
     }
 
     // -- side panel: city totals and top places -------------------------------------------------
@@ -462,6 +586,10 @@
         clearTimeout(panelTimer);
         await loadPanel();
         await poll();
+        await loadAlerts();
+        // Release and alert events as they happen; the poll goes on (a stream a proxy holds
+        // back looks open but says nothing).
+        H.follow(H.apiUrl(cfg.api, "events"), { release: onRelease, alert: alertsSoon, reset: poll });
         setInterval(poll, cfg.pollMs);
         document.body.dataset.ready = "true";
       } catch (err) {

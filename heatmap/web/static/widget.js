@@ -1,7 +1,8 @@
 /* The citizen widget: the key areas with their crowding on the first screen, a place's crowding
    in words and colour with its trend, popular times, forecast and best time to go; search by
-   name, alias or pinyin; "locate me"; a small map of the density (PNG tiles); the page's height
-   posted to an embedding parent. */
+   name, alias or pinyin; "locate me"; a small map of the density (PNG tiles); a warning on a
+   place with an open crowd alert; new releases followed as they are made (Server-Sent Events,
+   a poll besides); the page's height posted to an embedding parent. */
 (function () {
   "use strict";
   const H = window.HeatmapCommon;
@@ -17,6 +18,7 @@
       order: [], // ids, busiest first
       bands: {}, tpl: null, layer: null, layerUrl: "", shown: null, marker: null,
       sort: "busiest", here: null,
+      alerts: {}, // place id -> its open alerts (/api/v1/alerts: the key places' warnings)
     };
     // The search index is in the page (names, aliases, pinyin): search works before any request.
     const index = cfg.places.map((p) => ({ id: p[0], name: { zh: p[1], en: p[2] }, lat: p[3], lng: p[4], keys: p[5] }));
@@ -73,6 +75,51 @@
           ...["00", "06", "12", "18", "24"].map((x) => H.el("span", { text: x }))));
     }
 
+    /* The warning of a place with open alerts: what each rule says, in words (never a colour
+       alone). None when the place has no open alert. */
+    function warningEl(id) {
+      const open = S.alerts[id] || [];
+      if (!open.length) return null;
+      // What holds now before what is expected.
+      const later = (a) => (a.watch && a.watch.rule && a.watch.rule.kind === "forecast" ? 1 : 0);
+      const says = open.slice().sort((a, b) => later(a) - later(b))
+        .map((a) => H.alertWords(a, lang).says).filter(Boolean);
+      return H.el("p", { class: "warning", id: "warning", role: "alert" },
+        H.el("span", { class: "icon", "aria-hidden": "true", text: "⚠ " }),
+        H.el("strong", { text: t.warning }),
+        says.length ? H.el("span", { text: t.colon + says.join(" · ") }) : null);
+    }
+
+    /* Put the card's warning in step with the alerts (added, changed or cleared in place). */
+    function showWarning() {
+      const card = $("card");
+      const old = $("warning");
+      const el = card.dataset.place ? warningEl(card.dataset.place) : null;
+      if (old && el) old.replaceWith(el);
+      else if (old) old.remove();
+      else if (el) {
+        const now = card.querySelector(".now");
+        if (now) now.after(el);
+      }
+      card.dataset.warning = el ? "open" : "none";
+    }
+
+    async function loadAlerts() {
+      try {
+        const answer = await H.getAlerts(H.apiUrl(cfg.api, "alerts"), "");
+        const by = {};
+        for (const a of answer.alerts || []) {
+          const id = a.state === "open" && a.target ? a.target.place : null;
+          if (id) (by[id] = by[id] || []).push(a);
+        }
+        S.alerts = by;
+        showWarning();
+        if (S.order.length) showAreas(); // once the ranking is in
+      } catch (err) {
+        /* keep what is shown: the next release or poll tries again */
+      }
+    }
+
     function showPlace(d) {
       const card = $("card");
       const usual = d.usual || {};
@@ -99,6 +146,7 @@
       const parts = [
         H.el("h2", { text: nameOf(d) }, H.el("span", { class: "sub", text: " " + otherName(d) })),
         bandLine(d.now.label, d.now.band),
+        warningEl(d.id),
         H.el("p", { class: "facts", text: bits.join(" · ") }),
         levels.length ? H.el("p", { class: "small levels", text: t.levels.replace("{res}", levels.join(", ")) }) : null,
         bestLine,
@@ -110,6 +158,7 @@
       card.replaceChildren(...parts.filter((x) => x !== null));
       card.hidden = false;
       card.dataset.place = d.id;
+      card.dataset.warning = S.alerts[d.id] ? "open" : "none";
       showTiles(d.window);
     }
 
@@ -154,7 +203,9 @@
       const p = byId.get(id);
       if (p) map.setView([p.lat, p.lng], zoom || Math.max(map.getZoom(), 14));
       try {
-        const [d] = await Promise.all([H.getJSON(cfg.api.place + encodeURIComponent(id)), legendLoaded]);
+        const [d] = await Promise.all([
+          H.getJSON(cfg.api.place + encodeURIComponent(id)), legendLoaded, alertsLoaded,
+        ]);
         showPlace(d);
         map.setView([d.lat, d.lng], zoom || Math.max(map.getZoom(), 14));
         mark(d.lat, d.lng);
@@ -184,6 +235,7 @@
       const r = S.ranking[p.id] || {};
       const b = r.band ? S.bands[r.band] : null;
       const meta = [r.label ? words(r.label) : t.loading];
+      if (S.alerts[p.id]) meta.unshift("⚠ " + t.warning);
       if (r.people !== null && r.people !== undefined) meta.push("≈ " + H.num(lang, r.people) + " " + t.people_unit);
       if (r.trend && r.trend.direction) meta.push(H.trendText(r.trend, t));
       if (r.quieter_at) meta.push(t.quieter_at.replace("{time}", fmtClock(r.quieter_at.start)));
@@ -280,6 +332,7 @@
 
     function refresh() {
       H.getJSON(cfg.api.places, null, true).then(setRanking, () => {});
+      loadAlerts();
       const s = S.shown;
       if (!s) return;
       // The latest release: the card and its tiles move to a new one when it is made.
@@ -311,6 +364,8 @@
       H.renderLegend($("legend"), legend, lang, t);
       $("privacy").textContent = t.privacy.replace("{k}", legend.k_min);
     });
+    // The warnings too: a place's card is drawn once, with its warning if it has one.
+    const alertsLoaded = loadAlerts();
     (async function start() {
       const init = cfg.initial;
       // A place named in the address is fetched at once, beside the key areas.
@@ -322,6 +377,17 @@
         showTiles(ranking.window);
         if (first) await first;
         if (!init.place && init.lat !== null && init.lng !== null) await choosePoint(init.lat, init.lng, t.here);
+        await alertsLoaded;
+        // A new release: the card, the key areas and the warnings follow it (spread over a few
+        // seconds across pages); the poll goes on for a stream that is blocked.
+        let alertsTimer = null;
+        H.follow(H.apiUrl(cfg.api, "events"), {
+          release: () => H.spread(refresh),
+          alert: () => {
+            if (alertsTimer === null) alertsTimer = H.spread(() => { alertsTimer = null; loadAlerts(); });
+          },
+          reset: refresh,
+        });
         setInterval(refresh, cfg.pollMs);
         document.body.dataset.ready = "true";
       } catch (err) { fail(err); }
