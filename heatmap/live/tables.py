@@ -173,10 +173,12 @@ def _expire(keys: I64, ts: I64, cid: I32, counts: I64, min_ts: int) -> int:
 
 
 @kernel
-def _rehash(keys: I64, ts: I64, cid: I32, nkeys: I64, nts: I64, ncid: I32) -> None:
-    """Insert every entry of the old arrays into the (empty, larger) new ones."""
+def _rehash(keys: I64, nkeys: I64) -> npt.NDArray[np.intp]:
+    """Insert every key of ``keys`` into the (empty, larger) ``nkeys``; return each old slot's
+    new slot (-1 for a free one), by which the caller moves the values that go with the keys."""
     mask = len(nkeys) - 1
     shift = np.uint64(64 - int(np.log2(len(nkeys))))
+    moved = np.full(len(keys), -1, dtype=np.intp)
     for i in range(len(keys)):
         k = keys[i]
         if k == EMPTY:
@@ -185,23 +187,21 @@ def _rehash(keys: I64, ts: I64, cid: I32, nkeys: I64, nts: I64, ncid: I32) -> No
         while nkeys[h] != EMPTY:
             h = (h + 1) & mask
         nkeys[h] = k
-        nts[h] = ts[i]
-        ncid[h] = cid[i]
+        moved[i] = h
+    return moved
 
 
-@kernel
-def _rehash_cells(keys: I64, ids: I32, nkeys: I64, nids: I32) -> None:
-    mask = len(nkeys) - 1
-    shift = np.uint64(64 - int(np.log2(len(nkeys))))
-    for i in range(len(keys)):
-        k = keys[i]
-        if k == EMPTY:
-            continue
-        h = np.int64((np.uint64(k) * _MULT) >> shift)
-        while nkeys[h] != EMPTY:
-            h = (h + 1) & mask
-        nkeys[h] = k
-        nids[h] = ids[i]
+def _rehashed(keys: I64, cap: int, *values: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], ...]:
+    """Return ``keys`` and their ``values`` rehashed into tables of ``cap`` slots."""
+    nkeys = np.full(cap, EMPTY, dtype=np.int64)
+    moved = _run(_rehash, len(keys), keys, nkeys)
+    used = moved >= 0
+    out = [nkeys]
+    for v in values:
+        nv = np.zeros(cap, dtype=v.dtype)
+        nv[moved[used]] = v[used]
+        out.append(nv)
+    return tuple(out)
 
 
 class CellDict:
@@ -237,10 +237,7 @@ class CellDict:
 
     def _grow(self) -> None:
         cap = 2 * len(self._keys)
-        keys = np.full(cap, EMPTY, dtype=np.int64)
-        ids = np.zeros(cap, dtype=np.int32)
-        _run(_rehash_cells, len(self._keys), self._keys, self._ids, keys, ids)
-        self._keys, self._ids = keys, ids
+        self._keys, self._ids = _rehashed(self._keys, cap, self._ids)
         values = np.zeros(cap, dtype=np.int64)
         values[: self.n] = self.values[: self.n]
         self.values = values
@@ -333,11 +330,7 @@ class DeviceTable:
 
     def _grow(self, bits: int | None = None) -> None:
         cap = 2 * len(self._keys) if bits is None else max(1 << bits, len(self._keys))
-        keys = np.full(cap, EMPTY, dtype=np.int64)
-        ts = np.zeros(cap, dtype=np.int64)
-        cid = np.zeros(cap, dtype=np.int32)
-        _run(_rehash, len(self._keys), self._keys, self._ts, self._cid, keys, ts, cid)
-        self._keys, self._ts, self._cid = keys, ts, cid
+        self._keys, self._ts, self._cid = _rehashed(self._keys, cap, self._ts, self._cid)
 
 
 @warms
