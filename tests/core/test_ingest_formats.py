@@ -176,7 +176,7 @@ def _polars(path: Path) -> None:
 
 
 def _duckdb(path: Path) -> None:
-    duckdb = pytest.importorskip("duckdb")
+    import duckdb  # a dev dependency: make installs it
     con = duckdb.connect()
     con.register("pings", _table())
     con.execute(
