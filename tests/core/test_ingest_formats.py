@@ -177,6 +177,7 @@ def _polars(path: Path) -> None:
 
 def _duckdb(path: Path) -> None:
     import duckdb  # a dev dependency: make installs it
+
     con = duckdb.connect()
     con.register("pings", _table())
     con.execute(
