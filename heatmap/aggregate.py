@@ -47,16 +47,21 @@ _NEVER = np.iinfo(np.int64).min
 
 
 def _device_col(frame: pl.DataFrame) -> str:
-    return "device_id" if "device_id" in frame.columns else "device"
+    for name in ("device_id", "device_code"):
+        if name in frame.columns:
+            return name
+    return "device"
 
 
 def _dense_codes(frame: pl.DataFrame, dev: str, w: I64) -> tuple[U32, int, int] | None:
-    """Return the Categorical codes of ``dev``, the lowest window and the device count.
+    """Return the codes of ``dev`` (Categorical, or a file's ``device_code``), the lowest
+    window and the device count.
 
     A (window, device) pair then has the dense key ``(w - w_min) * devices + code``; ``None``
     for other ids or a key range too large to allocate a table for.
     """
-    if not isinstance(frame.schema[dev], pl.Categorical) or not len(w):
+    kind = frame.schema[dev]
+    if not (isinstance(kind, pl.Categorical) or kind == pl.UInt32) or not len(w):
         return None
     codes = frame[dev].to_physical().to_numpy().astype(np.uint32, copy=False)
     w0 = int(w.min())

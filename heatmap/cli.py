@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -326,8 +327,22 @@ register_ops(app, reports_errors, _settings)  # compact, backup, restore (heatma
 
 
 def main() -> None:
-    """Entry point for ``python -m heatmap``."""
-    app()
+    """Entry point of the ``heatmap`` command and ``python -m heatmap``.
+
+    Once a command has returned, everything it wrote is committed and its store closed, so
+    the process leaves at once (``os._exit``) rather than tearing the interpreter down: after
+    a large ingest, freeing its memory object by object and joining idle threads took 0.3 s.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

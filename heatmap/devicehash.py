@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from heatmap._arrow import text
 from heatmap._jit import kernel, readonly, warms
 
 U64 = npt.NDArray[np.uint64]
@@ -179,4 +180,4 @@ _NO_BYTES = np.zeros(1, dtype=np.uint8)
 
 @warms
 def _warm() -> None:
-    KeyedHasher(b"k").hash_strings(pa.array(["a", ""]))
+    KeyedHasher(b"k").hash_strings(text([b"a", b""]))

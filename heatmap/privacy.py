@@ -24,10 +24,12 @@ import polars as pl
 from heatmap._jit import loaded
 from heatmap.aggregate import parent_index, strictly_sorted
 from heatmap.devicehash import KeyedHasher
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import StoreUnavailable
 
 SECRET_FILE = "secret.key"
 _FEW_IDS = 4096
+_ID_COLUMNS = ("w", "device", "device_id", "device_code")
 
 
 def load_or_create_secret(secret: str | None, store_dir: Path) -> bytes:
@@ -59,11 +61,15 @@ class DeviceHasher:
     """Keyed 64-bit BLAKE2b of device ids (:mod:`heatmap.devicehash`, whole columns at once).
 
     Lives as long as one ingest; raw ids exist only in memory of the parsing step. Categorical
-    ids are hashed once per code and remembered for the ingest's later chunks.
+    ids are hashed once per code and remembered for the ingest's later chunks; so are the codes
+    of a file's :class:`~heatmap.deviceids.DeviceCodes` (``codes``).
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, codes: DeviceCodes | None = None) -> None:
         self._key = key
+        self._codes = codes
+        self._by_file_code = np.zeros(0, dtype=np.int64)
+        self._file_hashed = 0
         self._many: KeyedHasher | None = None
         self._cache: dict[str, int] = {}
         # Hashes by polars' (process-global, stable) categorical code: ids seen in an earlier
@@ -85,6 +91,12 @@ class DeviceHasher:
 
         Thread-safe: parts of one unit may be hashed on several threads.
         """
+        if "device_code" in frame.columns:
+            codes = frame["device_code"].to_numpy()
+            with self._lock:
+                by_code = self._file_codes_to_hashes()
+            out = frame.with_columns(device=pl.Series("device", by_code[codes]))
+            return out.select("w", "device", *[c for c in out.columns if c not in _ID_COLUMNS])
         ids = frame["device_id"]
         if isinstance(ids.dtype, pl.Categorical):
             # Map through the integer codes: only ids not seen before are turned into strings.
@@ -96,6 +108,19 @@ class DeviceHasher:
             hashes = self._hash_strings(ids.cast(pl.String))
             out = frame.with_columns(device=pl.Series("device", hashes)).drop("device_id")
         return out.select("w", "device", *[c for c in out.columns if c not in ("w", "device")])
+
+    def _file_codes_to_hashes(self) -> npt.NDArray[np.int64]:
+        """Hash the file's codes not hashed yet; return the code -> hash table."""
+        assert self._codes is not None
+        done, size = self._file_hashed, self._codes.size
+        if size > done:
+            if size > len(self._by_file_code):
+                self._by_file_code = np.resize(self._by_file_code, max(size, 2 * done))
+            self._by_file_code[done:size] = self._hash_strings(
+                pl.Series(self._codes.ids(done, size))
+            )
+            self._file_hashed = size
+        return self._by_file_code
 
     def _hash_strings(self, ids: pl.Series) -> npt.NDArray[np.int64]:
         """Hash a column of ids: the numba kernel, or ``hashlib`` for a few ids while numba is

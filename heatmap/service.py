@@ -27,6 +27,7 @@ from heatmap.aggregate import (
 )
 from heatmap.commit import CommitResult, Precomputed, ReleaseClock, commit_unit
 from heatmap.config import Settings
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
 from heatmap.model import epoch_to_iso
@@ -112,6 +113,7 @@ class Heatmap:
         report: IngestReport,
         progress: Callable[[int], None] | None = None,
         key_s: int | None = None,
+        codes: DeviceCodes | None = None,
     ) -> tuple[pl.DataFrame, int | None, Precomputed | None, pl.DataFrame | None]:
         """Reduce a unit's chunks to hashed positions (``w``, ``device``, ``ts``, ``cell``).
 
@@ -126,7 +128,8 @@ class Heatmap:
         merges the results in input order; at most ``2 * workers`` chunks are in flight.
         Windows that the input has moved past are H3-indexed on the same pool meanwhile, and
         their counts and published values computed ahead of the commit (used if nothing else
-        reaches those windows). Only the distinct device ids are hashed. ``report`` gets the
+        reaches those windows). Only the distinct device ids are hashed (a file's ids arrive as
+        ``codes``, see :class:`DeviceCodes`). ``report`` gets the
         accepted and late pings and the rejected rows.
 
         Returns the positions, the latest ping time, the values computed ahead and the tail's
@@ -139,7 +142,7 @@ class Heatmap:
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
         cands = Candidates()
-        hasher = DeviceHasher(self.key)
+        hasher = DeviceHasher(self.key, codes)
         max_ts: int | None = None
         pending: deque[Future[_Chunk]] = deque()
         ahead: list[Future[tuple[pl.DataFrame, Precomputed]]] = []
@@ -176,6 +179,13 @@ class Heatmap:
                 tails = [t.filter(pl.col("ts") >= cut) for t in tails]
                 tails = [t for t in tails if t.height]
 
+        def tail_slots(tail: pl.DataFrame, since: int) -> pl.DataFrame | None:
+            """The unit's positions per release slot from ``since`` on."""
+            cands_tail = latest_candidates(tail.filter(pl.col("ts") >= since), s.release_s)
+            if not cands_tail.height:
+                return None
+            return hasher.replace_ids(index_candidates(cands_tail, s.base_res))
+
         def take(pool: ThreadPoolExecutor) -> None:
             nonlocal max_ts
             done = pending.popleft().result()
@@ -201,16 +211,15 @@ class Heatmap:
                     take(pool)
             while pending:
                 take(pool)
+            slots_job = None
+            if tail_s is not None and tails and max_ts is not None:
+                # On a worker, while this thread indexes the rest of the candidates.
+                slots_job = pool.submit(tail_slots, pl.concat(tails), max_ts - tail_s)
             last = cands.rest()
             parts = [index_candidates(last, s.base_res, pool.map)] if last.height else []
             parts = [hasher.replace_ids(p) for p in parts]
             settled = [f.result() for f in ahead]
-            slots = None
-            if tail_s is not None and tails and max_ts is not None:
-                tail = pl.concat(tails).filter(pl.col("ts") >= max_ts - tail_s)
-                cands_tail = latest_candidates(tail, s.release_s)
-                if cands_tail.height:
-                    slots = hasher.replace_ids(index_candidates(cands_tail, s.base_res, pool.map))
+            slots = slots_job.result() if slots_job is not None else None
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
         seen = Counter(w for p in parts for w in windows_of(p))
@@ -271,8 +280,9 @@ class Heatmap:
         for path in paths:
             unit = IngestReport()
             cb = (lambda n, p=path: progress(p, n)) if progress else None
-            tasks = ping_tasks(path, opts, unit.rejects)
-            positions, max_ts, ahead, slots = self._positions(tasks, unit, cb)
+            codes = DeviceCodes()  # the file's ids as integer codes, hashed once each
+            tasks = ping_tasks(path, opts, unit.rejects, codes)
+            positions, max_ts, ahead, slots = self._positions(tasks, unit, cb, codes=codes)
             report.add(
                 self.commit(positions, max_ts, accepted=unit.accepted, ahead=ahead, slots=slots)
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.options import ParseOptions, Rejects
 from heatmap.ingest.validate import arrow_to_pings
@@ -39,9 +40,10 @@ def _batch_loader(
     opts: ParseOptions,
     row: int,
     skipped: Sequence[int] = (),
+    codes: DeviceCodes | None = None,
 ) -> Callable[[Rejects], pl.DataFrame]:
     return lambda rejects: arrow_to_pings(
-        data, opts, rejects, first_row=row, source=str(path), skipped=skipped
+        data, opts, rejects, first_row=row, source=str(path), skipped=skipped, codes=codes
     )
 
 

@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import ChunkTask, _unreadable
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
@@ -147,7 +148,11 @@ def line_blocks(path: Path, compressed: bool, rows: int, skip_header: bool) -> I
 
 
 def _csv_tasks(
-    path: Path, compressed: bool, opts: ParseOptions, rejects: Rejects
+    path: Path,
+    compressed: bool,
+    opts: ParseOptions,
+    rejects: Rejects,
+    codes: DeviceCodes | None = None,
 ) -> Iterator[ChunkTask]:
     names = _csv_header(path, compressed)
     cols = resolve_columns(names)
@@ -155,7 +160,7 @@ def _csv_tasks(
     text = {n: pa.string() for n in keep}
     typed = {**text, **{cols[c]: t for c, t in _NUMBER_TYPES.items()}}
     for block in line_blocks(path, compressed, opts.chunk_rows, skip_header=True):
-        load = _block_loader(path, block, names, keep, (typed, text), opts)
+        load = _block_loader(path, block, names, keep, (typed, text), opts, codes)
         yield ChunkTask(block.first_row, block.lines, load)
 
 
@@ -189,6 +194,7 @@ def _block_loader(
     keep: list[str],
     types: tuple[dict[str, pa.DataType], ...],
     opts: ParseOptions,
+    codes: DeviceCodes | None,
 ) -> Callable[[Rejects], pl.DataFrame]:
     """Parse one block with the first column types that convert every value (the last ones,
     all text, always do)."""
@@ -231,7 +237,13 @@ def _block_loader(
         skipped = list(wrong.rows)
         wrong.flush(rejects)
         return arrow_to_pings(
-            table, opts, rejects, first_row=row, source=str(path), skipped=skipped
+            table,
+            opts,
+            rejects,
+            first_row=row,
+            source=str(path),
+            skipped=skipped,
+            codes=codes,
         )
 
     return load

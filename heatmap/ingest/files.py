@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from heatmap._jit import SMALL_ROWS, preload_soon
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import _READ_ERRORS, ChunkTask, _bad_file, _unreadable
 from heatmap.ingest.options import ParseOptions, Rejects
@@ -41,13 +42,17 @@ def _sniff(path: Path) -> tuple[str, bool]:
     return ("ndjson" if first == b"{" else "csv"), compressed
 
 
-def ping_tasks(path: Path, opts: ParseOptions, rejects: Rejects) -> Iterator[ChunkTask]:
+def ping_tasks(
+    path: Path, opts: ParseOptions, rejects: Rejects, codes: DeviceCodes | None = None
+) -> Iterator[ChunkTask]:
     """Yield the chunks of a CSV, NDJSON (either gzipped) or Parquet file as tasks to load in
     any thread.
 
     Malformed CSV lines are recorded in ``rejects`` as the file is read; a task's own rejected
     rows go to the ``Rejects`` given to its ``load``. Unreadable files, missing columns and
     columns of unusable types raise ``BadInput`` with a one-line reason, here or from ``load``.
+    With ``codes`` (the file's :class:`DeviceCodes`) the chunks carry integer ``device_code``
+    columns in place of ``device_id``.
     """
     kind, compressed = _sniff(path)
     row = 1
@@ -55,18 +60,18 @@ def ping_tasks(path: Path, opts: ParseOptions, rejects: Rejects) -> Iterator[Chu
         if kind == "parquet":
             from heatmap.ingest.parquet import _parquet_tasks
 
-            tasks = _parquet_tasks(path, opts)
+            tasks = _parquet_tasks(path, opts, codes=codes)
         else:
             if path.stat().st_size * (4 if compressed else 1) >= _BIG_TEXT_BYTES:
                 preload_soon()
             if kind == "ndjson":
                 from heatmap.ingest.ndjson import _ndjson_tasks
 
-                tasks = _ndjson_tasks(path, compressed, opts)
+                tasks = _ndjson_tasks(path, compressed, opts, codes)
             else:
                 from heatmap.ingest.csv import _csv_tasks
 
-                tasks = _csv_tasks(path, compressed, opts, rejects)
+                tasks = _csv_tasks(path, compressed, opts, rejects, codes)
         for task in tasks:
             row = task.first_row + task.rows
             yield _guarded(path, task)

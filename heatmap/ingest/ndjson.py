@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pajson
 
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import ChunkTask, _unreadable
 from heatmap.ingest.csv import Block, line_blocks
@@ -26,13 +27,15 @@ from heatmap.ingest.options import ALIASES, COLUMNS, ParseOptions, Rejects, reso
 from heatmap.ingest.validate import arrow_to_pings
 
 
-def _ndjson_tasks(path: Path, compressed: bool, opts: ParseOptions) -> Iterator[ChunkTask]:
+def _ndjson_tasks(
+    path: Path, compressed: bool, opts: ParseOptions, codes: DeviceCodes | None = None
+) -> Iterator[ChunkTask]:
     first = True
     for block in line_blocks(path, compressed, opts.chunk_rows, skip_header=False):
         if first:
             _check_columns(path, block.read(path)[: 1 << 16].to_pybytes())
             first = False
-        yield ChunkTask(block.first_row, block.lines, _block_loader(path, block, opts))
+        yield ChunkTask(block.first_row, block.lines, _block_loader(path, block, opts, codes))
 
 
 def _check_columns(path: Path, block: bytes) -> None:
@@ -51,7 +54,7 @@ def _check_columns(path: Path, block: bytes) -> None:
 
 
 def _block_loader(
-    path: Path, block: Block, opts: ParseOptions
+    path: Path, block: Block, opts: ParseOptions, codes: DeviceCodes | None
 ) -> Callable[[Rejects], pl.DataFrame]:
     row = block.first_row
 
@@ -73,6 +76,7 @@ def _block_loader(
                 first_row=row,
                 source=str(path),
                 skipped=skipped,
+                codes=codes,
             )
 
     return load

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heatmap._jit import SMALL_ROWS, preload_soon
+from heatmap.deviceids import DeviceCodes
 from heatmap.ingest.chunks import ChunkTask, _batch_loader, _unreadable
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import check_arrow_types
@@ -33,11 +34,16 @@ _DICT_BYTES_PER_ROW = 8  # a dictionary-encoded id chunk is below this (indices 
 
 
 def _parquet_tasks(
-    path: Path, opts: ParseOptions, groups: Sequence[int] | None = None, first_row: int = 1
+    path: Path,
+    opts: ParseOptions,
+    groups: Sequence[int] | None = None,
+    first_row: int = 1,
+    codes: DeviceCodes | None = None,
 ) -> Iterator[ChunkTask]:
     """Yield the tasks of row groups ``groups`` (default all) of a Parquet file.
 
-    ``first_row`` is the data-row number of the first group's first row.
+    ``first_row`` is the data-row number of the first group's first row; ``codes`` the file's
+    :class:`DeviceCodes` (see :func:`heatmap.ingest.validate.arrow_to_pings`).
     """
     pf = pq.ParquetFile(path, memory_map=True)
     schema = pf.schema_arrow
@@ -57,7 +63,7 @@ def _parquet_tasks(
         as_dict = textual and id_leaf is not None and _dictionary_pages(meta, piece, id_leaf)
         read_dict = [ids] if as_dict else None
         if len(piece) > 1 or rows <= 2 * opts.chunk_rows:
-            load = _groups_loader(path, meta, piece, columns, read_dict, opts, row)
+            load = _groups_loader(path, meta, piece, columns, read_dict, opts, row, codes)
             yield ChunkTask(row, rows, load)
             row += rows
             continue
@@ -65,7 +71,7 @@ def _parquet_tasks(
         for batch in big.iter_batches(
             batch_size=opts.chunk_rows, row_groups=piece, columns=columns, use_threads=True
         ):
-            yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row))
+            yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row, codes=codes))
             row += batch.num_rows
 
 
@@ -110,6 +116,7 @@ def _groups_loader(
     read_dict: list[str] | None,
     opts: ParseOptions,
     row: int,
+    codes: DeviceCodes | None,
 ) -> Callable[[Rejects], pl.DataFrame]:
     def load(rejects: Rejects) -> pl.DataFrame:
         with _unreadable(path, row):
@@ -118,6 +125,6 @@ def _groups_loader(
                 path, metadata=meta, read_dictionary=read_dict, memory_map=True, pre_buffer=False
             )
             table = pf.read_row_groups(groups, columns=columns, use_threads=False)
-        return _batch_loader(path, table, opts, row)(rejects)
+        return _batch_loader(path, table, opts, row, codes=codes)(rejects)
 
     return load

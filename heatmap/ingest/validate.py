@@ -19,7 +19,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from heatmap._arrow import values
 from heatmap._jit import kernel, readonly, warms, worth
+from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 
@@ -284,6 +286,7 @@ def arrow_to_pings(
     first_row: int = 1,
     source: str = "input",
     skipped: Sequence[int] = (),
+    codes: DeviceCodes | None = None,
 ) -> pl.DataFrame:
     """Validate one chunk read by arrow (Parquet, CSV, NDJSON) like :func:`frame_to_pings`.
 
@@ -291,16 +294,25 @@ def arrow_to_pings(
     dictionary-encoded text, timestamps epoch seconds, coordinates float64, so that a clean
     chunk takes the compiled fast path; text that does not convert stays text for the general
     path, which names each bad row's reason.
+
+    With ``codes`` (one file's :class:`DeviceCodes`), ids become the file's integer codes
+    (column ``device_code``, uint32) instead of a ``device_id`` column: a clean chunk then
+    never builds a dictionary or a Categorical.
     """
     cols = resolve_columns(data.schema.names)
-    data = _canonical(data.select([cols[c] for c in COLUMNS]), cols)
+    data = data.select([cols[c] for c in COLUMNS])
+    if codes is not None:
+        fast = _coded_if_valid(data, cols, opts, codes)
+        if fast is not None:
+            return fast
+    data = _canonical(data, cols)
     if isinstance(data, pa.Table) and any(c.num_chunks > 1 for c in data.columns):
         # polars converts batch by batch, mapping a dictionary once per batch: one batch.
         data = data.combine_chunks()
     frame = pl.from_arrow(data)
     assert isinstance(frame, pl.DataFrame)
     checked = _ids_look_valid(data, cols["device_id"])
-    return frame_to_pings(
+    pings = frame_to_pings(
         frame,
         opts,
         rejects,
@@ -309,6 +321,50 @@ def arrow_to_pings(
         ids_checked=checked,
         skipped=skipped,
     )
+    if codes is None:
+        return pings
+    ids = codes.encode(pings["device_id"].cast(pl.String).to_arrow())
+    assert ids is not None  # valid rows only
+    return pings.select(pl.Series("device_code", ids, pl.UInt32), "ts", "lat", "lng")
+
+
+def _coded_if_valid(
+    data: pa.RecordBatch | pa.Table, cols: dict[str, str], opts: ParseOptions, codes: DeviceCodes
+) -> pl.DataFrame | None:
+    """A clean chunk in one compiled pass per column: ids to codes, numbers checked. ``None``
+    (nothing rejected yet) if some value is missing or invalid, or a column is text."""
+    d, t, la, ln = (data.column(cols[c]) for c in COLUMNS)
+    t, la, ln = (_as_number(c, n) for c, n in ((t, "ts"), (la, "lat"), (ln, "lng")))
+    if (t.type, la.type, ln.type) != (pa.int64(), pa.float64(), pa.float64()):
+        return None
+    if t.null_count or la.null_count or ln.null_count:
+        return None
+    ts, lat, lng = (values(c) for c in (t, la, ln))
+    now = time.time() if opts.now is None else opts.now
+    newest = int(now) + opts.max_future_s
+    if worth(len(ts)):
+        ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
+    else:
+        ts, ok = _seconds_if_valid_np(ts, lat, lng, newest)
+    if not ok:
+        return None
+    dev = codes.encode(d)
+    if dev is None:
+        return None
+    frame = pl.DataFrame(
+        [
+            pl.Series("device_code", dev, pl.UInt32),
+            pl.Series("ts", ts),
+            pl.Series("lat", lat),
+            pl.Series("lng", lng),
+        ]
+    )
+    return _to_wgs84(frame, opts)
+
+
+def _as_number(col: Column, canon: str) -> Column:
+    new = _number(col, canon)
+    return col if new is None else new
 
 
 _NUMBER_TYPES = {"ts": pa.int64(), "lat": pa.float64(), "lng": pa.float64()}

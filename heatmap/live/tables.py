@@ -274,10 +274,6 @@ class DeviceTable:
             counts = np.zeros(len(self.cells.values), dtype=np.int64)
             counts[: len(self._counts)] = self._counts
             self._counts = counts
-        if self.size + len(dev) > _limit(len(self._keys)):
-            # Room for every row at once (an upper bound: rows may repeat or update devices):
-            # one rehash, not one per doubling.
-            self._grow(bits_for(self.size + len(dev)))
         d, t, c = readonly(
             np.ascontiguousarray(dev, dtype=np.int64),
             np.ascontiguousarray(ts, dtype=np.int64),
