@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+from isal.isal_zlib import error as IsalError  # noqa: N812 - a corrupt gzip stream
 
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
@@ -58,7 +59,7 @@ def _unreadable(path: Path, row: int) -> Iterator[None]:
         raise _bad_file(path, row, exc) from exc
 
 
-_READ_ERRORS = (pa.ArrowException, OSError, EOFError, ValueError)
+_READ_ERRORS = (pa.ArrowException, OSError, EOFError, ValueError, IsalError)
 
 
 def _bad_file(path: Path, row: int, exc: Exception) -> BadInput:

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
-from heatmap.ingest.chunks import ChunkTask, _unreadable
+from heatmap.ingest.chunks import _READ_ERRORS, ChunkTask, _unreadable
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
 
@@ -35,19 +35,21 @@ _PARSE_BLOCK = 4 << 20  # arrow parses a block in pieces of this size: 2x faster
 _BYTES_PER_ROW = 16  # the block size before the first lines show how long a row is
 
 
-def _open(path: Path, compressed: bool) -> io.RawIOBase | pa.NativeFile:
-    return (
-        pa.input_stream(str(path), compression="gzip", buffer_size=1 << 20)
-        if compressed
-        else path.open("rb", buffering=0)
-    )
+def _open(path: Path, compressed: bool) -> io.RawIOBase | io.BufferedIOBase:
+    """A plain file unbuffered, or a gzip file inflated by ISA-L on its own thread (~2.5x
+    zlib's speed; the reading thread then only cuts lines)."""
+    if not compressed:
+        return path.open("rb", buffering=0)
+    from isal import igzip_threaded
+
+    return igzip_threaded.open(path, "rb", threads=1)  # type: ignore[no-any-return]
 
 
 def _csv_header(path: Path, compressed: bool) -> list[str]:
     try:
         with _open(path, compressed) as fh:
             head = fh.read(1 << 16)
-    except (OSError, EOFError, pa.ArrowException) as exc:
+    except _READ_ERRORS as exc:
         raise BadInput(f"{path}: unreadable ({str(exc).splitlines()[0]})") from exc
     line = bytes(head).split(b"\n", 1)[0]
     try:
