@@ -234,6 +234,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             print(key, {k: round(_median(v), 2) for k, v in r.items()}, flush=True)
     lines = _matrix(data, runs, args.repeat)
     lines += ["", *startup(tmp, args.repeat)]
+    lines += ["", *csv_parsers(next(iter(data.values()))[0]["CSV"], tmp)]
     if args.big_rows:
         lines += ["", *big_file(args.big_rows, tmp)]
     text = "\n".join(lines)
@@ -302,6 +303,58 @@ def startup(tmp: Path, repeat: int) -> list[str]:
         f"`heatmap --help` {_median(help_runs):.2f} s, a one-row CSV ingest "
         f"{_median(ingest_runs):.2f} s (min {min(r['seconds'] for r in ingest_runs):.2f} s); "
         f"importing polars and polars-h3 takes {imports['seconds']:.2f} s.",
+    ]
+
+
+_PARSERS = {
+    "pyarrow.csv": """
+import pyarrow as pa, pyarrow.csv as pacsv
+types = {"device_id": pa.string(), "ts": pa.int64(), "lat": pa.float64(), "lng": pa.float64()}
+def parse(data):
+    return pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(
+        column_names=list(types), use_threads=False, block_size=4 << 20),
+        convert_options=pacsv.ConvertOptions(column_types=types)).num_rows
+""",
+    "polars.read_csv": """
+import polars as pl
+types = {"device_id": pl.String, "ts": pl.Int64, "lat": pl.Float64, "lng": pl.Float64}
+def parse(data):
+    return pl.read_csv(data, has_header=False, schema=types).height
+""",
+}
+_PARSE_RUN = """
+import sys, time
+data = open(sys.argv[1], "rb").read()
+data = data[data.index(b"\\n") + 1 : data.rindex(b"\\n") + 1]
+best = min((lambda t0: (parse(data), time.perf_counter() - t0)[1])(time.perf_counter())
+           for _ in range(5))
+print(best / data.count(b"\\n") * 1e9)
+"""
+
+
+def csv_parsers(csv: Path, tmp: Path) -> list[str]:
+    """The CSV parser candidates on one block (~1 M rows) of ``csv``, one thread each (the
+    ingest parses blocks on two threads itself): best of 5, ns a row."""
+    block = tmp / "block.csv"
+    with csv.open("rb") as fh:
+        block.write_bytes(fh.read(70 << 20))
+    env = {**os.environ, "POLARS_MAX_THREADS": "1"}
+    got = {}
+    for name, code in _PARSERS.items():
+        out = subprocess.run(
+            [sys.executable, "-c", code + _PARSE_RUN, str(block)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        got[name] = float(out.stdout.strip().splitlines()[-1])
+    block.unlink()
+    ranked = ", ".join(f"{n} {v:.0f} ns" for n, v in sorted(got.items(), key=lambda kv: kv[1]))
+    return [
+        f"CSV parser candidates, one ~1 M-row block of `{csv.parent.name}/{csv.name}`, typed "
+        f"columns, one thread each, best of 5, per row: {ranked}."
     ]
 
 
