@@ -174,6 +174,7 @@ class DeviceCodes:
         self._toff = np.zeros((1 << (bits - 1)) + 1, np.int64)
         self._tdata = np.zeros(16 << (bits - 1), np.uint8)
         self._py: dict[str, int] = {}
+        self._last: tuple[pa.Array | None, U32] = (None, np.zeros(0, np.uint32))
         self.size = 0
 
     def encode(self, ids: pa.Array | pa.ChunkedArray) -> U32 | None:
@@ -187,9 +188,13 @@ class DeviceCodes:
         if pa.types.is_integer(ids.type):
             ids = pc.dictionary_encode(ids)
         if pa.types.is_dictionary(ids.type):
-            table = self._encode_text(ids.dictionary)
-            if table is None:
-                return None
+            # Parquet row groups of one file often repeat the same dictionary: map it once.
+            last_dict, table = self._last
+            if last_dict is None or not ids.dictionary.equals(last_dict):
+                table = self._encode_text(ids.dictionary)
+                if table is None:
+                    return None
+                self._last = (ids.dictionary, table)
             return table[values(ids.indices)]
         return self._encode_text(ids)
 
