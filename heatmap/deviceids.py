@@ -191,9 +191,10 @@ class DeviceCodes:
             # Parquet row groups of one file often repeat the same dictionary: map it once.
             last_dict, table = self._last
             if last_dict is None or not ids.dictionary.equals(last_dict):
-                table = self._encode_text(ids.dictionary)
-                if table is None:
+                fresh = self._encode_text(ids.dictionary)
+                if fresh is None:
                     return None
+                table = fresh
                 self._last = (ids.dictionary, table)
             return table[values(ids.indices)]
         return self._encode_text(ids)

@@ -11,10 +11,11 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 import pyarrow as pa
-from isal.isal_zlib import error as IsalError  # noqa: N812 - a corrupt gzip stream
+from isal import isal_zlib
 
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
@@ -59,7 +60,8 @@ def _unreadable(path: Path, row: int) -> Iterator[None]:
         raise _bad_file(path, row, exc) from exc
 
 
-_READ_ERRORS = (pa.ArrowException, OSError, EOFError, ValueError, IsalError)
+_INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)  # corrupt gzip (typed as an instance)
+_READ_ERRORS = (pa.ArrowException, OSError, EOFError, ValueError, _INFLATE_ERROR)
 
 
 def _bad_file(path: Path, row: int, exc: Exception) -> BadInput:
