@@ -220,6 +220,18 @@ def _seconds_if_valid_np(
     return out, bool(ok.all())
 
 
+def _checked_seconds(
+    ts: npt.NDArray[np.int64],
+    lat: npt.NDArray[np.float64],
+    lng: npt.NDArray[np.float64],
+    newest: int,
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """:func:`_seconds_if_valid`, compiled, or in numpy while numba is not worth loading."""
+    if worth(len(ts)):
+        return _seconds_if_valid(*readonly(ts, lat, lng), newest)  # type: ignore[no-any-return]
+    return _seconds_if_valid_np(ts, lat, lng, newest)
+
+
 @warms
 def _warm() -> None:
     one = np.zeros(1)
@@ -257,10 +269,7 @@ def _typed_and_valid(
     ts = t.to_numpy().astype(np.int64, copy=False)
     lat = la.to_numpy().astype(np.float64, copy=False)
     lng = ln.to_numpy().astype(np.float64, copy=False)
-    if worth(len(ts)):
-        ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
-    else:
-        ts, ok = _seconds_if_valid_np(ts, lat, lng, newest)
+    ts, ok = _checked_seconds(ts, lat, lng, newest)
     if not ok:
         return None
     if not ids_checked and not d.unique().cast(pl.String).str.len_bytes().is_between(1, 256).all():
@@ -342,10 +351,7 @@ def _coded_if_valid(
     ts, lat, lng = (values(c) for c in (t, la, ln))
     now = time.time() if opts.now is None else opts.now
     newest = int(now) + opts.max_future_s
-    if worth(len(ts)):
-        ts, ok = _seconds_if_valid(*readonly(ts, lat, lng), newest)
-    else:
-        ts, ok = _seconds_if_valid_np(ts, lat, lng, newest)
+    ts, ok = _checked_seconds(ts, lat, lng, newest)
     if not ok:
         return None
     dev = codes.encode(d)
