@@ -182,7 +182,18 @@ class DeviceCodes:
         ``None`` if some id is null, empty or longer than ``MAX_ID_BYTES`` bytes (the caller's
         general path then names each such row)."""
         if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
+            if ids.num_chunks == 1:
+                ids = ids.chunk(0)
+            elif ids.num_chunks > 1:  # chunk by chunk: no copy of the text
+                parts = []
+                for chunk in ids.chunks:
+                    part = self.encode(chunk)
+                    if part is None:
+                        return None
+                    parts.append(part)
+                return np.concatenate(parts)
+            else:
+                ids = ids.combine_chunks()
         if ids.null_count:
             return None
         if pa.types.is_integer(ids.type):

@@ -62,6 +62,21 @@ def test_python_path_then_kernels_keep_the_same_codes(chunks: list[list[str]], c
     assert codes.ids().to_pylist() == list(seen)
 
 
+def test_chunked_columns_are_encoded_chunk_by_chunk() -> None:
+    """A CSV block arrives as many arrow chunks: same codes as one array, a bad id anywhere
+    fails the column."""
+    values = [f"id{i % 7}" for i in range(40)]
+    whole = DeviceCodes().encode(pa.array(values))
+    parts = pa.chunked_array(
+        [pa.array(values[:13]), pa.array(values[13:30]), pa.array(values[30:])]
+    )
+    chunked = DeviceCodes().encode(parts)
+    assert whole is not None and chunked is not None
+    assert chunked.tolist() == whole.tolist()
+    bad = pa.chunked_array([pa.array(["a"]), pa.array(["", "b"])])
+    assert DeviceCodes().encode(bad) is None
+
+
 def test_integer_ids_are_their_decimal_text() -> None:
     codes = DeviceCodes()
     first = codes.encode(pa.array(["7", "12"]))
