@@ -150,7 +150,7 @@ class Heatmap:
         def work(task: ChunkTask) -> _Chunk:
             out = _Chunk(Rejects(), task.first_row + task.rows - 1)
             pings = task.load(out.rejects)
-            if cutoff is not None and pings.height:
+            if cutoff is not None and pings.height and pings["ts"].min() < cutoff:  # type: ignore[operator]
                 n = pings.height
                 pings = pings.filter(pl.col("ts") >= cutoff)
                 out.late = n - pings.height
@@ -158,12 +158,15 @@ class Heatmap:
             if pings.height:
                 ts = pings["ts"]
                 out.max_ts = int(ts.max())  # type: ignore[arg-type]
-                out.min_w = int(ts.min()) // key_s  # type: ignore[arg-type]
+                min_ts = int(ts.min())  # type: ignore[arg-type]
+                out.min_w = min_ts // key_s
                 out.candidates = latest_candidates(pings, key_s)
                 if tail_s is not None:
                     # Pings near this chunk's end may be near the unit's end, which is known
-                    # only at the end: keep them as they are (a mask, no work) until then.
-                    out.tail = pings.filter(pl.col("ts") >= out.max_ts - tail_s)
+                    # only at the end: keep them as they are until then (the whole chunk, no
+                    # copy, when it spans less than the tail).
+                    cut = out.max_ts - tail_s
+                    out.tail = pings if min_ts >= cut else pings.filter(pl.col("ts") >= cut)
             return out
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
