@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import h3
 import pytest
 
 from heatmap.config import Settings
+from tests.pg import PgServer, PgUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -70,3 +73,28 @@ def read_geolife_rows() -> list[tuple[str, int, float, float]]:
         reader = csv.reader(fh)
         next(reader)
         return [(d, int(t), float(la), float(ln)) for d, t, la, ln in reader]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server on a temp dir and free port, for the whole session.
+
+    Skipped only where it cannot run at all (no binaries, no postgres user) and only outside
+    CI: ``make test`` installs the server, so in CI a missing server is a failure.
+    """
+    try:
+        server = PgServer()
+    except PgUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and cannot run: {exc}")
+        pytest.skip(f"PostgreSQL cannot run here: {exc}")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_database()

@@ -10,7 +10,6 @@ from the code under test's alert values. ``catch_up`` evaluates the releases mad
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -392,22 +391,6 @@ def test_rule_limits() -> None:
 
 
 # -- the store tables on both backends -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    from tests.pg import PgServer, PgUnavailable
-
-    try:
-        server = PgServer()
-    except PgUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and cannot run: {exc}")
-        pytest.skip(f"PostgreSQL cannot run here: {exc}")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
