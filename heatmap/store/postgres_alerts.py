@@ -13,19 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from heatmap.store.alert_rows import AlertRow, EventRow, OutboxRow, WatchRow, WatchStateRow
-
-_OUTBOX_COLS = (
-    "id, watch_id, msg_id, url, secret, body, state, attempts, next_at, last_error, created, "
-    "done_at"
+from heatmap.store.alert_rows import (
+    DELETE_WEBHOOKS,
+    DUE_WEBHOOKS,
+    FINISH_WEBHOOK,
+    LEASE_WEBHOOK,
+    WEBHOOK_ROWS,
+    AlertRow,
+    EventRow,
+    OutboxRow,
+    WatchRow,
+    WatchStateRow,
+    pg,
 )
-
-
-def _outbox(r: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(
-        int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), float(r[8]), r[9],
-        float(r[10]), None if r[11] is None else float(r[11]),
-    )  # fmt: skip
 
 
 class PostgresAlerts:
@@ -156,45 +156,23 @@ class PostgresAlerts:
 
     def due_webhooks(self, now: float, limit: int) -> list[OutboxRow]:
         """Return each watch's oldest pending message when it is due and not leased."""
-        rows = self._q(
-            f"SELECT {_OUTBOX_COLS} FROM outbox o WHERE state = 'pending' "  # noqa: S608 - fixed
-            "AND id = (SELECT min(id) FROM outbox WHERE watch_id = o.watch_id "
-            "AND state = 'pending') AND next_at <= %s AND lease_until <= %s ORDER BY id LIMIT %s",
-            (now, now, limit),
-        )
-        return [_outbox(r) for r in rows]
+        return [OutboxRow.of(r) for r in self._q(pg(DUE_WEBHOOKS), (now, now, limit))]
 
     def lease_webhook(self, msg: int, now: float, until: float) -> bool:
         """Take a pending message for delivery until ``until``."""
-        n = self._n(
-            "UPDATE outbox SET lease_until = %s WHERE id = %s AND state = 'pending' "
-            "AND lease_until <= %s",
-            (until, msg, now),
-        )
-        return n > 0
+        return self._n(pg(LEASE_WEBHOOK), (until, msg, now)) > 0
 
     def finish_webhook(
         self, msg: int, state: str, attempts: int, next_at: float, error: str | None, now: float
     ) -> None:
         """Record a delivery attempt's outcome."""
         done = None if state == "pending" else now
-        self._q(
-            "UPDATE outbox SET state = %s, attempts = %s, next_at = %s, last_error = %s, "
-            "lease_until = 0, done_at = %s WHERE id = %s",
-            (state, attempts, next_at, error, done, msg),
-        )
+        self._q(pg(FINISH_WEBHOOK), (state, attempts, next_at, error, done, msg))
 
     def webhook_rows(self, watch_id: str, limit: int) -> list[OutboxRow]:
         """Return a watch's newest messages, newest first."""
-        rows = self._q(
-            f"SELECT {_OUTBOX_COLS} FROM outbox WHERE watch_id = %s "  # noqa: S608 - fixed names
-            "ORDER BY id DESC LIMIT %s",
-            (watch_id, limit),
-        )
-        return [_outbox(r) for r in rows]
+        return [OutboxRow.of(r) for r in self._q(pg(WEBHOOK_ROWS), (watch_id, limit))]
 
     def delete_webhooks_before(self, done_before: float) -> int:
         """Forget delivered and dead messages finished before ``done_before``."""
-        return self._n(
-            "DELETE FROM outbox WHERE state <> 'pending' AND done_at < %s", (done_before,)
-        )
+        return self._n(pg(DELETE_WEBHOOKS), (done_before,))

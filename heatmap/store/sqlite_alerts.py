@@ -14,19 +14,18 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from heatmap.errors import StoreUnavailable
-from heatmap.store.alert_rows import AlertRow, EventRow, OutboxRow, WatchRow, WatchStateRow
-
-_OUTBOX_COLS = (
-    "id, watch_id, msg_id, url, secret, body, state, attempts, next_at, last_error, created, "
-    "done_at"
+from heatmap.store.alert_rows import (
+    DELETE_WEBHOOKS,
+    DUE_WEBHOOKS,
+    FINISH_WEBHOOK,
+    LEASE_WEBHOOK,
+    WEBHOOK_ROWS,
+    AlertRow,
+    EventRow,
+    OutboxRow,
+    WatchRow,
+    WatchStateRow,
 )
-
-
-def _outbox(r: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(
-        int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
-        int(r[7]), float(r[8]), r[9], float(r[10]), None if r[11] is None else float(r[11]),
-    )  # fmt: skip
 
 
 class SQLiteAlerts:
@@ -166,49 +165,25 @@ class SQLiteAlerts:
 
     def due_webhooks(self, now: float, limit: int) -> list[OutboxRow]:
         """Return each watch's oldest pending message when it is due and not leased."""
-        rows = self._ro(
-            f"SELECT {_OUTBOX_COLS} FROM outbox o WHERE state = 'pending' "  # noqa: S608 - fixed
-            "AND id = (SELECT min(id) FROM outbox WHERE watch_id = o.watch_id "
-            "AND state = 'pending') AND next_at <= ? AND lease_until <= ? ORDER BY id LIMIT ?",
-            (now, now, limit),
-        )
-        return [_outbox(r) for r in rows]
+        return [OutboxRow.of(r) for r in self._ro(DUE_WEBHOOKS, (now, now, limit))]
 
     def lease_webhook(self, msg: int, now: float, until: float) -> bool:
         """Take a pending message for delivery until ``until``."""
         with self._lock:
-            n = self._conn.execute(
-                "UPDATE outbox SET lease_until = ? WHERE id = ? AND state = 'pending' "
-                "AND lease_until <= ?",
-                (until, msg, now),
-            ).rowcount
-            return n > 0
+            return self._conn.execute(LEASE_WEBHOOK, (until, msg, now)).rowcount > 0
 
     def finish_webhook(
         self, msg: int, state: str, attempts: int, next_at: float, error: str | None, now: float
     ) -> None:
         """Record a delivery attempt's outcome."""
         done = None if state == "pending" else now
-        self._q(
-            "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_error = ?, "
-            "lease_until = 0, done_at = ? WHERE id = ?",
-            (state, attempts, next_at, error, done, msg),
-        )
+        self._q(FINISH_WEBHOOK, (state, attempts, next_at, error, done, msg))
 
     def webhook_rows(self, watch_id: str, limit: int) -> list[OutboxRow]:
         """Return a watch's newest messages, newest first."""
-        rows = self._ro(
-            f"SELECT {_OUTBOX_COLS} FROM outbox WHERE watch_id = ? "  # noqa: S608 - fixed names
-            "ORDER BY id DESC LIMIT ?",
-            (watch_id, limit),
-        )
-        return [_outbox(r) for r in rows]
+        return [OutboxRow.of(r) for r in self._ro(WEBHOOK_ROWS, (watch_id, limit))]
 
     def delete_webhooks_before(self, done_before: float) -> int:
         """Forget delivered and dead messages finished before ``done_before``."""
         with self._lock:
-            return int(
-                self._conn.execute(
-                    "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?", (done_before,)
-                ).rowcount
-            )
+            return int(self._conn.execute(DELETE_WEBHOOKS, (done_before,)).rowcount)
