@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from heatmap.alerts.loop import PollLoop
 from heatmap.alerts.rules import PLANNER, PUBLIC
-from heatmap.errors import HeatmapError
 from heatmap.store import Store
 
 log = logging.getLogger("heatmap.alerts")
@@ -59,16 +59,13 @@ class EventFeed:
     def __init__(self, store: Store, keep_s: int, poll_s: float = POLL_S) -> None:
         self.store = store
         self.keep_s = keep_s
-        self.poll_s = poll_s
         self.listeners: list[Callable[[], None]] = []
         """Called (from the feed's thread) after new events arrived."""
         self._events: list[Event] = []
         self._seqs: list[int] = []
         self._lock = threading.Lock()
         self._polling = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PollLoop("event-feed", "event feed: reading the store failed", log, poll_s)
         self.floor = 0
         """Events numbered at or below this may be gone (trimmed before or while kept here)."""
         self.last = 0
@@ -151,35 +148,13 @@ class EventFeed:
 
     def wake(self) -> None:
         """Read the store now (this process committed events)."""
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
         """Load the kept span, then tail the store on a daemon thread."""
         self.load()
-        self._stop.clear()
-
-        def run() -> None:
-            while not self._stop.is_set():
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-                if self._stop.is_set():
-                    return
-                try:
-                    self.poll()
-                except HeatmapError as exc:  # the store is unavailable: one line, retried
-                    log.warning("event feed: reading the store failed: %s", exc)
-                    self._stop.wait(5.0)
-                except Exception:  # noqa: BLE001 - logged, retried
-                    log.exception("event feed: reading the store failed")
-                    self._stop.wait(1.0)
-
-        self._thread = threading.Thread(target=run, name="event-feed", daemon=True)
-        self._thread.start()
+        self._loop.start(self.poll)
 
     def stop(self) -> None:
         """Stop tailing."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._loop.stop()

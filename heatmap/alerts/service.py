@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -20,6 +19,7 @@ import orjson
 
 from heatmap.alerts.engine import AlertEngine, alert_json
 from heatmap.alerts.feed import EventFeed, visible
+from heatmap.alerts.loop import PollLoop
 from heatmap.alerts.rules import (
     Watch,
     default_watches,
@@ -30,7 +30,7 @@ from heatmap.alerts.rules import (
 )
 from heatmap.alerts.webhooks import AllowList, WebhookSender, check_url, new_secret
 from heatmap.config import Settings
-from heatmap.errors import BadInput, HeatmapError, NotFound
+from heatmap.errors import BadInput, NotFound
 from heatmap.model import epoch_to_iso
 from heatmap.read.places import PlaceBook
 from heatmap.read.reader import Reader
@@ -78,8 +78,9 @@ class Alerting:
         self.engine.on_commit += [self.feed.wake, self.sender.wake]
         self._parsed: dict[str, Watch] = {}
         self._defaults: list[Watch] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PollLoop(
+            "alert-engine", "evaluating watches failed", log, CHECK_S, retry_s=2.0, join_s=30.0
+        )
 
     # -- watches -----------------------------------------------------------------------------
     def defaults(self) -> list[Watch]:
@@ -250,27 +251,10 @@ class Alerting:
         self.engine.begin()
         self.feed.start()
         self.sender.start()
-        self._stop.clear()
-
-        def run() -> None:
-            while not self._stop.wait(CHECK_S):
-                try:
-                    self.engine.run_pending()
-                except HeatmapError as exc:  # the store (disk full, down): one line, retried
-                    log.warning("evaluating watches failed: %s", exc)
-                    self._stop.wait(5.0)
-                except Exception:  # noqa: BLE001 - logged; the release is tried again
-                    log.exception("evaluating watches failed")
-                    self._stop.wait(2.0)
-
-        self._thread = threading.Thread(target=run, name="alert-engine", daemon=True)
-        self._thread.start()
+        self._loop.start(self.engine.run_pending)  # a failed release is tried again
 
     def stop(self) -> None:
         """Stop the threads (an evaluation in progress finishes first)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        self._loop.stop()
         self.sender.stop()
         self.feed.stop()

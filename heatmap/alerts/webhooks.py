@@ -45,6 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 import heatmap
+from heatmap.alerts.loop import PollLoop
 from heatmap.config import Settings
 from heatmap.errors import BadInput, HeatmapError
 from heatmap.store import Store
@@ -225,12 +226,15 @@ class WebhookSender:
         self.settings = settings
         self.allow = AllowList.parse(settings.webhook_allow)
         self.resolve = resolve
-        self.poll_s = 0.5
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._loop = PollLoop(
+            "webhook-sender",
+            "webhook sender: reading the outbox failed",
+            log,
+            0.5,
+            wait_first=False,
+        )
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._client: httpx.Client | None = None
 
@@ -294,7 +298,7 @@ class WebhookSender:
         finally:
             with self._busy_lock:
                 self._busy.discard(row.watch_id)
-            self._wake.set()  # the watch's next message may go now
+            self._loop.wake()  # the watch's next message may go now
 
     def run_once(self) -> int:
         """Start the attempts that are due; return how many started."""
@@ -316,36 +320,16 @@ class WebhookSender:
 
     def wake(self) -> None:
         """Look for due messages now (new ones were committed)."""
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
         """Deliver on a daemon thread until :meth:`stop`."""
-        self._stop.clear()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook")
-
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.run_once()
-                except HeatmapError as exc:  # the store is unavailable: one line, retried
-                    log.warning("webhook sender: reading the outbox failed: %s", exc)
-                    self._stop.wait(5.0)
-                except Exception:  # noqa: BLE001 - logged, retried
-                    log.exception("webhook sender: reading the outbox failed")
-                    self._stop.wait(1.0)
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-
-        self._thread = threading.Thread(target=run, name="webhook-sender", daemon=True)
-        self._thread.start()
+        self._loop.start(self.run_once)
 
     def stop(self) -> None:
         """Stop sending (attempts in flight finish or time out first)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._loop.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
