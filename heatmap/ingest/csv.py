@@ -14,10 +14,13 @@ rows do not match its lines fails the file with that reason rather than misnumbe
 from __future__ import annotations
 
 import io
+import re
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -169,10 +172,11 @@ def _csv_tasks(
 class _WrongFields:
     """Lines with the wrong number of fields, which arrow skips: each becomes a rejected row
     (or, with ``strict``, the reason the whole input fails). ``offset`` turns arrow's line
-    number into the data-row number."""
+    number into the data-row number; ``not_text`` are the rows of lines that were not UTF-8,
+    which :func:`_without_non_utf8` gave too many fields so that arrow skips them too."""
 
-    def __init__(self, path: Path, strict: bool, offset: int) -> None:
-        self.path, self.strict, self.offset = path, strict, offset
+    def __init__(self, path: Path, strict: bool, offset: int, not_text: set[int]) -> None:
+        self.path, self.strict, self.offset, self.not_text = path, strict, offset, not_text
         self.rows: list[int] = []
 
     def __call__(self, bad: pacsv.InvalidRow) -> str:
@@ -181,12 +185,49 @@ class _WrongFields:
 
     def flush(self, rejects: Rejects) -> None:
         if self.rows:
+            reasons = [
+                "not UTF-8 text" if r in self.not_text else "wrong number of fields"
+                for r in self.rows
+            ]
             if self.strict:
-                raise BadInput(
-                    f"{self.path}: row {self.rows[0]}: wrong number of fields (--strict)"
-                )
-            rejects.add(self.rows, ["wrong number of fields"] * len(self.rows))
+                raise BadInput(f"{self.path}: row {self.rows[0]}: {reasons[0]} (--strict)")
+            rejects.add(self.rows, reasons)
             self.rows = []
+
+
+def _quiet_undecodable_rows() -> None:
+    """Arrow cannot hand a line that is not UTF-8 to the invalid-row handler: it reports the
+    handler's decode error as "unraisable" (printed to stderr) and fails the parse, which
+    :func:`_without_non_utf8` then mends. Keep that report off the user's terminal."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_heatmap_csv", False):
+        return
+
+    def hook(info: Any) -> None:
+        if isinstance(info.object, _WrongFields) and isinstance(info.exc_value, UnicodeDecodeError):
+            return
+        previous(info)
+
+    hook._heatmap_csv = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+_NON_UTF8_LINE = re.compile("^[^\n]*[\udc80-\udcff][^\n]*$", re.MULTILINE)
+
+
+def _without_non_utf8(data: pa.Buffer, first_row: int, fields: int) -> tuple[bytes, set[int]]:
+    """Return the block with every line that is not UTF-8 replaced by one of ``fields + 1``
+    empty fields (skipped by arrow as a wrong line, so rows keep their numbers), and those
+    lines' row numbers. Runs only on a block that failed to parse, one step per bad line."""
+    text = data.to_pybytes().decode("utf-8", "surrogateescape")  # bad bytes -> U+DC80..DCFF
+    parts, rows, pos, row = [], set(), 0, first_row
+    for bad in _NON_UTF8_LINE.finditer(text):
+        row += text.count("\n", pos, bad.start())
+        rows.add(row)
+        parts += [text[pos : bad.start()], "," * fields]
+        pos = bad.end()
+    parts.append(text[pos:])
+    return "".join(parts).encode("utf-8", "surrogateescape"), rows
 
 
 def _block_loader(
@@ -203,11 +244,9 @@ def _block_loader(
 
     row, lines = block.first_row, block.lines
 
-    def load(rejects: Rejects) -> pl.DataFrame:
-        with _unreadable(path, row):
-            data = block.read(path)
+    def parse(data: pa.Buffer | bytes, not_text: set[int]) -> tuple[pa.Table, _WrongFields]:
         for i, column_types in enumerate(types):
-            wrong = _WrongFields(path, opts.strict, offset=row - 1)
+            wrong = _WrongFields(path, opts.strict, row - 1, not_text)
             try:
                 with _unreadable(path, row):
                     table = pacsv.read_csv(
@@ -227,10 +266,24 @@ def _block_loader(
                             null_values=[""],
                         ),
                     )
-                break
+                return table, wrong
             except BadInput:
                 if i == len(types) - 1:
                     raise
+        raise AssertionError("the last column types are text, which always convert")
+
+    def load(rejects: Rejects) -> pl.DataFrame:
+        with _unreadable(path, row):
+            data = block.read(path)
+        _quiet_undecodable_rows()
+        try:
+            table, wrong = parse(data, set())
+        except BadInput:
+            # A line that is not UTF-8 fails the block: reject that line, keep the others.
+            mended, not_text = _without_non_utf8(data, row, len(names))
+            if not not_text:
+                raise
+            table, wrong = parse(mended, not_text)
         if table.num_rows + len(wrong.rows) != lines:
             raise BadInput(
                 f"{path}: a quoted value holds a line break near row {row} (a ping file has "

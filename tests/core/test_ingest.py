@@ -188,6 +188,36 @@ def test_csv_cut_into_ranges_reads_like_one_pass(tmp_path: Path, crlf: bool) -> 
         _read(p, chunk_rows=4, strict=True)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+def test_lines_that_are_not_utf8_are_rejected_by_row(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], chunk_rows: int | None
+) -> None:
+    """A Latin-1 line (a tool that wrote another encoding) is one rejected row, with or
+    without the right number of fields; the other rows, before and after, are read."""
+    lines = _lines_file(tmp_path / "many.csv")
+    body = [line.encode() for line in lines]
+    body[12] = "caf\u00e9,1700000012,31.2,121.4".encode("latin-1")  # right fields, not UTF-8
+    body[30] = "z\u00fc,1700000030,31.2,121.4,\u00fc".encode("latin-1")  # and one field too many
+    p = tmp_path / "latin1.csv"
+    p.write_bytes(b"\n".join(body) + b"\n")
+    kw = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
+    got, rejects = _read(p, **kw)
+    reference, _ = _read(tmp_path / "many.csv")
+    assert got.height == reference.height - 2
+    gone = {reference.row(10), reference.row(28)}  # rows 12 and 30 (row 7 is rejected too)
+    assert set(got.rows()) == set(reference.rows()) - gone
+    assert rejects.rows == [
+        (7, "wrong number of fields"),
+        (12, "not UTF-8 text"),
+        (30, "not UTF-8 text"),
+        (41, "lat out of range [-90, 90]"),
+    ]
+    assert capfd.readouterr().err == ""  # arrow's decode failure is not printed
+    p.write_bytes(b"\n".join([body[0], body[1], body[12], body[13]]) + b"\n")
+    with pytest.raises(BadInput, match=r"row 2: not UTF-8 text \(--strict\)"):
+        _read(p, strict=True)
+
+
 def test_csv_with_quotes_is_read_in_one_pass(tmp_path: Path) -> None:
     p = tmp_path / "quoted.csv"
     _lines_file(p, quoted=True)

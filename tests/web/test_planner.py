@@ -80,8 +80,9 @@ def test_density_tiles_are_painted_in_the_four_band_colours(site: Site, desktop:
 
     with page.expect_request(lambda r: "/tiles/" in r.url and ".mvt" in r.url):
         page.check("input[name=format][value=mvt]")
-    page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(300)  # the PNG layer leaves once the MVT layer has loaded
+    # The PNG layer leaves once every MVT tile has loaded (body[data-tiles] says when).
+    page.wait_for_selector("body[data-tiles=mvt]", state="attached", timeout=20_000)
+    page.wait_for_timeout(300)  # the canvas draws on the next animation frames
     assert tile_requests(watch, "mvt")
     counts = {band: int(m.sum()) for band, m in paint(page, site).items()}
     assert min(counts.values()) >= 30, f"pixels per band colour (MVT): {counts}"

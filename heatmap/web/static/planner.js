@@ -99,7 +99,12 @@
       S.layer = layer;
       S.layerUrl = url;
       const drop = () => { if (old && S.layer !== old) map.removeLayer(old); };
-      layer.once("load", drop);
+      // body[data-tiles] names the format whose tiles are all drawn ("loading" meanwhile).
+      document.body.dataset.tiles = "loading";
+      layer.once("load", () => {
+        drop();
+        if (S.layer === layer) document.body.dataset.tiles = S.fmt;
+      });
       setTimeout(drop, 5000);
       layer.addTo(map);
     }
