@@ -18,7 +18,7 @@ DEV_LOCK := requirements-dev.lock
 LOCK_PYTHON ?= 3.11
 LOCK_FLAGS = --python-version $(LOCK_PYTHON) --generate-hashes --custom-compile-command "make lock" -q
 
-.PHONY: setup run demo test lint format system-deps assets bench clean lock lock-upgrade
+.PHONY: setup run demo test lint format system-deps assets kernels bench clean lock lock-upgrade
 
 # Python dependencies come from the lock (exact versions and hashes), then the project itself.
 $(STAMP): pyproject.toml $(DEV_LOCK)
@@ -39,15 +39,28 @@ lock:
 lock-upgrade:
 	$(MAKE) lock UPGRADE=--upgrade
 
-setup: $(STAMP) assets
+setup: $(STAMP) assets kernels
+
+# The core's kernels compiled ahead of time (heatmap/_kernels*.so and its manifest), so that a
+# command does not pay numba's start-up; rebuilt when a kernel's module or the venv changes.
+KERNEL_SOURCES := heatmap/_jit.py heatmap/aot.py heatmap/aggregate.py heatmap/cellindex.py \
+  heatmap/devicehash.py heatmap/deviceids.py heatmap/ingest/validate.py heatmap/live/tables.py
+heatmap/_kernels.json: $(STAMP) $(APT_STAMP) $(KERNEL_SOURCES)
+	$(BIN)/python -m heatmap.aot
+
+kernels: heatmap/_kernels.json
 
 # Debian packages the tests use: Chromium (browser tests), PostgreSQL (shared store tests), a CJK
-# font (Chinese text in the pages' screenshots).
+# font (Chinese text in the pages' screenshots); a C compiler and Python's headers build the
+# kernels ahead of time.
 $(APT_STAMP): $(STAMP)
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1 || missing="$$missing fonts-noto-cjk"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	test -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
@@ -94,4 +107,4 @@ bench: setup system-deps
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache heatmap/_kernels*

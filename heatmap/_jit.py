@@ -12,17 +12,31 @@ on the first call of any of them (so kernels that call each other see dispatcher
 callers take a numpy or polars path for small inputs while numba is not loaded
 (:func:`worth`). A long-lived process (the HTTP service, a benchmark) calls
 ``warmup(now=True)`` to load everything before its first request.
+
+Ahead of time: ``python -m heatmap.aot`` (run by ``make``) compiles the same kernels, for the
+argument types they are called with, into an extension module beside this one
+(``heatmap/_kernels*.so`` and its manifest ``_kernels.json``). A kernel call whose arguments
+fit one of those signatures exactly runs that native code: numba is then never imported (its
+~0.5 s start-up is gone). The build is used only while it matches the kernels' source files,
+numpy and this CPU; any other call, or a stale or missing build, takes the numba path above,
+with the same results. ``HEATMAP_AOT=0`` turns the build off.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
+import importlib
+import json
+import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 _OPTIONS: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -33,6 +47,7 @@ SMALL_ROWS = 1 << 18
 
 _LOCK = threading.RLock()
 _LAZY: list[_Kernel] = []
+_ALL: list[_Kernel] = []  # every kernel ever registered (the ahead-of-time build's list)
 _loaded = False
 
 
@@ -43,11 +58,22 @@ class _Kernel:
         self.py_func = fn
         self.options = options
         self.dispatcher: Any = None
+        self.native: list[tuple[tuple[Any, ...], Callable[..., Any]]] | None = None
         functools.update_wrapper(self, fn)
+
+    @property
+    def key(self) -> str:
+        """The kernel's name in the ahead-of-time manifest: ``module:function``."""
+        return f"{self.py_func.__module__}:{self.py_func.__name__}"
 
     def __call__(self, *args: Any) -> Any:
         d = self.dispatcher
         if d is None:
+            if self.native is None:
+                self.native = _aot().get(self.key, [])
+            for specs, fn in self.native:
+                if len(specs) == len(args) and all(map(_fits, specs, args)):
+                    return fn(*args)
             _load()
             d = self.dispatcher
         return d(*args)
@@ -76,6 +102,7 @@ def _lazy(fn: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]
             return _njit(fn, options)
         k = _Kernel(fn, options)
         _LAZY.append(k)
+        _ALL.append(k)
         return k
 
 
@@ -102,8 +129,120 @@ def _load() -> None:
 
 
 def loaded() -> bool:
-    """Return whether numba is loaded in this process (kernels then cost nothing extra)."""
-    return _loaded and "numba" in sys.modules
+    """Return whether kernels cost nothing extra to call: numba is loaded in this process, or
+    the ahead-of-time build is in use."""
+    return (_loaded and "numba" in sys.modules) or bool(_aot())
+
+
+# -- the ahead-of-time build --------------------------------------------------------------------
+
+AOT_MODULE = "_kernels"
+"""The extension module ``python -m heatmap.aot`` writes into this package, and its manifest
+(``_kernels.json``)."""
+
+_PACKAGE = Path(__file__).resolve().parent
+_AOT_STATE: dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]] | None = None
+
+
+def aot_stamp(files: Sequence[str]) -> dict[str, Any]:
+    """What an ahead-of-time build depends on: the kernels' source files (paths relative to
+    the package), numpy's version, Python's, and the CPU's instruction-set flags."""
+    return {
+        "files": {f: hashlib.sha256((_PACKAGE / f).read_bytes()).hexdigest() for f in files},
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "cpu_flags": sorted(_cpu_flags()),
+    }
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _aot() -> dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]]:
+    """Return {kernel key -> [(argument specs, native function)]} of the ahead-of-time build,
+    or {} when there is none, it is turned off, or it no longer matches (then numba serves)."""
+    global _AOT_STATE
+    state = _AOT_STATE
+    if state is None:
+        with _LOCK:
+            if _AOT_STATE is None:
+                _AOT_STATE = _open_aot()
+            state = _AOT_STATE
+    return state
+
+
+def _open_aot() -> dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]]:
+    if os.environ.get("HEATMAP_AOT", "1") == "0":
+        return {}
+    try:
+        manifest = json.loads((_PACKAGE / f"{AOT_MODULE}.json").read_text())
+        built = manifest["stamp"]
+        now = aot_stamp(list(built["files"]))
+        if any(built[k] != now[k] for k in ("files", "numpy", "python")):
+            return {}
+        if not set(built["cpu_flags"]) <= set(now["cpu_flags"]):
+            return {}  # built on a CPU with instructions this one lacks
+        module = importlib.import_module(f"{__package__}.{AOT_MODULE}")
+        return {
+            key: [(_specs(e["args"]), getattr(module, e["symbol"])) for e in entries]
+            for key, entries in manifest["exports"].items()
+        }
+    except (OSError, ValueError, KeyError, ImportError, AttributeError):
+        return {}
+
+
+def _specs(args: list[Any]) -> tuple[Any, ...]:
+    """Turn the manifest's argument types into what :func:`_fits` checks."""
+    out: list[Any] = []
+    for a in args:
+        if a["kind"] == "array":
+            out.append(("array", np.dtype(a["dtype"]), a["ndim"], a["layout"], a["readonly"]))
+        elif a["kind"] == "tuple":
+            out.append(("tuple", _specs(a["items"])))
+        else:
+            out.append(("scalar", np.dtype(a["dtype"])))
+    return tuple(out)
+
+
+_PY_SCALARS = {bool: np.dtype(np.bool_), int: np.dtype(np.int64), float: np.dtype(np.float64)}
+
+
+def _fits(spec: tuple[Any, ...], value: Any) -> bool:
+    """Whether numba would type ``value`` as ``spec`` (so the native code reads it right: the
+    compiled wrapper checks an array's dimensions but not its element type)."""
+    kind = spec[0]
+    if kind == "array":
+        if type(value) is not np.ndarray:
+            return False
+        flags = value.flags
+        return bool(
+            value.dtype == spec[1]
+            and value.ndim == spec[2]
+            and flags.aligned
+            and (spec[3] != "C" or flags.c_contiguous)
+            and (spec[4] or flags.writeable)
+        )
+    if kind == "tuple":
+        return (
+            isinstance(value, tuple)
+            and len(value) == len(spec[1])
+            and all(map(_fits, spec[1], value))
+        )
+    t = type(value)
+    if t is int:
+        return spec[1] == np.int64 and -(1 << 63) <= value < (1 << 63)
+    want = _PY_SCALARS.get(t)
+    if want is not None:
+        return bool(spec[1] == want)
+    return isinstance(value, np.generic) and value.dtype == spec[1]
 
 
 def worth(rows: int) -> bool:
