@@ -764,7 +764,9 @@ def _agrees_with_h3(t: _Tables) -> bool:
     # The 30 icosahedron edges: midpoints of adjacent face centres, equally far from both,
     # nudged by ~1e-12 degrees; each at a random resolution.
     f = t.face_xyz
-    dots = f @ f.T
+    # Not ``f @ f.T``: a matrix product wakes OpenBLAS's threads, which then spin for a while
+    # on the cores the ingest workers need.
+    dots = (f[:, None, :] * f[None, :, :]).sum(axis=2)
     i, j = np.nonzero(np.triu(np.isclose(dots, dots[dots < 0.999].max()), 1))
     mid = np.repeat(f[i] + f[j], 8, axis=0)
     mid /= np.linalg.norm(mid, axis=1, keepdims=True)

@@ -358,6 +358,9 @@ def main() -> None:
     the process leaves at once (``os._exit``) rather than tearing the interpreter down: after
     a large ingest, freeing its memory object by object and joining idle threads took 0.3 s.
     """
+    # numpy's OpenBLAS starts a thread per core that spins ~0.1 s before it sleeps, on the
+    # cores the ingest needs; nothing here multiplies matrices.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app()
         code = 0
