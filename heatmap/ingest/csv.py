@@ -14,9 +14,9 @@ rows do not match its lines fails the file with that reason rather than misnumbe
 from __future__ import annotations
 
 import io
+import queue
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,61 +64,83 @@ def _csv_header(path: Path, compressed: bool) -> list[str]:
     return [c.strip().strip('"') for c in text.split(",")]
 
 
+class BlockBuffers:
+    """The buffers blocks are read into, handed by the reading thread to the tasks that parse
+    them and back when parsed: every byte is read from the file once, and the few buffers of
+    a file are reused (a fresh one would be faulted in and zeroed by the kernel again)."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def take(self, size: int) -> bytearray:
+        """A free buffer of at least ``size`` bytes (a new one if none is free)."""
+        while True:
+            try:
+                buf = self._free.get_nowait()
+            except queue.Empty:
+                return bytearray(size)
+            if len(buf) >= size:
+                return buf  # a smaller one is dropped: never resized, it may still be read
+
+    def give(self, buf: bytearray) -> None:
+        """Return a buffer that nothing reads any more."""
+        self._free.put(buf)
+
+
 @dataclass(frozen=True)
 class Block:
-    """Whole lines of a text file: ``[start, end)`` of its (decompressed) bytes."""
+    """Whole lines of a text file: ``[start, end)`` of its (decompressed) bytes, held at the
+    start of ``data`` (a buffer of ``buffers``, returned by :meth:`release`)."""
 
-    data: bytes | None  # the bytes, for a compressed file; else read again by the task
+    data: bytearray
     start: int
     end: int
     first_row: int  # 1-based data-row number of the first line (a skipped header is row 0)
     lines: int  # a last line without a line end included
+    buffers: BlockBuffers
 
     def read(self, path: Path) -> pa.Buffer:
-        """Return the block's bytes. A plain file's are read into this thread's buffer, valid
-        until its next ``read``: reused, its pages are not faulted in again for every block
-        (a fresh or memory-mapped one costs a page fault per 4 KiB)."""
-        if self.data is not None:
-            return pa.py_buffer(self.data)
-        n = self.end - self.start
-        buf = getattr(_LOCAL, "buf", None)
-        if buf is None or len(buf) < n:
-            buf = _LOCAL.buf = bytearray(n)
-        with path.open("rb", buffering=0) as fh:
-            fh.seek(self.start)
-            got = fh.readinto(memoryview(buf)[:n])
-        if got != n:
-            raise OSError(f"file changed while read (short read at byte {self.start + got})")
-        return pa.py_buffer(buf)[:n]
+        """Return the block's bytes (no copy; valid until :meth:`release`)."""
+        return pa.py_buffer(self.data)[: self.end - self.start]
+
+    def release(self) -> None:
+        """Hand the buffer back once the block is parsed (nothing may read it after)."""
+        self.buffers.give(self.data)
 
 
-_LOCAL = threading.local()
-
-
-def line_blocks(path: Path, compressed: bool, rows: int, skip_header: bool) -> Iterator[Block]:
+def line_blocks(
+    path: Path, compressed: bool, rows: int, skip_header: bool, workers: int = 2
+) -> Iterator[Block]:
     """Cut a text file into blocks of whole lines, about ``rows`` lines each.
 
     The block size follows from the first block's line length; a line longer than a block
-    makes its block larger. The reading thread only reads into one reused buffer and counts
-    line ends with numpy (both without the GIL), so the tasks parsing blocks run meanwhile;
-    a plain file's block is read again by its task, a compressed file's is handed over.
+    makes its block larger. The reading thread only reads into buffers and counts line ends
+    with numpy (both without the GIL), so the tasks parsing blocks run meanwhile; each block's
+    buffer goes to its task, which hands it back when parsed.
+
+    The last ``2 * workers`` blocks' worth of a plain file is cut into blocks a quarter of the
+    size, so that the ``workers`` parsing tasks finish together rather than one idling while
+    another parses a whole last block.
     """
+    buffers = BlockBuffers()
+    total = None if compressed else path.stat().st_size
     step = max(_MIN_BLOCK, rows * _BYTES_PER_ROW)
-    win = bytearray(step)
+    win = buffers.take(step)
+    fill = step
     newline = np.empty(step, dtype=bool)  # reused: a fresh array would fault in every page
     have = base = 0
     row, sized, eof, header = 1, False, False, skip_header
     with _open(path, compressed) as fh:
         while True:
-            while have < len(win) and not eof:
+            while have < fill and not eof:
                 with memoryview(win) as mv:
-                    n = fh.readinto(mv[have:])
+                    n = fh.readinto(mv[have:fill])
                 eof = not n
                 have += n or 0
             if header:  # drop the header line
                 cut = win.find(b"\n", 0, have) + 1
                 if cut == 0 and not eof:
-                    win.extend(bytes(len(win)))
+                    win, fill = _larger(win, have, 2 * len(win), buffers)
                     continue
                 cut = cut or have
                 win[: have - cut] = win[cut:have]
@@ -128,7 +150,7 @@ def line_blocks(path: Path, compressed: bool, rows: int, skip_header: bool) -> I
                 continue
             end = have if eof else win.rfind(b"\n", 0, have) + 1
             if end == 0 and not eof:  # a line longer than the buffer: make it larger
-                win.extend(bytes(len(win)))
+                win, fill = _larger(win, have, 2 * len(win), buffers)
                 continue
             if end:
                 view = np.frombuffer(win, dtype=np.uint8, count=end)
@@ -136,20 +158,34 @@ def line_blocks(path: Path, compressed: bool, rows: int, skip_header: bool) -> I
                     newline = np.empty(len(win), dtype=bool)
                 lines = int(np.count_nonzero(np.equal(view, 10, out=newline[:end])))
                 lines += int(view[-1] != 10)
-                data = bytes(view) if compressed else None
-                del view  # no export of the buffer may outlive this (it is resized)
-                yield Block(data, base, base + end, row, lines)
+                del view  # no export of the buffer may outlive this (it is handed on)
+                block = Block(win, base, base + end, row, lines, buffers)
                 row += lines
             if eof:
+                if end:
+                    yield block
                 return
-            win[: have - end] = win[end:have]
-            have -= end
-            base += end
             if not sized and end:
                 sized = True  # from now on, about ``rows`` lines a block
-                size = max(_MIN_BLOCK, rows * (end // max(1, lines)))
-                if size > len(win):
-                    win.extend(bytes(size - len(win)))
+                step = max(_MIN_BLOCK, rows * (end // max(1, lines)))
+            fill = step
+            if total is not None and total - (base + end) <= 2 * workers * step:
+                fill = max(_MIN_BLOCK, step // 4)  # the file's last blocks: smaller
+            rest = have - end  # a line's start, carried to the next buffer
+            fill = max(fill, rest + _MIN_BLOCK)
+            nxt = buffers.take(fill)
+            nxt[:rest] = win[end:have]
+            win, have, base = nxt, rest, base + end
+            if end:
+                yield block
+
+
+def _larger(win: bytearray, have: int, size: int, buffers: BlockBuffers) -> tuple[bytearray, int]:
+    """A buffer of ``size`` bytes holding the first ``have`` bytes of ``win`` (and its fill)."""
+    bigger = buffers.take(size)
+    bigger[:have] = win[:have]
+    buffers.give(win)
+    return bigger, size
 
 
 def _csv_tasks(
@@ -272,18 +308,23 @@ def _block_loader(
                     raise
         raise AssertionError("the last column types are text, which always convert")
 
-    def load(rejects: Rejects) -> pl.DataFrame:
-        with _unreadable(path, row):
-            data = block.read(path)
+    def parse_block() -> tuple[pa.Table, _WrongFields]:
+        data = block.read(path)
         _quiet_undecodable_rows()
         try:
-            table, wrong = parse(data, set())
+            return parse(data, set())
         except BadInput:
             # A line that is not UTF-8 fails the block: reject that line, keep the others.
             mended, not_text = _without_non_utf8(data, row, len(names))
             if not not_text:
                 raise
-            table, wrong = parse(mended, not_text)
+            return parse(mended, not_text)
+
+    def load(rejects: Rejects) -> pl.DataFrame:
+        try:
+            table, wrong = parse_block()  # arrow's table holds copies, not the block's bytes
+        finally:
+            block.release()
         if table.num_rows + len(wrong.rows) != lines:
             raise BadInput(
                 f"{path}: a quoted value holds a line break near row {row} (a ping file has "

@@ -58,16 +58,21 @@ def _block_loader(
 ) -> Callable[[Rejects], pl.DataFrame]:
     row = block.first_row
 
-    def load(rejects: Rejects) -> pl.DataFrame:
-        with _unreadable(path, row):
-            data = block.read(path)
+    def parse() -> tuple[pa.Table, list[int], list[str]]:
+        data = block.read(path)
         table = _fast(data, block.lines)
-        skipped: list[int] = []
-        if table is None:
-            table, skipped, reasons = _line_by_line(data.to_pybytes(), row)
-            if skipped and opts.strict:
-                raise BadInput(f"{path}: row {skipped[0]}: {reasons[0]} (--strict)")
-            rejects.add(skipped, reasons)
+        if table is not None:
+            return table, [], []
+        return _line_by_line(data.to_pybytes(), row)
+
+    def load(rejects: Rejects) -> pl.DataFrame:
+        try:
+            table, skipped, reasons = parse()  # arrow's table holds copies of the bytes
+        finally:
+            block.release()
+        if skipped and opts.strict:
+            raise BadInput(f"{path}: row {skipped[0]}: {reasons[0]} (--strict)")
+        rejects.add(skipped, reasons)
         with _unreadable(path, row):
             return arrow_to_pings(
                 _canonical_columns(table),

@@ -218,6 +218,36 @@ def test_lines_that_are_not_utf8_are_rejected_by_row(
         _read(p, strict=True)
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compressed: bool) -> None:
+    """Blocks of whole lines, in order, every line once with its row number; a plain file's
+    last blocks are smaller (the parsing tasks finish together), a gzip's are not cut so."""
+    from heatmap.ingest.csv import line_blocks
+
+    lines = [f"d{i % 7},{1_700_000_000 + i},31.{i % 97:02d},121.{i % 89:02d}" for i in range(5000)]
+    raw = ("device_id,ts,lat,lng\n" + "\n".join(lines) + "\n").encode()
+    p = tmp_path / ("b.csv.gz" if compressed else "b.csv")
+    p.write_bytes(gzip.compress(raw) if compressed else raw)
+    header = raw.index(b"\n") + 1
+    got, sizes, row = b"", [], 1
+    for block in line_blocks(p, compressed, rows=400, skip_header=True):
+        data = block.read(p).to_pybytes()
+        block.release()  # its buffer is reused for a later block
+        assert block.start == header + len(got) and block.end - block.start == len(data)
+        assert block.first_row == row and block.lines == data.count(b"\n")
+        assert data.endswith(b"\n")
+        got += data
+        sizes.append(len(data))
+        row += block.lines
+    assert got == raw[header:] and row == 5001
+    full = sizes[1]  # the first block is sized before the row length is known
+    if compressed:
+        assert all(s > full // 2 for s in sizes[1:-1])
+    else:
+        assert sum(s < full // 2 for s in sizes) >= 8  # the last 4 blocks' worth, in quarters
+        assert all(s < full // 2 for s in sizes[-4:])
+
+
 def test_csv_with_quotes_is_read_in_one_pass(tmp_path: Path) -> None:
     p = tmp_path / "quoted.csv"
     _lines_file(p, quoted=True)
