@@ -26,6 +26,7 @@ not one per tick).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,8 +221,16 @@ def _commit(
     keep = _log_rows(positions, slots, staying, floor)
     if keep.height:
         dev, ts, cell = log_rows(keep)
-        entries = ping_entries(dev, ts, cell, policy.release_s)
-        state.apply(dev, ts, cell, set(staying))
+        if keep.height >= _BIG_UNIT:
+            # A file's tail: encode its log entries (numpy, zstd: no GIL) on another thread
+            # while the live tables take the same pings here.
+            with ThreadPoolExecutor(1, thread_name_prefix="heatmap-log") as pool:
+                encoding = pool.submit(ping_entries, dev, ts, cell, policy.release_s)
+                state.apply(dev, ts, cell, set(staying))
+                entries = encoding.result()
+        else:
+            entries = ping_entries(dev, ts, cell, policy.release_s)
+            state.apply(dev, ts, cell, set(staying))
         state.appended(store.append_log(entries))
         store.touch_windows(_window_rows(staying, policy.window_s), closed=False)
         store.set_open_devices([(w, state.window_devices(w)) for w in staying])
@@ -246,6 +255,8 @@ def _commit(
 
 
 _END_OF_TIME = 2**62
+_BIG_UNIT = 1 << 17
+"""Pings kept in the log from which a unit's log entries are encoded on another thread."""
 
 
 def _log_rows(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,12 +29,11 @@ from heatmap.config import Settings
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
+from heatmap.ingest.chunks import WORKERS
 from heatmap.model import epoch_to_iso
 from heatmap.policy import PublishPolicy
 from heatmap.privacy import DeviceHasher, load_or_create_secret
 from heatmap.store import Store, open_store
-
-WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
-from heatmap.ingest.chunks import _READ_ERRORS, ChunkTask, _unreadable
+from heatmap.ingest.chunks import _READ_ERRORS, WORKERS, ChunkTask, _unreadable
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
 
@@ -109,7 +109,7 @@ class Block:
 
 
 def line_blocks(
-    path: Path, compressed: bool, rows: int, skip_header: bool, workers: int = 2
+    path: Path, compressed: bool, rows: int, skip_header: bool, workers: int = WORKERS
 ) -> Iterator[Block]:
     """Cut a text file into blocks of whole lines, about ``rows`` lines each.
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from heatmap._jit import SMALL_ROWS, preload_soon
 from heatmap.deviceids import DeviceCodes
-from heatmap.ingest.chunks import ChunkTask, _batch_loader, _unreadable
+from heatmap.ingest.chunks import WORKERS, ChunkTask, _batch_loader, _unreadable
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import check_arrow_types
 
@@ -58,18 +58,25 @@ def _parquet_tasks(
     id_leaf = meta.schema.names.index(ids) if ids in meta.schema.names else None
     textual = pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
     row = first_row
-    for piece in _pieces(meta, range(meta.num_row_groups) if groups is None else groups, opts):
+    chosen = range(meta.num_row_groups) if groups is None else groups
+    left = sum(meta.row_group(g).num_rows for g in chosen)
+    for piece in _pieces(meta, chosen, opts):
         rows = sum(meta.row_group(g).num_rows for g in piece)
         as_dict = textual and id_leaf is not None and _dictionary_pages(meta, piece, id_leaf)
         read_dict = [ids] if as_dict else None
-        if len(piece) > 1 or rows <= 2 * opts.chunk_rows:
+        # The file's last ``2 * WORKERS`` chunks' worth is read here in quarter batches, so
+        # that the workers finish together (the reading thread is idle by then).
+        tail = left <= 2 * WORKERS * opts.chunk_rows and rows > opts.chunk_rows // 4
+        left -= rows
+        if not tail and (len(piece) > 1 or rows <= 2 * opts.chunk_rows):
             load = _groups_loader(path, meta, piece, columns, read_dict, opts, row, codes)
             yield ChunkTask(row, rows, load)
             row += rows
             continue
+        batch_rows = max(1, opts.chunk_rows // 4) if tail else opts.chunk_rows
         big = pq.ParquetFile(path, metadata=meta, read_dictionary=read_dict, memory_map=True)
         for batch in big.iter_batches(
-            batch_size=opts.chunk_rows, row_groups=piece, columns=columns, use_threads=True
+            batch_size=batch_rows, row_groups=piece, columns=columns, use_threads=True
         ):
             yield ChunkTask(row, batch.num_rows, _batch_loader(path, batch, opts, row, codes=codes))
             row += batch.num_rows

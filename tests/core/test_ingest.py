@@ -248,6 +248,38 @@ def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compre
         assert all(s < full // 2 for s in sizes[-4:])
 
 
+def test_parquet_tasks_cover_the_file_and_shrink_at_its_end(tmp_path: Path) -> None:
+    """Row groups are tasks in order; the file's last ``2 * WORKERS`` chunks' worth is cut
+    into quarter-chunk batches (the workers finish together), every row once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from heatmap.ingest.chunks import WORKERS
+
+    n = 12_000
+    table = pa.table(
+        {
+            "device_id": [f"d{i % 50}" for i in range(n)],
+            "ts": list(range(1_700_000_000, 1_700_000_000 + n)),
+            "lat": [31.2] * n,
+            "lng": [121.4] * n,
+        }
+    )
+    p = tmp_path / "groups.parquet"
+    pq.write_table(table, p, row_group_size=1000)  # 12 groups
+    opts = ParseOptions(now=NOW, chunk_rows=1000)
+    tasks = list(ping_tasks(p, opts, Rejects()))
+    spans = [(t.first_row, t.rows) for t in tasks]
+    assert spans[0] == (1, 1000)
+    assert all(a + r == b for (a, r), (b, _) in zip(spans, spans[1:], strict=False))
+    assert sum(r for _, r in spans) == n
+    small = [r for _, r in spans if r <= 250]
+    assert len(small) == 4 * 2 * WORKERS  # the last 2 * WORKERS groups, in quarters
+    assert all(r == 1000 for _, r in spans[: len(spans) - len(small)])
+    frames = [t.load(Rejects()) for t in tasks]
+    assert pl.concat(frames)["ts"].to_list() == table["ts"].to_pylist()
+
+
 def test_csv_with_quotes_is_read_in_one_pass(tmp_path: Path) -> None:
     p = tmp_path / "quoted.csv"
     _lines_file(p, quoted=True)

@@ -28,6 +28,7 @@ import pytest
 from heatmap.config import Settings
 from heatmap.errors import BadInput
 from heatmap.ingest import ParseOptions, Rejects, ping_tasks, read_pings
+from heatmap.ingest.chunks import WORKERS
 from heatmap.read import Reader
 from heatmap.service import Heatmap
 
@@ -262,8 +263,13 @@ def test_large_row_groups_are_split_and_small_ones_merged(tmp_path: Path) -> Non
     opts = ParseOptions(now=NOW, chunk_rows=100)
     split = list(ping_tasks(big, opts, Rejects()))
     merged = list(ping_tasks(small, opts, Rejects()))
-    assert len(split) == 15 and len(merged) == 15  # 100 rows a task, not 1 or 150 tasks
-    assert [t.first_row for t in merged] == list(range(1, ROWS, 100))
+    assert len(split) == 15  # 100 rows a task, not 1
+    assert [t.rows for t in split] == [100] * 15
+    # 100 rows a task, not 150 tasks of 10; the file's last 2 * WORKERS tasks' worth is read
+    # in quarter batches, so that the workers finish together.
+    tail = 2 * WORKERS * 100
+    starts = list(range(1, ROWS - tail, 100)) + list(range(ROWS - tail + 1, ROWS, 25))
+    assert [t.first_row for t in merged] == starts
 
 
 def test_ids_are_read_as_dictionaries_only_where_the_pages_are(tmp_path: Path) -> None:
