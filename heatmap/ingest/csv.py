@@ -118,12 +118,13 @@ def line_blocks(
     with numpy (both without the GIL), so the tasks parsing blocks run meanwhile; each block's
     buffer goes to its task, which hands it back when parsed.
 
-    The last ``2 * workers`` blocks' worth of a plain file is cut into blocks a quarter of the
+    The last ``2 * workers`` blocks' worth of the file is cut into blocks a quarter of the
     size, so that the ``workers`` parsing tasks finish together rather than one idling while
-    another parses a whole last block.
+    another parses a whole last block (a gzip file's size is its trailer's; see
+    :func:`_text_size`).
     """
     buffers = BlockBuffers()
-    total = None if compressed else path.stat().st_size
+    total = _text_size(path, compressed)
     step = max(_MIN_BLOCK, rows * _BYTES_PER_ROW)
     win = buffers.take(step)
     fill = step
@@ -169,7 +170,7 @@ def line_blocks(
                 sized = True  # from now on, about ``rows`` lines a block
                 step = max(_MIN_BLOCK, rows * (end // max(1, lines)))
             fill = step
-            if total is not None and total - (base + end) <= 2 * workers * step:
+            if total is not None and 0 <= total - (base + end) <= 2 * workers * step:
                 fill = max(_MIN_BLOCK, step // 4)  # the file's last blocks: smaller
             rest = have - end  # a line's start, carried to the next buffer
             fill = max(fill, rest + _MIN_BLOCK)
@@ -178,6 +179,20 @@ def line_blocks(
             win, have, base = nxt, rest, base + end
             if end:
                 yield block
+
+
+def _text_size(path: Path, compressed: bool) -> int | None:
+    """The file's size as text: a plain file's, or the size a gzip file's trailer states (the
+    last member's size modulo 4 GiB, so only where the file is too small to inflate past 4
+    GiB at a ratio of 1:16; None otherwise). Only the last blocks' sizes depend on it."""
+    size = path.stat().st_size
+    if not compressed:
+        return size
+    if size < 18 or size * 16 >= 1 << 32:
+        return None
+    with path.open("rb") as fh:
+        fh.seek(-4, io.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def _larger(win: bytearray, have: int, size: int, buffers: BlockBuffers) -> tuple[bytearray, int]:

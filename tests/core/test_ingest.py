@@ -220,8 +220,9 @@ def test_lines_that_are_not_utf8_are_rejected_by_row(
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compressed: bool) -> None:
-    """Blocks of whole lines, in order, every line once with its row number; a plain file's
-    last blocks are smaller (the parsing tasks finish together), a gzip's are not cut so."""
+    """Blocks of whole lines, in order, every line once with its row number; the last blocks
+    are smaller (the parsing tasks finish together; a gzip's size is read from its trailer)."""
+    from heatmap.ingest.chunks import WORKERS
     from heatmap.ingest.csv import line_blocks
 
     lines = [f"d{i % 7},{1_700_000_000 + i},31.{i % 97:02d},121.{i % 89:02d}" for i in range(5000)]
@@ -241,11 +242,23 @@ def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compre
         row += block.lines
     assert got == raw[header:] and row == 5001
     full = sizes[1]  # the first block is sized before the row length is known
-    if compressed:
-        assert all(s > full // 2 for s in sizes[1:-1])
-    else:
-        assert sum(s < full // 2 for s in sizes) >= 8  # the last 4 blocks' worth, in quarters
-        assert all(s < full // 2 for s in sizes[-4:])
+    # The last 2 * WORKERS blocks' worth comes in quarter blocks, all of it and only it.
+    k = next(i for i, size in enumerate(sizes) if i and size < full // 2)
+    assert all(size <= full // 4 for size in sizes[k:])
+    assert (2 * WORKERS - 1) * full <= sum(sizes[k:]) <= (2 * WORKERS + 1) * full
+
+
+def test_a_gzip_of_two_members_reads_whole(tmp_path: Path) -> None:
+    """Concatenated gzip members (``cat a.gz b.gz``): the trailer states the last member's
+    size only; blocks are still whole lines, every row once."""
+    rows = [f"d{i % 9},{1_700_000_000 + i},31.2,121.4" for i in range(3000)]
+    first = ("device_id,ts,lat,lng\n" + "\n".join(rows[:2900]) + "\n").encode()
+    second = ("\n".join(rows[2900:]) + "\n").encode()
+    p = tmp_path / "two.csv.gz"
+    p.write_bytes(gzip.compress(first) + gzip.compress(second))
+    got, rejects = _read(p, chunk_rows=200)
+    assert rejects.total == 0
+    assert got["ts"].to_list() == [1_700_000_000 + i for i in range(3000)]
 
 
 def test_parquet_tasks_cover_the_file_and_shrink_at_its_end(tmp_path: Path) -> None:
