@@ -115,6 +115,7 @@ def _warm() -> None:
     one, code = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint32)
     _latest_dense(*readonly(one, code, one), 0, 1)
     _dense_has_ties(*readonly(one, code), 0, 1)
+    _distinct_windows(*readonly(one), 1 << 20)
 
 
 def _latest_rows(frame: pl.DataFrame, dev: str, w: I64) -> npt.NDArray[np.intp]:
@@ -326,19 +327,42 @@ def windows_of(frame: pl.DataFrame) -> list[int]:
     """Return the distinct windows ``w`` of a frame, ascending.
 
     Windows of one ingest span a narrow range, so marking them in a table over that range
-    (one pass, no sort) beats hashing millions of rows; a wide range falls back to
-    ``np.unique``.
+    (no sort) beats hashing millions of rows; a wide range falls back to ``np.unique``.
     """
     col = frame["w"]
     if not col.len():
         return []
     w = col.to_numpy()
+    if worth(len(w)):
+        return _distinct_windows(*readonly(w), max(1 << 20, len(w))).tolist()  # type: ignore[no-any-return]
     lo, hi = int(w.min()), int(w.max())
     if hi - lo > max(1 << 20, len(w)):
         return [int(x) for x in np.unique(w).tolist()]
     seen = np.zeros(hi - lo + 1, dtype=bool)
     seen[w - lo] = True
     return (np.flatnonzero(seen) + lo).tolist()
+
+
+@kernel
+def _distinct_windows(w: I64, limit: int) -> I64:
+    """The distinct values of ``w`` ascending: one pass for the range, one marking them in
+    a table over it (``np.unique`` when the range is wider than ``limit``)."""
+    lo = hi = w[0]
+    for x in w:
+        lo = min(lo, x)
+        hi = max(hi, x)
+    if hi - lo > limit:
+        return np.unique(w)
+    seen = np.zeros(hi - lo + 1, dtype=np.bool_)
+    for x in w:
+        seen[x - lo] = True
+    out = np.empty(seen.sum(), dtype=np.int64)
+    n = 0
+    for i in range(seen.size):
+        if seen[i]:
+            out[n] = lo + i
+            n += 1
+    return out
 
 
 def empty_positions() -> pl.DataFrame:

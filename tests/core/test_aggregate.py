@@ -8,12 +8,14 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from heatmap import aggregate
 from heatmap.aggregate import (
     cells_to_counts,
     cells_to_parent,
     merge_positions,
     pings_to_positions,
     rollup,
+    windows_of,
 )
 from tests.conftest import reference_counts
 
@@ -128,3 +130,30 @@ def test_rollup_is_exact(rows: list) -> None:
                 if w2 == w and r2 == res + 1 and h3.cell_to_parent(c2, res) == cell
             )
             assert kids == d
+
+
+@given(
+    st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=300),
+    st.integers(0, 2**41),
+    st.booleans(),
+)
+def test_windows_of_are_the_distinct_windows_ascending(
+    ws: list[int], spread: int, compiled: bool
+) -> None:
+    """Narrow ranges (marked in a table) and wide ones (sorted), compiled or with numpy."""
+    from heatmap import _jit
+
+    w = [x % (spread + 1) - spread // 2 for x in ws]
+    frame = pl.DataFrame({"w": w}, schema={"w": pl.Int64})
+    if compiled:
+        assert windows_of(frame) == sorted(set(w))
+        assert aggregate._distinct_windows(*_jit.readonly(np.array(w)), 8).tolist() == sorted(
+            set(w)
+        )
+    else:
+        real = aggregate.worth
+        aggregate.worth = lambda rows: False  # the numpy path, as before kernels load
+        try:
+            assert windows_of(frame) == sorted(set(w))
+        finally:
+            aggregate.worth = real
