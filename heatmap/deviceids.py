@@ -9,9 +9,11 @@ place an id in an open-addressing table (linear probing, at most half full) and,
 are kept in its slot, so a lookup touches one slot and never the id's bytes again. Two distinct
 ids would share a code with probability about ``n**2 / 2**97`` (1e-15 for 20 M ids; the keyed
 64-bit device hash of rule 1 already merges two ids with odds ``n**2 / 2**65``), and the random
-seed keeps anyone from crafting such a pair. One numba pass reads the Arrow buffers directly:
-~20 ns a row for 160,000 distinct 16-byte ids, where ``pyarrow.compute.dictionary_encode`` alone
-takes ~55 ns and turning its result into a polars Categorical ~25 ns more.
+seed keeps anyone from crafting such a pair. One compiled pass reads the Arrow buffers directly:
+~20-30 ns a row for 160,000 distinct 16-byte ids, where ``pyarrow.compute.dictionary_encode``
+alone takes ~55 ns and turning its result into a polars Categorical ~25 ns more. The ids already
+in the table are looked up without a lock, so the workers encode their chunks side by side; only
+new ids are added under it.
 
 Small inputs while numba is not loaded take a Python dictionary instead (a one-row ingest never
 loads numba); the table is built from the codes so far when the kernels first run.
@@ -96,9 +98,48 @@ def _place(slots: U64, a: np.uint64, tag: np.uint64, code: int) -> None:
 
 
 @kernel
+def _lookup(
+    data: U8, offsets: npt.NDArray[np.integer], slots: U64, seed: np.uint64, out: U32, missing: I64
+) -> int:
+    """Give the ids already in the table their codes in ``out``, without changing the table
+    (so without the lock, while another thread may be adding to it); every other row (a new
+    id, an empty or too long one, or one being added just now) goes to ``missing``. Returns
+    how many went there.
+
+    A slot is written once (its hash, then its tag and code); a read that races the write
+    sees a zero in one of them, which never matches, so it can only send a row to
+    ``missing``, never give it a wrong code."""
+    half = len(slots) // 2
+    mask = np.uint64(half - 1)
+    shift = np.uint64(64 - int(np.log2(half)))
+    m = 0
+    for i in range(len(offsets) - 1):
+        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
+        if hi - lo < 1 or hi - lo > MAX_ID_BYTES:
+            missing[m] = i
+            m += 1
+            continue
+        a, b = _mix(data, lo, hi, seed)
+        tag = b & _TAG
+        s = a >> shift
+        while True:
+            v = slots[2 * s + 1]
+            if v == 0:
+                missing[m] = i
+                m += 1
+                break
+            if slots[2 * s] == a and (v & _TAG) == tag:
+                out[i] = np.uint32((v & _CODE) - _ONE)
+                break
+            s = (s + _ONE) & mask
+    return m
+
+
+@kernel
 def _encode(
     data: U8,
     offsets: npt.NDArray[np.integer],
+    rows: I64,
     slots: U64,
     toff: I64,
     tdata: U8,
@@ -107,8 +148,8 @@ def _encode(
     seed: np.uint64,
     out: U32,
 ) -> tuple[int, int, bool]:
-    """Give ids ``start:`` their codes into ``out``; new ids get codes ``n, n + 1, ...`` and
-    their bytes are appended to ``tdata`` (ends in ``toff``).
+    """Give the ids of rows ``rows[start:]`` their codes into ``out``; new ids get codes
+    ``n, n + 1, ...`` and their bytes are appended to ``tdata`` (ends in ``toff``).
 
     Stops at the first id that is empty or longer than ``MAX_ID_BYTES`` (returns it with
     ``True``), or that would pass the table's half load or fill its arrays (``False``: grow
@@ -118,11 +159,12 @@ def _encode(
     mask = np.uint64(half - 1)
     shift = np.uint64(64 - int(np.log2(half)))
     limit = min(half // 2, len(toff) - 1)
-    for i in range(start, len(offsets) - 1):
+    for j in range(start, len(rows)):
+        i = rows[j]
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         size = hi - lo
         if size < 1 or size > MAX_ID_BYTES:
-            return n, i, True
+            return n, j, True
         a, b = _mix(data, lo, hi, seed)
         tag = b & _TAG
         s = a >> shift
@@ -131,7 +173,7 @@ def _encode(
             if v == 0:
                 end = toff[n] + size
                 if n >= limit or end > len(tdata):
-                    return n, i, False
+                    return n, j, False
                 slots[2 * s] = a
                 slots[2 * s + 1] = tag | np.uint64(n + 1)
                 tdata[toff[n] : end] = data[lo:hi]
@@ -143,7 +185,7 @@ def _encode(
                 out[i] = np.uint32((v & _CODE) - _ONE)
                 break
             s = (s + _ONE) & mask
-    return n, len(offsets) - 1, False
+    return n, len(rows), False
 
 
 @kernel
@@ -216,7 +258,7 @@ class DeviceCodes:
         with self._lock:
             if self._slots is None and not worth(len(arr)):
                 return self._encode_py(arr)
-            return self._encode_kernel(arr)
+        return self._encode_kernel(arr)
 
     def _encode_py(self, arr: pa.Array) -> U32 | None:
         enc = pc.dictionary_encode(arr)
@@ -241,12 +283,16 @@ class DeviceCodes:
         return n
 
     def _encode_kernel(self, arr: pa.Array) -> U32 | None:
-        if self._slots is None:  # the codes so far came from the Python path
-            while (1 << self._bits) // 4 < self.size + 1:
-                self._bits += 1
-            self._slots = np.zeros(2 << self._bits, np.uint64)
-            _insert_all(self._slots, self._tdata, self._toff, self.size, self._seed)
-            self._py = {}
+        """Codes by the kernels: the ids already known looked up without the lock (workers
+        encode their chunks side by side), the others added under it."""
+        with self._lock:
+            if self._slots is None:  # the codes so far came from the Python path
+                while (1 << self._bits) // 4 < self.size + 1:
+                    self._bits += 1
+                self._slots = np.zeros(2 << self._bits, np.uint64)
+                _insert_all(self._slots, self._tdata, self._toff, self.size, self._seed)
+                self._py = {}
+            slots = self._slots
         _, off_buf, data_buf = arr.buffers()
         wide = pa.types.is_large_string(arr.type)
         offsets = np.frombuffer(off_buf, np.int64 if wide else np.int32)
@@ -254,21 +300,37 @@ class DeviceCodes:
         data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
         data, offsets = readonly(data, offsets)
         out = np.empty(len(arr), np.uint32)
-        i = 0
-        while True:
-            n, i, bad = _encode(
-                data, offsets, self._slots, self._toff, self._tdata, self.size, i, self._seed, out
-            )
-            self.size = n
-            if bad:
-                return None
-            if i >= len(arr):
-                return out
-            self._room(n + 1, int(self._toff[n] + offsets[i + 1] - offsets[i]))
-            if (1 << self._bits) // 2 < n + 1:
-                self._bits += 1
-                old, self._slots = self._slots, np.zeros(2 << self._bits, np.uint64)
-                _reinsert(old, self._slots)
+        missing = np.empty(len(arr), np.int64)
+        m = _lookup(data, offsets, slots, self._seed, out, missing)
+        if m == 0:
+            return out
+        rows = readonly(missing[:m])[0]
+        with self._lock:
+            j = 0
+            while True:
+                n, j, bad = _encode(
+                    data,
+                    offsets,
+                    rows,
+                    self._slots,
+                    self._toff,
+                    self._tdata,
+                    self.size,
+                    j,
+                    self._seed,
+                    out,
+                )
+                self.size = n
+                if bad:
+                    return None
+                if j >= m:
+                    return out
+                i = rows[j]
+                self._room(n + 1, int(self._toff[n] + offsets[i + 1] - offsets[i]))
+                if (1 << self._bits) // 2 < n + 1:
+                    self._bits += 1
+                    old, self._slots = self._slots, np.zeros(2 << self._bits, np.uint64)
+                    _reinsert(old, self._slots)
 
     def _room(self, codes: int, nbytes: int) -> None:
         """Grow the per-code arrays to hold ``codes`` codes and ``nbytes`` bytes."""

@@ -110,3 +110,37 @@ def test_many_ids_of_many_lengths() -> None:
         first.setdefault(ids[i], len(first))
     assert out.tolist() == [first[ids[i]] for i in order.tolist()]
     assert codes.size == len(first)
+
+
+def test_threads_encoding_at_once_agree() -> None:
+    """Four threads encode overlapping chunks at once (known ids are looked up without the
+    lock while others are added and the table grows): one code per id, dense, and ``ids()``
+    gives each code's id back."""
+    import threading
+
+    rng = np.random.default_rng(11)
+    ids = [f"{i:016x}" for i in range(150_000)]
+    chunks = [rng.integers(0, len(ids), 120_000) for _ in range(16)]
+    arrays = [pa.array([ids[i] for i in c.tolist()]) for c in chunks]
+    codes = DeviceCodes(bits=4)  # small: grows many times while the threads run
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        for j in range(k, len(arrays), 4):
+            out = codes.encode(arrays[j])
+            assert out is not None
+            results[j] = out
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == len(arrays)
+    back = codes.ids().to_pylist()
+    seen = set()
+    for j, chunk in enumerate(chunks):
+        got = results[j]
+        assert [back[c] for c in got.tolist()] == [ids[i] for i in chunk.tolist()]
+        seen.update(chunk.tolist())
+    assert codes.size == len(back) == len(seen)
