@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from heatmap._arrow import text
 from heatmap._jit import kernel, readonly, warms
@@ -163,7 +162,10 @@ class KeyedHasher:
     def hash_strings(self, ids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
         """Return the hashes of non-null UTF-8 string ids, in order."""
         arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        arr = pc.cast(arr, pa.large_string())
+        if not pa.types.is_large_string(arr.type):
+            import pyarrow.compute as pc  # only here: its import costs ~25 ms
+
+            arr = pc.cast(arr, pa.large_string())
         if arr.null_count:
             raise ValueError("device ids may not be null")
         _, off_buf, data_buf = arr.buffers()

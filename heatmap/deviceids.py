@@ -27,7 +27,6 @@ import threading
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from heatmap._arrow import text, values
 from heatmap._jit import inline, kernel, readonly, warms, worth
@@ -239,6 +238,8 @@ class DeviceCodes:
         if ids.null_count:
             return None
         if pa.types.is_integer(ids.type):
+            import pyarrow.compute as pc  # only here: its import costs ~25 ms
+
             ids = pc.dictionary_encode(ids)
         if pa.types.is_dictionary(ids.type):
             # Parquet row groups of one file often repeat the same dictionary: map it once.
@@ -254,6 +255,8 @@ class DeviceCodes:
 
     def _encode_text(self, arr: pa.Array) -> U32 | None:
         if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            import pyarrow.compute as pc  # only here: its import costs ~25 ms
+
             arr = pc.cast(arr, pa.large_string())
         with self._lock:
             if self._slots is None and not worth(len(arr)):
@@ -261,6 +264,8 @@ class DeviceCodes:
         return self._encode_kernel(arr)
 
     def _encode_py(self, arr: pa.Array) -> U32 | None:
+        import pyarrow.compute as pc  # on first use: its import costs ~25 ms
+
         enc = pc.dictionary_encode(arr)
         lengths = values(pc.binary_length(enc.dictionary))
         if len(lengths) and (lengths.min() < 1 or lengths.max() > MAX_ID_BYTES):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 
 from heatmap._jit import loaded
 from heatmap.aggregate import parent_index, strictly_sorted
@@ -116,20 +117,22 @@ class DeviceHasher:
         if size > done:
             if size > len(self._by_file_code):
                 self._by_file_code = np.resize(self._by_file_code, max(size, 2 * done))
-            self._by_file_code[done:size] = self._hash_strings(
-                pl.Series(self._codes.ids(done, size))
-            )
+            self._by_file_code[done:size] = self._hash_arrow(self._codes.ids(done, size))
             self._file_hashed = size
         return self._by_file_code
 
     def _hash_strings(self, ids: pl.Series) -> npt.NDArray[np.int64]:
-        """Hash a column of ids: the numba kernel, or ``hashlib`` for a few ids while numba is
-        not loaded (a one-row ingest never pays numba's start-up)."""
+        """Hash a column of ids (see :meth:`_hash_arrow`)."""
+        return self._hash_arrow(ids.to_arrow())
+
+    def _hash_arrow(self, ids: pa.Array) -> npt.NDArray[np.int64]:
+        """Hash Arrow text ids: the compiled kernel, or ``hashlib`` for a few ids while the
+        kernels are not loaded (a one-row ingest never pays numba's start-up)."""
         if len(ids) < _FEW_IDS and not loaded():
-            return np.array([self.hash_one(i) for i in ids.to_list()], dtype=np.int64)
+            return np.array([self.hash_one(i) for i in ids.to_pylist()], dtype=np.int64)
         if self._many is None:
             self._many = KeyedHasher(self._key)
-        return self._many.hash_strings(ids.to_arrow())
+        return self._many.hash_strings(ids)
 
     def _codes_to_hashes(
         self, ids: pl.Series, codes: npt.NDArray[np.uint32]

@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from heatmap._arrow import values
 from heatmap._jit import kernel, readonly, warms, worth
@@ -461,6 +460,8 @@ def _ids(col: Column) -> Column | None:
     """Ids as dictionary-encoded text: grouping then works on small integer codes and only
     the distinct ids are ever checked and hashed (see ``aggregate.latest_candidates``).
     Integer ids become their decimal text, the same id as in a CSV file."""
+    import pyarrow.compute as pc  # on first use: its import costs ~25 ms
+
     t = col.type
     if pa.types.is_dictionary(t):
         if pa.types.is_string(t.value_type):
@@ -501,6 +502,8 @@ def _number(col: Column, canon: str) -> Column | None:
     want = _NUMBER_TYPES[canon]
     if t == want:
         return None
+    import pyarrow.compute as pc  # only when converting: its import costs ~25 ms
+
     if canon == "ts" and pa.types.is_timestamp(t):
         # An instant in any unit, with or without a zone (none is read as UTC): whole
         # seconds. Before 1970 stays negative (rejected), after year 5138 stays in the future.
@@ -525,6 +528,8 @@ def _ids_look_valid(data: pa.RecordBatch | pa.Table, name: str) -> bool:
     Checks the dictionaries (the distinct ids), not the rows; ``False`` just means the rows
     are checked one by one.
     """
+    import pyarrow.compute as pc  # on first use: its import costs ~25 ms
+
     col = data.column(name)
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     for chunk in chunks:
