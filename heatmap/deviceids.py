@@ -96,6 +96,21 @@ def _place(slots: U64, a: np.uint64, tag: np.uint64, code: int) -> None:
     slots[2 * s + 1] = tag | np.uint64(code + 1)
 
 
+@inline
+def _probe(
+    slots: U64, a: np.uint64, tag: np.uint64, s: np.uint64, mask: np.uint64
+) -> tuple[np.uint64, np.int64]:
+    """Follow an id's probe run from slot ``s``: (its slot and its code), or (the first free
+    slot of the run and -1) if it is not in the table."""
+    while True:
+        v = slots[2 * s + 1]
+        if v == 0:
+            return s, np.int64(-1)
+        if slots[2 * s] == a and (v & _TAG) == tag:
+            return s, np.int64((v & _CODE) - _ONE)
+        s = (s + _ONE) & mask
+
+
 @kernel
 def _lookup(
     data: U8, offsets: npt.NDArray[np.integer], slots: U64, seed: np.uint64, out: U32, missing: I64
@@ -119,18 +134,12 @@ def _lookup(
             m += 1
             continue
         a, b = _mix(data, lo, hi, seed)
-        tag = b & _TAG
-        s = a >> shift
-        while True:
-            v = slots[2 * s + 1]
-            if v == 0:
-                missing[m] = i
-                m += 1
-                break
-            if slots[2 * s] == a and (v & _TAG) == tag:
-                out[i] = np.uint32((v & _CODE) - _ONE)
-                break
-            s = (s + _ONE) & mask
+        _, code = _probe(slots, a, b & _TAG, a >> shift, mask)
+        if code < 0:
+            missing[m] = i
+            m += 1
+        else:
+            out[i] = code
     return m
 
 
@@ -166,24 +175,19 @@ def _encode(
             return n, j, True
         a, b = _mix(data, lo, hi, seed)
         tag = b & _TAG
-        s = a >> shift
-        while True:
-            v = slots[2 * s + 1]
-            if v == 0:
-                end = toff[n] + size
-                if n >= limit or end > len(tdata):
-                    return n, j, False
-                slots[2 * s] = a
-                slots[2 * s + 1] = tag | np.uint64(n + 1)
-                tdata[toff[n] : end] = data[lo:hi]
-                toff[n + 1] = end
-                out[i] = n
-                n += 1
-                break
-            if slots[2 * s] == a and (v & _TAG) == tag:
-                out[i] = np.uint32((v & _CODE) - _ONE)
-                break
-            s = (s + _ONE) & mask
+        s, code = _probe(slots, a, tag, a >> shift, mask)
+        if code >= 0:
+            out[i] = code
+            continue
+        end = toff[n] + size
+        if n >= limit or end > len(tdata):
+            return n, j, False
+        slots[2 * s] = a
+        slots[2 * s + 1] = tag | np.uint64(n + 1)
+        tdata[toff[n] : end] = data[lo:hi]
+        toff[n + 1] = end
+        out[i] = n
+        n += 1
     return n, len(rows), False
 
 
