@@ -44,7 +44,8 @@ setup: $(STAMP) assets kernels
 # The core's kernels compiled ahead of time (heatmap/_kernels*.so and its manifest), so that a
 # command does not pay numba's start-up; rebuilt when a kernel's module or the venv changes.
 KERNEL_SOURCES := heatmap/_jit.py heatmap/aot.py heatmap/aggregate.py heatmap/cellindex.py \
-  heatmap/devicehash.py heatmap/deviceids.py heatmap/ingest/validate.py heatmap/live/tables.py
+  heatmap/devicehash.py heatmap/deviceids.py heatmap/ingest/lines.py heatmap/ingest/validate.py \
+  heatmap/live/tables.py
 heatmap/_kernels.json: $(STAMP) $(APT_STAMP) $(KERNEL_SOURCES)
 	$(BIN)/python -m heatmap.aot
 

@@ -98,8 +98,11 @@ def inline(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _lazy(fn: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:
     with _LOCK:
-        if _loaded:
-            return _njit(fn, options)
+        if _loaded:  # numba is in: a dispatcher, listed for the ahead-of-time build
+            k = _Kernel(fn, options)
+            k.dispatcher = _njit(fn, options)
+            _ALL.append(k)
+            return k.dispatcher
         k = _Kernel(fn, options)
         _LAZY.append(k)
         _ALL.append(k)

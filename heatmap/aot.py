@@ -40,6 +40,11 @@ def _exercise(tmp: Path) -> None:
     import polars as pl
     import pyarrow.parquet as pq
 
+    # The readers of each format are imported when a file of it comes: import them before the
+    # warm-up, so that their kernels are warmed and listed too.
+    import heatmap.ingest.csv
+    import heatmap.ingest.ndjson
+    import heatmap.ingest.parquet  # noqa: F401
     from heatmap.config import Settings
     from heatmap.ingest import ParseOptions
     from heatmap.service import Heatmap

@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import _READ_ERRORS, WORKERS, ChunkTask, _unreadable
+from heatmap.ingest.lines import count_newlines
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
 
@@ -157,7 +158,7 @@ def line_blocks(
                 view = np.frombuffer(win, dtype=np.uint8, count=end)
                 if len(newline) < end:
                     newline = np.empty(len(win), dtype=bool)
-                lines = int(np.count_nonzero(np.equal(view, 10, out=newline[:end])))
+                lines = count_newlines(view, newline)
                 lines += int(view[-1] != 10)
                 del view  # no export of the buffer may outlive this (it is handed on)
                 block = Block(win, base, base + end, row, lines, buffers)

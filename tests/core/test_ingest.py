@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heatmap.crs import wgs84_to_gcj02
 from heatmap.errors import BadInput
@@ -388,3 +390,18 @@ def test_small_chunk_check_agrees_with_the_compiled_one() -> None:
         a = _seconds_if_valid(*readonly(ts[:n], lat[:n], lng[:n]), 1_800_003_600)
         b = _seconds_if_valid_np(ts[:n], lat[:n], lng[:n], 1_800_003_600)
         assert a[1] == b[1] and a[0].tolist() == b[0].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 7))
+def test_line_ends_are_counted_like_bytes_count(data: bytes, skip: int) -> None:
+    """The compiled eight-bytes-at-a-time count (any start offset, any tail) and the numpy
+    one both count ``\\n`` bytes exactly, next to every other byte value."""
+    from heatmap import _jit
+    from heatmap.ingest.lines import _newlines, count_newlines
+
+    raw = bytes(range(256)) + data + b"\n\n\x0a\x8a\x0b\x09" * 3
+    view = np.frombuffer(raw, dtype=np.uint8)[skip:]
+    want = raw[skip:].count(b"\n")
+    assert int(_newlines(*_jit.readonly(view))) == want
+    assert count_newlines(view, np.empty(len(view), dtype=bool)) == want
