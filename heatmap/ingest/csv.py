@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -33,6 +33,8 @@ from heatmap.ingest.chunks import _READ_ERRORS, WORKERS, ChunkTask, _unreadable
 from heatmap.ingest.lines import count_newlines
 from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
+
+T = TypeVar("T")
 
 _MIN_BLOCK = 64
 _PARSE_BLOCK = 4 << 20  # arrow parses a block in pieces of this size: 2x faster than whole
@@ -100,13 +102,21 @@ class Block:
     lines: int  # a last line without a line end included
     buffers: BlockBuffers
 
-    def read(self, path: Path) -> pa.Buffer:
+    def read(self) -> pa.Buffer:
         """Return the block's bytes (no copy; valid until :meth:`release`)."""
         return pa.py_buffer(self.data)[: self.end - self.start]
 
     def release(self) -> None:
         """Hand the buffer back once the block is parsed (nothing may read it after)."""
         self.buffers.give(self.data)
+
+    def parsed(self, parse: Callable[[pa.Buffer], T]) -> T:
+        """Return ``parse(bytes)``, then hand the buffer back, whatever happened. ``parse``
+        must keep no reference to the bytes (arrow's readers copy what they keep)."""
+        try:
+            return parse(self.read())
+        finally:
+            self.release()
 
 
 def line_blocks(
@@ -324,8 +334,7 @@ def _block_loader(
                     raise
         raise AssertionError("the last column types are text, which always convert")
 
-    def parse_block() -> tuple[pa.Table, _WrongFields]:
-        data = block.read(path)
+    def parse_block(data: pa.Buffer) -> tuple[pa.Table, _WrongFields]:
         _quiet_undecodable_rows()
         try:
             return parse(data, set())
@@ -337,10 +346,7 @@ def _block_loader(
             return parse(mended, not_text)
 
     def load(rejects: Rejects) -> pl.DataFrame:
-        try:
-            table, wrong = parse_block()  # arrow's table holds copies, not the block's bytes
-        finally:
-            block.release()
+        table, wrong = block.parsed(parse_block)
         if table.num_rows + len(wrong.rows) != lines:
             raise BadInput(
                 f"{path}: a quoted value holds a line break near row {row} (a ping file has "

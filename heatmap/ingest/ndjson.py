@@ -33,7 +33,7 @@ def _ndjson_tasks(
     first = True
     for block in line_blocks(path, compressed, opts.chunk_rows, skip_header=False):
         if first:
-            _check_columns(path, block.read(path)[: 1 << 16].to_pybytes())
+            _check_columns(path, block.read()[: 1 << 16].to_pybytes())
             first = False
         yield ChunkTask(block.first_row, block.lines, _block_loader(path, block, opts, codes))
 
@@ -58,18 +58,14 @@ def _block_loader(
 ) -> Callable[[Rejects], pl.DataFrame]:
     row = block.first_row
 
-    def parse() -> tuple[pa.Table, list[int], list[str]]:
-        data = block.read(path)
+    def parse(data: pa.Buffer) -> tuple[pa.Table, list[int], list[str]]:
         table = _fast(data, block.lines)
         if table is not None:
             return table, [], []
         return _line_by_line(data.to_pybytes(), row)
 
     def load(rejects: Rejects) -> pl.DataFrame:
-        try:
-            table, skipped, reasons = parse()  # arrow's table holds copies of the bytes
-        finally:
-            block.release()
+        table, skipped, reasons = block.parsed(parse)
         if skipped and opts.strict:
             raise BadInput(f"{path}: row {skipped[0]}: {reasons[0]} (--strict)")
         rejects.add(skipped, reasons)

@@ -234,7 +234,7 @@ def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compre
     header = raw.index(b"\n") + 1
     got, sizes, row = b"", [], 1
     for block in line_blocks(p, compressed, rows=400, skip_header=True):
-        data = block.read(p).to_pybytes()
+        data = block.read().to_pybytes()
         block.release()  # its buffer is reused for a later block
         assert block.start == header + len(got) and block.end - block.start == len(data)
         assert block.first_row == row and block.lines == data.count(b"\n")
