@@ -145,6 +145,7 @@ AOT_MODULE = "_kernels"
 
 _PACKAGE = Path(__file__).resolve().parent
 _AOT_STATE: dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]] | None = None
+_AOT_BUILD: str | None = None  # the digest of the manifest of the build in use
 
 
 def aot_stamp(files: Sequence[str]) -> dict[str, Any]:
@@ -182,11 +183,19 @@ def _aot() -> dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]]:
     return state
 
 
+def aot_build() -> str | None:
+    """Name the ahead-of-time build in use (its manifest's digest), or None when numba serves.
+    Whatever one build computes, another process using the same build computes alike."""
+    return _AOT_BUILD if _aot() else None
+
+
 def _open_aot() -> dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]]:
+    global _AOT_BUILD
     if os.environ.get("HEATMAP_AOT", "1") == "0":
         return {}
     try:
-        manifest = json.loads((_PACKAGE / f"{AOT_MODULE}.json").read_text())
+        text = (_PACKAGE / f"{AOT_MODULE}.json").read_bytes()
+        manifest = json.loads(text)
         built = manifest["stamp"]
         now = aot_stamp(list(built["files"]))
         if any(built[k] != now[k] for k in ("files", "numpy", "python")):
@@ -194,6 +203,7 @@ def _open_aot() -> dict[str, list[tuple[tuple[Any, ...], Callable[..., Any]]]]:
         if not set(built["cpu_flags"]) <= set(now["cpu_flags"]):
             return {}  # built on a CPU with instructions this one lacks
         module = importlib.import_module(f"{__package__}.{AOT_MODULE}")
+        _AOT_BUILD = hashlib.sha256(text).hexdigest()
         return {
             key: [(_specs(e["args"]), getattr(module, e["symbol"])) for e in entries]
             for key, entries in manifest["exports"].items()

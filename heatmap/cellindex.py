@@ -72,7 +72,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from heatmap._jit import inline, kernel, readonly, warms
+from heatmap._jit import aot_build, inline, kernel, readonly, warms
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -689,7 +689,7 @@ def _tables() -> _Tables:
                     t = _derive_tables()
                     _TRUSTED = _agrees_with_h3(t)
                     if _TRUSTED:
-                        _store_tables(t)
+                        _store_tables(t, aot_build())
                 if not _TRUSTED:
                     log.warning(
                         "compiled H3 indexer disagrees with h3-py on this platform (libm or "
@@ -702,7 +702,7 @@ def _tables() -> _Tables:
 def _tables_file() -> Path | None:
     """Where derived tables are kept between processes: beside numba's cache of the kernel
     (``NUMBA_CACHE_DIR`` if set), named by the h3 version and this module's source."""
-    import h3
+    from importlib.metadata import version  # not ``h3.__version__``: h3 takes 5 ms to import
 
     base = os.environ.get("NUMBA_CACHE_DIR")
     folder = Path(base) if base else Path(__file__).parent / "__pycache__"
@@ -710,24 +710,38 @@ def _tables_file() -> Path | None:
         digest = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
     except OSError:
         return None
-    return folder / f"cellindex-tables-{h3.__version__}-{digest}.npz"
+    return folder / f"cellindex-tables-{version('h3')}-{digest}.npz"
 
 
 def _stored_tables() -> _Tables | None:
-    """Tables saved by an earlier process, if any and if they still pass the check."""
+    """Tables saved by an earlier process, if any and if they still pass the check.
+
+    The check is skipped where the ahead-of-time build in use is the one that passed it on
+    these very tables (the file names it): that build's code and these tables give the same
+    cells in every process, and the build only runs on CPUs with its build CPU's instructions.
+    """
     path = _tables_file()
     if path is None or not path.is_file():
         return None
     try:
         with np.load(path) as data:
             t = _Tables(**{name: data[name] for name in _Tables._fields})
+            passed_with = str(data["passed_with"]) if "passed_with" in data.files else ""
     except (OSError, ValueError, KeyError):
         return None
-    return t if _agrees_with_h3(t) else None
+    build = aot_build()
+    if build is not None and passed_with == build:
+        return t
+    if not _agrees_with_h3(t):
+        return None
+    if build is not None:
+        _store_tables(t, build)
+    return t
 
 
-def _store_tables(t: _Tables) -> None:
-    """Save derived tables for later processes (~0.2 s each); skipped where read-only."""
+def _store_tables(t: _Tables, passed_with: str | None = None) -> None:
+    """Save derived tables for later processes (~0.2 s each); skipped where read-only.
+    ``passed_with``: the ahead-of-time build that passed the check on them, if one did."""
     path = _tables_file()
     if path is None:
         return
@@ -735,7 +749,7 @@ def _store_tables(t: _Tables) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as fh:
-            np.savez(fh, **t._asdict())
+            np.savez(fh, passed_with=np.array(passed_with or ""), **t._asdict())
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -744,6 +758,7 @@ def _store_tables(t: _Tables) -> None:
 _TRUSTED = True
 """Whether this platform's kernel passed :func:`_agrees_with_h3` (else h3ronpy indexes)."""
 _CHECK_POINTS = 4096
+_GOLDEN = (5**0.5 - 1) / 2
 
 
 def _agrees_with_h3(t: _Tables) -> bool:
@@ -756,13 +771,15 @@ def _agrees_with_h3(t: _Tables) -> bool:
     """
     import h3
 
-    rng = np.random.default_rng(20261129)
+    # Points from golden-ratio sequences rather than a random generator (numpy.random costs
+    # ~6 ms to import): a Fibonacci lattice, even in area, resolutions in turn.
     n = _CHECK_POINTS
-    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
-    lng = rng.uniform(-180.0, 180.0, n)
-    res = np.arange(n) % 16
+    i = np.arange(n)
+    lat = np.degrees(np.arcsin((2 * i + 1) / n - 1))
+    lng = (i * _GOLDEN) % 1.0 * 360.0 - 180.0
+    res = i % 16
     # The 30 icosahedron edges: midpoints of adjacent face centres, equally far from both,
-    # nudged by ~1e-12 degrees; each at a random resolution.
+    # nudged by up to ~1e-12 degrees; resolutions in turn.
     f = t.face_xyz
     # Not ``f @ f.T``: a matrix product wakes OpenBLAS's threads, which then spin for a while
     # on the cores the ingest workers need.
@@ -770,10 +787,11 @@ def _agrees_with_h3(t: _Tables) -> bool:
     i, j = np.nonzero(np.triu(np.isclose(dots, dots[dots < 0.999].max()), 1))
     mid = np.repeat(f[i] + f[j], 8, axis=0)
     mid /= np.linalg.norm(mid, axis=1, keepdims=True)
-    nudge = rng.normal(0.0, 1e-12, (2, len(mid)))
+    k = np.arange(len(mid))
+    nudge = ((k * _GOLDEN) % 1.0 - 0.5) * 2e-12, ((k * _GOLDEN**2) % 1.0 - 0.5) * 2e-12
     lat = np.concatenate([lat, np.degrees(np.arcsin(mid[:, 2])) + nudge[0]])
     lng = np.concatenate([lng, np.degrees(np.arctan2(mid[:, 1], mid[:, 0])) + nudge[1]])
-    res = np.concatenate([res, rng.integers(0, 16, len(mid))])
+    res = np.concatenate([res, k % 16])
     for r in range(16):
         sel = np.flatnonzero(res == r)
         out = np.empty(len(sel), dtype=np.int64)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from heatmap.errors import BadInput, HeatmapError
 from heatmap.ops_cli import register as register_ops
 
-if TYPE_CHECKING:  # imported where used: ``heatmap --help`` needs neither
+if TYPE_CHECKING:  # imported where used: ``heatmap --help`` needs neither, an ingest not rich
+    from rich.console import Console
     from rich.progress import Progress
 
     from heatmap.config import Settings
@@ -30,12 +30,20 @@ app = typer.Typer(
 )
 export_app = typer.Typer(help="Export published data (cells, PMTiles).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
-err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@functools.cache
+def _err() -> Console:
+    """The console of stderr (rich costs ~20 ms to import: only an error or a terminal's
+    progress bar needs it)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def _fail(code: int, message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -70,7 +78,28 @@ def _settings() -> Settings:
         raise BadInput("settings: " + " ".join(first[:3])) from exc
 
 
-def _progress() -> Progress:
+class _Quiet:
+    """Stands in for a progress bar where stderr is no terminal (a bar would not be drawn)."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> Any:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress() -> Progress | _Quiet:
+    if not sys.stderr.isatty():
+        return _Quiet()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -78,8 +107,7 @@ def _progress() -> Progress:
         BarColumn(),
         TextColumn("{task.completed:,.0f}"),
         TimeElapsedColumn(),
-        console=err,
-        disable=not err.is_terminal,
+        console=_err(),
         transient=True,
     )
 
@@ -361,6 +389,9 @@ def main() -> None:
     # numpy's OpenBLAS starts a thread per core that spins ~0.1 s before it sleeps, on the
     # cores the ingest needs; nothing here multiplies matrices.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # pydantic looks for plugins in every installed package's entry points on first use
+    # (~10 ms); a user of one can still set the variable to something else.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
         code = 0

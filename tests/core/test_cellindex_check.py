@@ -65,3 +65,37 @@ def test_tables_kept_for_later_processes_are_checked_again(
     assert cellindex._stored_tables() is None
     path.write_bytes(b"not an npz file")
     assert cellindex._stored_tables() is None
+
+
+def test_the_check_is_not_repeated_by_the_build_that_passed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process on the same ahead-of-time build skips the check the build passed on these
+    tables; any other build (or numba) checks them again and records its own pass."""
+    cellindex.warmup()
+    t = cellindex._TABLES
+    assert t is not None
+    path = tmp_path / "tables.npz"
+    monkeypatch.setattr(cellindex, "_tables_file", lambda: path)
+    checks: list[int] = []
+    real = cellindex._agrees_with_h3
+
+    def counted(tables: cellindex._Tables) -> bool:
+        checks.append(1)
+        return real(tables)
+
+    monkeypatch.setattr(cellindex, "_agrees_with_h3", counted)
+    monkeypatch.setattr(cellindex, "aot_build", lambda: "build-a")
+    cellindex._store_tables(t, "build-a")
+    assert cellindex._stored_tables() is not None
+    assert checks == []
+    monkeypatch.setattr(cellindex, "aot_build", lambda: "build-b")
+    assert cellindex._stored_tables() is not None
+    assert checks == [1]
+    assert cellindex._stored_tables() is not None  # build-b's pass was recorded
+    assert checks == [1]
+    monkeypatch.setattr(cellindex, "aot_build", lambda: None)  # numba: always checked
+    assert cellindex._stored_tables() is not None
+    assert checks == [1, 1]
+    cellindex._store_tables(t._replace(face_az=t.face_az + 1e-4), "build-a")
+    assert cellindex._stored_tables() is None  # wrong tables, not passed by this build

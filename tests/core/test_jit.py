@@ -3,6 +3,7 @@ built ahead of time, used without numba, with the same results, and only where t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -203,3 +204,6 @@ def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _jit._open_aot() == {}
     monkeypatch.setattr(_jit, "aot_stamp", real)
     assert _jit._open_aot()
+    # The build in use is named by its manifest (cellindex's record of a passed check).
+    manifest = Path(_jit.__file__).with_name(f"{_jit.AOT_MODULE}.json").read_bytes()
+    assert _jit._AOT_BUILD == hashlib.sha256(manifest).hexdigest()
