@@ -213,8 +213,21 @@ def _generate(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[dict[str, 
     }
 
 
+def _byte_compile() -> None:
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("heatmap")
+    if spec and spec.origin:
+        compileall.compile_dir(Path(spec.origin).parent, quiet=1)
+
+
 def run(args: argparse.Namespace, tmp: Path) -> None:
     data = _datasets(args, tmp)
+    # Untimed: byte-compiles the package measured, as installing it does (a first run would
+    # too, unless PYTHONDONTWRITEBYTECODE is set, as on this machine: then every run would
+    # compile the sources again, which no installed copy does).
+    _byte_compile()
     # Untimed: compiles the kernels if this install has not yet, and fills the page cache.
     ours_process(next(iter(data.values()))[0]["Parquet dictionary"], tmp / "store")
     runs: dict[str, dict[str, list[dict]]] = {}
