@@ -180,12 +180,10 @@ class Heatmap:
                 tails = [t.filter(pl.col("ts") >= cut) for t in tails]
                 tails = [t for t in tails if t.height]
 
-        def tail_slots(tail: pl.DataFrame, since: int) -> pl.DataFrame | None:
-            """The unit's positions per release slot from ``since`` on."""
-            cands_tail = latest_candidates(tail.filter(pl.col("ts") >= since), s.release_s)
-            if not cands_tail.height:
-                return None
-            return hasher.replace_ids(index_candidates(cands_tail, s.base_res))
+        def tail_candidates(tails: list[pl.DataFrame], since: int) -> pl.DataFrame:
+            """The candidates per release slot of the unit's pings from ``since`` on."""
+            tail = pl.concat(tails).filter(pl.col("ts") >= since)
+            return latest_candidates(tail, s.release_s)
 
         def take(pool: ThreadPoolExecutor) -> None:
             nonlocal max_ts
@@ -212,15 +210,18 @@ class Heatmap:
                     take(pool)
             while pending:
                 take(pool)
-            slots_job = None
+            tail_job = None
             if tail_s is not None and tails and max_ts is not None:
                 # On a worker, while this thread indexes the rest of the candidates.
-                slots_job = pool.submit(tail_slots, pl.concat(tails), max_ts - tail_s)
+                tail_job = pool.submit(tail_candidates, tails, max_ts - tail_s)
             last = cands.rest()
             parts = [index_candidates(last, s.base_res, pool.map)] if last.height else []
             parts = [hasher.replace_ids(p) for p in parts]
             settled = [f.result() for f in ahead]
-            slots = slots_job.result() if slots_job is not None else None
+            slots = None
+            if tail_job is not None and (cands_tail := tail_job.result()).height:
+                # Indexed by every worker: about one position per device and release slot.
+                slots = hasher.replace_ids(index_candidates(cands_tail, s.base_res, pool.map))
         parts += [p for p, _ in settled]
         # Values computed ahead hold for windows that no other part of the unit reaches.
         seen = Counter(w for p in parts for w in windows_of(p))
