@@ -702,15 +702,29 @@ def _tables() -> _Tables:
 def _tables_file() -> Path | None:
     """Where derived tables are kept between processes: beside numba's cache of the kernel
     (``NUMBA_CACHE_DIR`` if set), named by the h3 version and this module's source."""
-    from importlib.metadata import version  # not ``h3.__version__``: h3 takes 5 ms to import
-
     base = os.environ.get("NUMBA_CACHE_DIR")
     folder = Path(base) if base else Path(__file__).parent / "__pycache__"
     try:
         digest = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
     except OSError:
         return None
-    return folder / f"cellindex-tables-{version('h3')}-{digest}.npz"
+    return folder / f"cellindex-tables-{_h3_version()}-{digest}.npz"
+
+
+def _h3_version() -> str:
+    """h3-py's version, from its installed metadata's folder name (``h3-4.5.0.dist-info``):
+    importing h3 takes ~5 ms, and so does ``importlib.metadata.version`` (it parses the
+    metadata file), both on a one-row ingest's path."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("h3")
+    if spec is not None and spec.origin is not None:
+        found = sorted(Path(spec.origin).parent.parent.glob("h3-*.dist-info"))
+        if len(found) == 1:
+            return found[0].name.removeprefix("h3-").removesuffix(".dist-info")
+    import h3
+
+    return str(h3.__version__)
 
 
 def _stored_tables() -> _Tables | None:

@@ -99,3 +99,11 @@ def test_the_check_is_not_repeated_by_the_build_that_passed_it(
     assert checks == [1, 1]
     cellindex._store_tables(t._replace(face_az=t.face_az + 1e-4), "build-a")
     assert cellindex._stored_tables() is None  # wrong tables, not passed by this build
+
+
+def test_the_stored_tables_are_named_by_the_installed_h3_version() -> None:
+    import h3
+
+    assert cellindex._h3_version() == h3.__version__
+    path = cellindex._tables_file()
+    assert path is not None and f"-{h3.__version__}-" in path.name
