@@ -121,7 +121,10 @@ def ingest(
 ) -> None:
     """Ingest ping files; each file is one unit. Last line: a JSON summary."""
     _reuse_freed_memory()
-    from heatmap.ingest import ParseOptions
+    from heatmap.ingest import ParseOptions, readahead
+
+    if paths:  # the first chunks are decoded while polars and the service are imported
+        readahead.start(paths[0], ParseOptions().chunk_rows)
     from heatmap.service import Heatmap
 
     s = _settings()

@@ -29,7 +29,7 @@ from heatmap.config import Settings
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest import ChunkTask, ParseOptions, Rejects, frame_to_pings, ping_tasks
-from heatmap.ingest.chunks import WORKERS
+from heatmap.ingest.options import WORKERS
 from heatmap.model import epoch_to_iso
 from heatmap.policy import PublishPolicy
 from heatmap.privacy import DeviceHasher, load_or_create_secret

@@ -15,12 +15,16 @@ The modules, in data-flow order:
 - ``chunks``: :class:`ChunkTask`, a chunk that loads on any thread, and the read errors;
 - ``validate``: one chunk -> WGS-84 pings and rejected rows (:func:`frame_to_pings`,
   :func:`arrow_to_pings`);
-- ``body``: a request body -> a raw frame, for :func:`frame_to_pings`.
+- ``body``: a request body -> a raw frame, for :func:`frame_to_pings`;
+- ``readahead``: a Parquet file's plan of chunks, and its first chunks decoded while the
+  process still imports.
 """
 
-from heatmap.ingest.body import BODY_TYPES, body_to_frame
-from heatmap.ingest.chunks import ChunkTask
-from heatmap.ingest.files import ping_tasks, read_pings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from heatmap.ingest.options import (
     ALIASES,
     COLUMNS,
@@ -30,8 +34,34 @@ from heatmap.ingest.options import (
     Rejects,
     resolve_columns,
 )
-from heatmap.ingest.validate import _seconds_if_valid as _seconds_if_valid
-from heatmap.ingest.validate import arrow_to_pings, frame_to_pings
+
+if TYPE_CHECKING:
+    from heatmap.ingest.body import BODY_TYPES, body_to_frame
+    from heatmap.ingest.chunks import ChunkTask
+    from heatmap.ingest.files import ping_tasks, read_pings
+    from heatmap.ingest.validate import arrow_to_pings, frame_to_pings
+
+# Imported on first use (PEP 562), not with the package: ``heatmap ingest`` starts reading its
+# first file (``readahead``) before it imports polars and the rest.
+_LAZY = {
+    "BODY_TYPES": "body",
+    "body_to_frame": "body",
+    "ChunkTask": "chunks",
+    "ping_tasks": "files",
+    "read_pings": "files",
+    "arrow_to_pings": "validate",
+    "frame_to_pings": "validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ALIASES",

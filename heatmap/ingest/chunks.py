@@ -8,7 +8,6 @@ validating run in parallel while the consumer keeps file order. A reader's failu
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,6 @@ from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.options import ParseOptions, Rejects
 from heatmap.ingest.validate import arrow_to_pings
-
-WORKERS = min(4, os.cpu_count() or 1)
-"""Threads that run a file's tasks at once (the readers make the file's last tasks smaller,
-so that these finish together)."""
 
 
 @dataclass(frozen=True)

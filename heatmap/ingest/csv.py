@@ -29,9 +29,9 @@ import pyarrow.csv as pacsv
 
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
-from heatmap.ingest.chunks import _READ_ERRORS, WORKERS, ChunkTask, _unreadable
+from heatmap.ingest.chunks import _READ_ERRORS, ChunkTask, _unreadable
 from heatmap.ingest.lines import count_newlines
-from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
+from heatmap.ingest.options import COLUMNS, WORKERS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
 
 T = TypeVar("T")

@@ -7,10 +7,15 @@ reason with the first ones listed by row number (:class:`Rejects`).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from heatmap.errors import BadInput
+
+WORKERS = min(4, os.cpu_count() or 1)
+"""Threads that run a file's tasks at once (the readers make the file's last tasks smaller,
+so that these finish together)."""
 
 COLUMNS = ("device_id", "ts", "lat", "lng")
 ALIASES: dict[str, str] = {

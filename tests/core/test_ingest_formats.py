@@ -28,7 +28,7 @@ import pytest
 from heatmap.config import Settings
 from heatmap.errors import BadInput
 from heatmap.ingest import ParseOptions, Rejects, ping_tasks, read_pings
-from heatmap.ingest.chunks import WORKERS
+from heatmap.ingest.options import WORKERS
 from heatmap.read import Reader
 from heatmap.service import Heatmap
 
@@ -273,7 +273,7 @@ def test_large_row_groups_are_split_and_small_ones_merged(tmp_path: Path) -> Non
 
 
 def test_ids_are_read_as_dictionaries_only_where_the_pages_are(tmp_path: Path) -> None:
-    from heatmap.ingest.parquet import _dictionary_pages
+    from heatmap.ingest.readahead import _dictionary_pages
 
     many = pa.table({"device_id": [f"device-{i:08d}" for i in range(200_000)]})
     pq.write_table(many, tmp_path / "plain.parquet", use_dictionary=False)
