@@ -156,7 +156,11 @@ def _reuse_freed_memory() -> None:
     is faulted in and zeroed again by the kernel, which took ~15% of an ingest's CPU time.
     glibc is told to serve blocks up to its limit (32 MiB) from its heap and not to trim it,
     and Arrow to allocate through glibc (its mimalloc pool hands pages back on its own).
-    Only this command does it: it exits when done (the service trims its heap instead).
+    One heap (arena) for every thread: a chunk's buffers are allocated on one worker and
+    freed on another, and with a heap per thread they could only be reused by the thread
+    that made them (on the independent plain-id Parquet file: 150-160 k page faults instead
+    of 210-225 k, peak RSS 650-700 MB instead of 890-980 MB). Only this command does it: it
+    exits when done (the service trims its heap instead).
     """
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # before pyarrow's first use
     if sys.platform != "linux":
@@ -167,7 +171,8 @@ def _reuse_freed_memory() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    m_trim_threshold, m_top_pad, m_mmap_threshold, m_arena_max = -1, -2, -3, -8
+    mallopt(m_arena_max, 1)  # before the first threads: they would each make their own
     mallopt(m_mmap_threshold, 32 << 20)
     mallopt(m_trim_threshold, 1 << 30)
     mallopt(m_top_pad, 64 << 20)
