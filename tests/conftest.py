@@ -8,6 +8,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h3
 import pytest
@@ -65,6 +66,21 @@ def reference_counts(
         for res in range(min_res, base_res + 1):
             out[(w, res, h3.cell_to_parent(c, res) if res < base_res else c)] += 1
     return dict(out)
+
+
+def published_counts(hm: Any, res: int) -> dict[tuple[int, str], int]:
+    """What a store publishes per (window, cell) at ``res``, in whole people (``hm``: an open
+    :class:`heatmap.service.Heatmap`)."""
+    from heatmap.read import Reader
+
+    reader = Reader.of(hm)
+    out = {}
+    for info in hm.store.windows():
+        snap = reader.snapshots(info)[res]
+        for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
+            out[(info.w, h3.int_to_str(cell))] = round(people)
+    reader.close()
+    return out
 
 
 def read_geolife_rows() -> list[tuple[str, int, float, float]]:

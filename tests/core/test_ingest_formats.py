@@ -29,8 +29,8 @@ from heatmap.config import Settings
 from heatmap.errors import BadInput
 from heatmap.ingest import ParseOptions, Rejects, ping_tasks, read_pings
 from heatmap.ingest.options import WORKERS
-from heatmap.read import Reader
 from heatmap.service import Heatmap
+from tests.conftest import published_counts
 
 T0 = 1_764_000_000 // 300 * 300
 NOW = T0 + 86_400.0
@@ -91,13 +91,7 @@ def _published(path: Path, tmp: Path, **opts: object) -> dict[tuple[int, str], i
     hm = Heatmap(s)
     report = hm.ingest_paths([path], ParseOptions(now=NOW, **opts))  # type: ignore[arg-type]
     assert report.accepted == ROWS and report.rejects.total == 0, report.summary()
-    out = {}
-    reader = Reader.of(hm)
-    for info in hm.store.windows():
-        snap = reader.snapshots(info)[10]
-        for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
-            out[(info.w, h3.int_to_str(cell))] = round(people)
-    reader.close()
+    out = published_counts(hm, 10)
     hm.close()
     return out
 

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import h3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -19,8 +18,8 @@ import pytest
 
 from heatmap.config import Settings
 from heatmap.ingest import ParseOptions, readahead
-from heatmap.read import Reader
 from heatmap.service import Heatmap
+from tests.conftest import published_counts, reference_counts
 
 T0 = 1_764_000_000 // 300 * 300
 NOW = T0 + 86_400.0
@@ -44,18 +43,11 @@ def _write(path: Path, seed: int = 7) -> pd.DataFrame:
 
 
 def _reference(df: pd.DataFrame) -> dict[tuple[int, str], int]:
-    """Plain h3-py + pandas: devices per (window, cell) at their latest ping (larger cell on a
-    tie), the windows before the last (which stays open)."""
-    df = df.assign(
-        cell=[
-            h3.str_to_int(h3.latlng_to_cell(a, b, 10)) for a, b in zip(df.lat, df.lng, strict=True)
-        ],
-        w=df.ts // 300,
-    )
-    last = df.sort_values(["ts", "cell"]).groupby(["w", "device_id"]).tail(1)
-    counts = last.groupby(["w", "cell"])["device_id"].nunique()
-    top = int(df.w.max())
-    return {(int(w), h3.int_to_str(int(c))): int(n) for (w, c), n in counts.items() if w < top}
+    """The plain h3-py reference, the windows before the last (which stays open)."""
+    rows = list(df.itertuples(index=False, name=None))
+    ref = reference_counts(rows, 300, 10, 10)
+    top = max(w for w, _, _ in ref)
+    return {(w, cell): n for (w, _, cell), n in ref.items() if w < top}
 
 
 def _ingest(path: Path, tmp: Path) -> dict[tuple[int, str], int]:
@@ -65,13 +57,7 @@ def _ingest(path: Path, tmp: Path) -> dict[tuple[int, str], int]:
     hm = Heatmap(s)
     report = hm.ingest_paths([path], ParseOptions(now=NOW, chunk_rows=CHUNK))
     assert report.accepted == ROWS
-    reader = Reader.of(hm)
-    out = {}
-    for info in hm.store.windows():
-        snap = reader.snapshots(info)[10]
-        for cell, people in zip(snap.cells.tolist(), snap.people.tolist(), strict=True):
-            out[(info.w, h3.int_to_str(cell))] = round(people)
-    reader.close()
+    out = published_counts(hm, 10)
     hm.close()
     top = max(w for w, _ in out)  # the last window stays open (no later ping)
     return {k: v for k, v in out.items() if k[0] < top}
