@@ -98,8 +98,10 @@ def test_the_chunk_read_ahead_is_the_one_counted(
     readahead.start(path, CHUNK)
     _wait_until_read(path)
     ahead = _ingest(path, tmp_path / "a")
-    assert any_size[0] == ([0, 1], True)  # the first chunk: its two row groups
-    assert len(any_size) > 1 and all(not hit for _, hit in any_size[1:])
+    # The first chunk (its two row groups) came from the read-ahead; the others were read by
+    # their tasks (in whatever order the two workers took them).
+    assert [g for g, hit in any_size if hit] == [[0, 1]]
+    assert len(any_size) > 1 and ([0, 1], False) not in any_size
     assert not readahead._AHEAD  # nothing left behind
     without = _ingest(path, tmp_path / "b")
     assert ahead == without
