@@ -788,10 +788,10 @@ def _agrees_with_h3(t: _Tables) -> bool:
     # Points from golden-ratio sequences rather than a random generator (numpy.random costs
     # ~6 ms to import): a Fibonacci lattice, even in area, resolutions in turn.
     n = _CHECK_POINTS
-    i = np.arange(n)
-    lat = np.degrees(np.arcsin((2 * i + 1) / n - 1))
-    lng = (i * _GOLDEN) % 1.0 * 360.0 - 180.0
-    res = i % 16
+    q = np.arange(n)
+    lat = np.degrees(np.arcsin((2 * q + 1) / n - 1))
+    lng = (q * _GOLDEN) % 1.0 * 360.0 - 180.0
+    res = q % 16
     # The 30 icosahedron edges: midpoints of adjacent face centres, equally far from both,
     # nudged by up to ~1e-12 degrees; resolutions in turn.
     f = t.face_xyz

@@ -123,7 +123,7 @@ def ingest(
     _reuse_freed_memory()
     from heatmap.ingest import ParseOptions, readahead
 
-    if paths:  # the first chunks are decoded while polars and the service are imported
+    if paths:  # its first chunk is decoded while polars and the service are imported
         readahead.start(paths[0], ParseOptions().chunk_rows)
     from heatmap.service import Heatmap
 

@@ -16,7 +16,7 @@ The modules, in data-flow order:
 - ``validate``: one chunk -> WGS-84 pings and rejected rows (:func:`frame_to_pings`,
   :func:`arrow_to_pings`);
 - ``body``: a request body -> a raw frame, for :func:`frame_to_pings`;
-- ``readahead``: a Parquet file's plan of chunks, and its first chunks decoded while the
+- ``readahead``: a Parquet file's plan of chunks, and its first chunk decoded while the
   process still imports.
 """
 
