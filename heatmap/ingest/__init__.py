@@ -12,12 +12,13 @@ The modules, in data-flow order:
 - ``files``: a file of any kind -> chunk tasks (:func:`ping_tasks`) or pings (:func:`read_pings`);
 - ``csv``, ``ndjson``, ``parquet``: one format -> chunk tasks (blocks of whole lines, runs of
   row groups), each imported only when a file of its format comes;
+- ``lines`` (text) and ``readahead`` (Parquet): a file cut into those blocks, with their lines
+  counted; a Parquet file's plan of chunks, its first chunk decoded while the process still
+  imports;
 - ``chunks``: :class:`ChunkTask`, a chunk that loads on any thread, and the read errors;
 - ``validate``: one chunk -> WGS-84 pings and rejected rows (:func:`frame_to_pings`,
   :func:`arrow_to_pings`);
-- ``body``: a request body -> a raw frame, for :func:`frame_to_pings`;
-- ``readahead``: a Parquet file's plan of chunks, and its first chunk decoded while the
-  process still imports.
+- ``body``: a request body -> a raw frame, for :func:`frame_to_pings`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """CSV and CSV.gz files as chunk tasks: blocks of whole lines, parsed in parallel.
 
 The reading thread only cuts the file (decompressed, for CSV.gz) into blocks of whole lines
-(:func:`line_blocks`) and counts their lines, so every row keeps its number; each block is
-parsed by its own task with arrow, first with numeric column types, then, if a value does not
-convert, as text, which the validation reads row by row and gives each bad row its reason.
-Lines with the wrong number of fields, which arrow skips, become rejected rows; blank lines
-stay rows (rejected as "empty row"). Only the four columns are converted; others are skipped.
+and counts their lines (:func:`heatmap.ingest.lines.line_blocks`), so every row keeps its
+number; each block is parsed by its own task with arrow, first with numeric column types,
+then, if a value does not convert, as text, which the validation reads row by row and gives
+each bad row its reason. Lines with the wrong number of fields, which arrow skips, become
+rejected rows; blank lines stay rows (rejected as "empty row"). Only the four columns are
+converted; others are skipped.
 
 A quoted value may not hold a line break: blocks are cut at line ends. A block whose parsed
 rows do not match its lines fails the file with that reason rather than misnumber its rows.
@@ -13,16 +14,12 @@ rows do not match its lines fails the file with that reason rather than misnumbe
 
 from __future__ import annotations
 
-import io
-import queue
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -30,25 +27,13 @@ import pyarrow.csv as pacsv
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import _READ_ERRORS, ChunkTask, _unreadable
-from heatmap.ingest.lines import count_newlines
-from heatmap.ingest.options import COLUMNS, WORKERS, ParseOptions, Rejects, resolve_columns
+from heatmap.ingest.lines import Block, _open, line_blocks
+from heatmap.ingest.options import COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import _NUMBER_TYPES, arrow_to_pings
 
 T = TypeVar("T")
 
-_MIN_BLOCK = 64
 _PARSE_BLOCK = 4 << 20  # arrow parses a block in pieces of this size: 2x faster than whole
-_BYTES_PER_ROW = 16  # the block size before the first lines show how long a row is
-
-
-def _open(path: Path, compressed: bool) -> io.RawIOBase | io.BufferedIOBase:
-    """A plain file unbuffered, or a gzip file inflated by ISA-L on its own thread (~2.5x
-    zlib's speed; the reading thread then only cuts lines)."""
-    if not compressed:
-        return path.open("rb", buffering=0)
-    from isal import igzip_threaded
-
-    return igzip_threaded.open(path, "rb", threads=1)  # type: ignore[no-any-return]
 
 
 def _csv_header(path: Path, compressed: bool) -> list[str]:
@@ -65,155 +50,6 @@ def _csv_header(path: Path, compressed: bool) -> list[str]:
     if not text or "\x00" in text:
         raise BadInput(f"{path}: not a CSV file (empty or binary header)")
     return [c.strip().strip('"') for c in text.split(",")]
-
-
-class BlockBuffers:
-    """The buffers blocks are read into, handed by the reading thread to the tasks that parse
-    them and back when parsed: every byte is read from the file once, and the few buffers of
-    a file are reused (a fresh one would be faulted in and zeroed by the kernel again)."""
-
-    def __init__(self) -> None:
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-
-    def take(self, size: int) -> bytearray:
-        """A free buffer of at least ``size`` bytes (a new one if none is free)."""
-        while True:
-            try:
-                buf = self._free.get_nowait()
-            except queue.Empty:
-                return bytearray(size)
-            if len(buf) >= size:
-                return buf  # a smaller one is dropped: never resized, it may still be read
-
-    def give(self, buf: bytearray) -> None:
-        """Return a buffer that nothing reads any more."""
-        self._free.put(buf)
-
-
-@dataclass(frozen=True)
-class Block:
-    """Whole lines of a text file: ``[start, end)`` of its (decompressed) bytes, held at the
-    start of ``data`` (a buffer of ``buffers``, returned by :meth:`release`)."""
-
-    data: bytearray
-    start: int
-    end: int
-    first_row: int  # 1-based data-row number of the first line (a skipped header is row 0)
-    lines: int  # a last line without a line end included
-    buffers: BlockBuffers
-
-    def read(self) -> pa.Buffer:
-        """Return the block's bytes (no copy; valid until :meth:`release`)."""
-        return pa.py_buffer(self.data)[: self.end - self.start]
-
-    def release(self) -> None:
-        """Hand the buffer back once the block is parsed (nothing may read it after)."""
-        self.buffers.give(self.data)
-
-    def parsed(self, parse: Callable[[pa.Buffer], T]) -> T:
-        """Return ``parse(bytes)``, then hand the buffer back, whatever happened. ``parse``
-        must keep no reference to the bytes (arrow's readers copy what they keep)."""
-        try:
-            return parse(self.read())
-        finally:
-            self.release()
-
-
-def line_blocks(
-    path: Path, compressed: bool, rows: int, skip_header: bool, workers: int = WORKERS
-) -> Iterator[Block]:
-    """Cut a text file into blocks of whole lines, about ``rows`` lines each.
-
-    The block size follows from the first block's line length; a line longer than a block
-    makes its block larger. The reading thread only reads into buffers and counts line ends
-    with numpy (both without the GIL), so the tasks parsing blocks run meanwhile; each block's
-    buffer goes to its task, which hands it back when parsed.
-
-    The last ``2 * workers`` blocks' worth of the file is cut into blocks a quarter of the
-    size, so that the ``workers`` parsing tasks finish together rather than one idling while
-    another parses a whole last block (a gzip file's size is its trailer's; see
-    :func:`_text_size`).
-    """
-    buffers = BlockBuffers()
-    total = _text_size(path, compressed)
-    step = max(_MIN_BLOCK, rows * _BYTES_PER_ROW)
-    if total is not None:  # a small file: no larger buffer than it (zeroing 64 MB takes 12 ms)
-        step = min(step, max(_MIN_BLOCK, total + 1))
-    win = buffers.take(step)
-    fill = step
-    newline = np.empty(step, dtype=bool)  # reused: a fresh array would fault in every page
-    have = base = 0
-    row, sized, eof, header = 1, False, False, skip_header
-    with _open(path, compressed) as fh:
-        while True:
-            while have < fill and not eof:
-                with memoryview(win) as mv:
-                    n = fh.readinto(mv[have:fill])
-                eof = not n
-                have += n or 0
-            if header:  # drop the header line
-                cut = win.find(b"\n", 0, have) + 1
-                if cut == 0 and not eof:
-                    win, fill = _larger(win, have, 2 * len(win), buffers)
-                    continue
-                cut = cut or have
-                win[: have - cut] = win[cut:have]
-                have -= cut
-                base += cut
-                header = False
-                continue
-            end = have if eof else win.rfind(b"\n", 0, have) + 1
-            if end == 0 and not eof:  # a line longer than the buffer: make it larger
-                win, fill = _larger(win, have, 2 * len(win), buffers)
-                continue
-            if end:
-                view = np.frombuffer(win, dtype=np.uint8, count=end)
-                if len(newline) < end:
-                    newline = np.empty(len(win), dtype=bool)
-                lines = count_newlines(view, newline)
-                lines += int(view[-1] != 10)
-                del view  # no export of the buffer may outlive this (it is handed on)
-                block = Block(win, base, base + end, row, lines, buffers)
-                row += lines
-            if eof:
-                if end:
-                    yield block
-                return
-            if not sized and end:
-                sized = True  # from now on, about ``rows`` lines a block
-                step = max(_MIN_BLOCK, rows * (end // max(1, lines)))
-            fill = step
-            if total is not None and 0 <= total - (base + end) <= 2 * workers * step:
-                fill = max(_MIN_BLOCK, step // 4)  # the file's last blocks: smaller
-            rest = have - end  # a line's start, carried to the next buffer
-            fill = max(fill, rest + _MIN_BLOCK)
-            nxt = buffers.take(fill)
-            nxt[:rest] = win[end:have]
-            win, have, base = nxt, rest, base + end
-            if end:
-                yield block
-
-
-def _text_size(path: Path, compressed: bool) -> int | None:
-    """The file's size as text: a plain file's, or the size a gzip file's trailer states (the
-    last member's size modulo 4 GiB, so only where the file is too small to inflate past 4
-    GiB at a ratio of 1:16; None otherwise). Only the last blocks' sizes depend on it."""
-    size = path.stat().st_size
-    if not compressed:
-        return size
-    if size < 18 or size * 16 >= 1 << 32:
-        return None
-    with path.open("rb") as fh:
-        fh.seek(-4, io.SEEK_END)
-        return int.from_bytes(fh.read(4), "little")
-
-
-def _larger(win: bytearray, have: int, size: int, buffers: BlockBuffers) -> tuple[bytearray, int]:
-    """A buffer of ``size`` bytes holding the first ``have`` bytes of ``win`` (and its fill)."""
-    bigger = buffers.take(size)
-    bigger[:have] = win[:have]
-    buffers.give(win)
-    return bigger, size
 
 
 def _csv_tasks(

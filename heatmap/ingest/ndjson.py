@@ -1,6 +1,6 @@
 """NDJSON files (one JSON object a line, gzipped or not) as chunk tasks.
 
-Blocks of whole lines (:func:`heatmap.ingest.csv.line_blocks`) are parsed by arrow on the
+Blocks of whole lines (:func:`heatmap.ingest.lines.line_blocks`) are parsed by arrow on the
 tasks' threads, value types inferred per block (numbers, text, ISO-8601 times alike), and go
 through the same validation as every other format; row N is line N. A block that arrow
 cannot take whole (a line that is not JSON, a blank line, a value whose type changes between
@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 from heatmap.deviceids import DeviceCodes
 from heatmap.errors import BadInput
 from heatmap.ingest.chunks import ChunkTask, _unreadable
-from heatmap.ingest.csv import Block, line_blocks
+from heatmap.ingest.lines import Block, line_blocks
 from heatmap.ingest.options import ALIASES, COLUMNS, ParseOptions, Rejects, resolve_columns
 from heatmap.ingest.validate import arrow_to_pings
 

@@ -224,7 +224,7 @@ def test_lines_that_are_not_utf8_are_rejected_by_row(
 def test_line_blocks_cover_the_file_and_shrink_at_its_end(tmp_path: Path, compressed: bool) -> None:
     """Blocks of whole lines, in order, every line once with its row number; the last blocks
     are smaller (the parsing tasks finish together; a gzip's size is read from its trailer)."""
-    from heatmap.ingest.csv import line_blocks
+    from heatmap.ingest.lines import line_blocks
     from heatmap.ingest.options import WORKERS
 
     lines = [f"d{i % 7},{1_700_000_000 + i},31.{i % 97:02d},121.{i % 89:02d}" for i in range(5000)]
