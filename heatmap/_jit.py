@@ -115,6 +115,48 @@ def _njit(fn: Callable[..., Any], options: dict[str, Any]) -> Any:
     return numba.njit(**options)(fn)
 
 
+def prefetch(array: npt.NDArray[Any], index: int) -> None:
+    """Ask the CPU to start fetching ``array[index]`` into its caches; nothing else.
+
+    A kernel that reads a large table at random (an 8 MB hash table of device ids, say) asks
+    for the slot it will read some rows later, so the wait for memory overlaps with the work
+    on the rows between. Compiled, this is LLVM's ``llvm.prefetch`` (a read, kept in every
+    cache level); called from Python it does nothing. ``index`` must be within the array.
+    """
+
+
+def _register_prefetch() -> None:
+    """Give :func:`prefetch` its compiled form (numba is being loaded)."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.core.extending import intrinsic, overload
+
+    @intrinsic  # type: ignore[misc]
+    def _hint(typingctx: Any, array: Any, index: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            at = builder.gep(ary.data, [args[1]])
+            byte = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+                "llvm.prefetch.p0",
+            )
+            # a read (0), kept in every cache level (3), of data (1)
+            builder.call(fn, [builder.bitcast(at, byte), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(array, index), codegen
+
+    @overload(prefetch, inline="always")  # type: ignore[misc]
+    def _prefetch(array, index):  # type: ignore[no-untyped-def]  # numba: names as prefetch's
+        if isinstance(array, types.Array) and array.ndim == 1 and isinstance(index, types.Integer):
+            return lambda array, index: _hint(array, index)  # type: ignore[call-arg]
+        return None
+
+
 def _load() -> None:
     """Import numba and make every pending kernel a dispatcher, rebinding its module's name
     (a kernel called from another kernel must be a dispatcher when that one compiles)."""
@@ -122,6 +164,7 @@ def _load() -> None:
     with _LOCK:
         if _loaded:
             return
+        _register_prefetch()
         for k in _LAZY:
             k.dispatcher = _njit(k.py_func, k.options)
             scope = k.py_func.__globals__

@@ -121,7 +121,7 @@ def build(out: Path = PACKAGE) -> Path:
         cc.target_cpu = llvm.get_host_cpu_name()
         cc.verbose = False
         exports: dict[str, list[dict[str, Any]]] = {}
-        files: set[str] = set()
+        files = {"_jit.py"}  # the compiled forms of its helpers (prefetch) are built in
         for k in _jit._ALL:
             if k.options.get("inline") or k.dispatcher is None:
                 continue

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from heatmap._arrow import text, values
-from heatmap._jit import inline, kernel, readonly, warms, worth
+from heatmap._jit import inline, kernel, prefetch, readonly, warms, worth
 
 U8 = npt.NDArray[np.uint8]
 U32 = npt.NDArray[np.uint32]
@@ -45,6 +45,8 @@ _K3 = np.uint64(0x94D049BB133111EB)
 _TAG = np.uint64(0xFFFFFFFF00000000)
 _CODE = np.uint64(0xFFFFFFFF)
 _ONE = np.uint64(1)
+_AHEAD = 16
+"""Rows an id lookup hashes ahead of its probe (see :func:`_lookup`)."""
 
 
 @inline
@@ -126,14 +128,28 @@ def _lookup(
     half = len(slots) // 2
     mask = np.uint64(half - 1)
     shift = np.uint64(64 - int(np.log2(half)))
+    n = len(offsets) - 1
+    # Ids are hashed _AHEAD rows before their probe, and their slots prefetched meanwhile:
+    # the table is larger than the caches, and its reads would otherwise wait on memory.
+    ahead_a = np.empty(_AHEAD, np.uint64)
+    ahead_b = np.empty(_AHEAD, np.uint64)
     m = 0
-    for i in range(len(offsets) - 1):
+    for i in range(-_AHEAD, n):
+        k = i % _AHEAD  # row i's hashes, and then row j's, in this place of the ring
+        a, b = ahead_a[k], ahead_b[k]
+        j = i + _AHEAD
+        if j < n:
+            aj, bj = _mix(data, np.int64(offsets[j]), np.int64(offsets[j + 1]), seed)
+            ahead_a[k] = aj
+            ahead_b[k] = bj
+            prefetch(slots, (aj >> shift) << _ONE)
+        if i < 0:
+            continue
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         if hi - lo < 1 or hi - lo > MAX_ID_BYTES:
             missing[m] = i
             m += 1
             continue
-        a, b = _mix(data, lo, hi, seed)
         _, code = _probe(slots, a, b & _TAG, a >> shift, mask)
         if code < 0:
             missing[m] = i

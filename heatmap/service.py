@@ -47,8 +47,32 @@ class _Chunk:
     max_ts: int | None = None
     min_w: int = 0
     candidates: pl.DataFrame | None = None
-    tail: pl.DataFrame | None = None
+    tail: _Span | None = None
     """The chunk's pings of its last ``tail_s`` seconds (see ``Heatmap._positions``)."""
+
+
+@dataclass
+class _Span:
+    """Pings with the bounds of their ``ts`` (``lo <= ts <= hi``)."""
+
+    rows: pl.DataFrame
+    lo: int
+    hi: int
+
+    def since(self, cut: int) -> _Span | None:
+        """The pings from ``cut`` on (a slice of the bounds, no filter when all or none are)."""
+        if self.hi < cut:
+            return None
+        if self.lo >= cut:
+            return self
+        rows = self.rows.filter(pl.col("ts") >= cut)
+        return _Span(rows, cut, self.hi) if rows.height else None
+
+
+def _since(spans: list[_Span], cut: int) -> list[_Span]:
+    """The pings of ``spans`` from ``cut`` on: spans wholly before it dropped, spans after it
+    kept as they are, only the (usually one) straddling span filtered."""
+    return [x for x in (span.since(cut) for span in spans) if x is not None]
 
 
 @dataclass
@@ -136,7 +160,7 @@ class Heatmap:
         s = self.settings
         key_s = key_s or s.window_s
         tail_s = None if key_s == s.release_s else s.horizon + s.release_grace_s + s.release_s
-        tails: list[pl.DataFrame] = []
+        tails: list[_Span] = []
         wm = self.store.watermark()
         cutoff = None if wm is None else wm // s.window_s * s.window_s
         cands = Candidates()
@@ -163,26 +187,23 @@ class Heatmap:
                     # Pings near this chunk's end may be near the unit's end, which is known
                     # only at the end: keep them as they are until then (the whole chunk, no
                     # copy, when it spans less than the tail).
-                    cut = out.max_ts - tail_s
-                    out.tail = pings if min_ts >= cut else pings.filter(pl.col("ts") >= cut)
+                    out.tail = _Span(pings, min_ts, out.max_ts).since(out.max_ts - tail_s)
             return out
 
         def settle(ripe: pl.DataFrame) -> tuple[pl.DataFrame, Precomputed]:
             positions = index_candidates(ripe, s.base_res)
             return hasher.replace_ids(positions), Precomputed.of(positions, self.policy)
 
-        def keep_tail(rows: pl.DataFrame, span: int) -> None:
+        def keep_tail(tail: _Span, span: int) -> None:
             """Keep a chunk's last pings, dropping what the unit has moved past meanwhile."""
             nonlocal tails
-            tails.append(rows)
-            if max_ts is not None and sum(t.height for t in tails) > 1 << 22:
-                cut = max_ts - span
-                tails = [t.filter(pl.col("ts") >= cut) for t in tails]
-                tails = [t for t in tails if t.height]
+            tails.append(tail)
+            if max_ts is not None and sum(t.rows.height for t in tails) > 1 << 22:
+                tails = _since(tails, max_ts - span)
 
-        def tail_candidates(tails: list[pl.DataFrame], since: int) -> pl.DataFrame:
+        def tail_candidates(tails: list[_Span], since: int) -> pl.DataFrame:
             """The candidates per release slot of the unit's pings from ``since`` on."""
-            tail = pl.concat(tails).filter(pl.col("ts") >= since)
+            tail = pl.concat([t.rows for t in _since(tails, since)])
             return latest_candidates(tail, s.release_s)
 
         def take(pool: ThreadPoolExecutor) -> None:
@@ -193,7 +214,7 @@ class Heatmap:
             report.rejects.merge(done.rejects)
             if done.max_ts is not None:
                 max_ts = done.max_ts if max_ts is None else max(max_ts, done.max_ts)
-            if done.tail is not None and done.tail.height and tail_s is not None:
+            if done.tail is not None and tail_s is not None:
                 keep_tail(done.tail, tail_s)
             if done.candidates is not None:
                 cands.add(done.candidates)

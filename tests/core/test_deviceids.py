@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heatmap import _jit
-from heatmap.deviceids import MAX_ID_BYTES, DeviceCodes
+from heatmap.deviceids import _AHEAD, MAX_ID_BYTES, DeviceCodes
 
 _IDS = st.text(min_size=1, max_size=40).filter(lambda s: 1 <= len(s.encode()) <= MAX_ID_BYTES)
 _CHUNKS = st.lists(st.lists(st.sampled_from([f"d{i}" for i in range(60)]) | _IDS, max_size=80))
@@ -60,6 +60,23 @@ def test_python_path_then_kernels_keep_the_same_codes(chunks: list[list[str]], c
         for value, code in zip(chunk, out.tolist(), strict=True):
             assert seen.setdefault(value, len(seen)) == code
     assert codes.ids().to_pylist() == list(seen)
+
+
+@pytest.mark.parametrize("n", [1, _AHEAD - 1, _AHEAD, _AHEAD + 1, 3 * _AHEAD + 5, 5000])
+def test_lookups_hashed_ahead_give_each_row_its_own_code(n: int) -> None:
+    """Known ids are hashed a few rows before their probe: each row must still get the code
+    of its own id, at the start and the end of a column too, with new ids and (failing the
+    column) a bad one among them."""
+    codes = DeviceCodes(bits=4)
+    known = [f"dev-{i:04d}" for i in range(300)]
+    assert codes.encode(pa.array(known)) is not None
+    rows = [known[(7 * i) % 300] for i in range(n)]
+    rows[n // 2] = "a-new-id"  # missing from the table: added, with the next code
+    out = codes.encode(pa.array(rows))
+    assert out is not None
+    expect = {v: i for i, v in enumerate(known)} | {"a-new-id": 300}
+    assert out.tolist() == [expect[v] for v in rows]
+    assert codes.encode(pa.array([*rows[:-1], ""])) is None  # an empty id, last
 
 
 def test_chunked_columns_are_encoded_chunk_by_chunk() -> None:
