@@ -26,8 +26,10 @@ not one per tick).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -219,24 +221,32 @@ def _commit(
     if due is not None:
         floor = max(due, last_t if last_t is not None else due) - policy.horizon_s
     keep = _log_rows(positions, slots, staying, floor)
-    if keep.height:
-        dev, ts, cell = log_rows(keep)
-        if keep.height >= _BIG_UNIT:
-            # A file's tail: encode its log entries (numpy, zstd: no GIL) on another thread
-            # while the live tables take the same pings here.
-            with ThreadPoolExecutor(1, thread_name_prefix="heatmap-log") as pool:
+    with contextlib.ExitStack() as helpers:
+        encoding: Future[list[tuple[int, int, bytes]]] | None = None
+        tables: Future[None] | None = None
+        if keep.height:
+            dev, ts, cell = log_rows(keep)
+            if keep.height >= _BIG_UNIT:
+                # A file's tail: its log entries are encoded (numpy, zstd: no GIL) and the
+                # open windows' tables take its pings on other threads, while the live table
+                # takes them here and the release is made from it.
+                pool = helpers.enter_context(
+                    ThreadPoolExecutor(2, thread_name_prefix="heatmap-commit")
+                )
                 encoding = pool.submit(ping_entries, dev, ts, cell, policy.release_s)
+                tables = state.apply_beside(pool, dev, ts, cell, set(staying))
+            else:
+                encoding = _done(ping_entries(dev, ts, cell, policy.release_s))
                 state.apply(dev, ts, cell, set(staying))
-                entries = encoding.result()
-        else:
-            entries = ping_entries(dev, ts, cell, policy.release_s)
-            state.apply(dev, ts, cell, set(staying))
-        state.appended(store.append_log(entries))
-        store.touch_windows(_window_rows(staying, policy.window_s), closed=False)
-        store.set_open_devices([(w, state.window_devices(w)) for w in staying])
-    if releasing and due is not None and clock is not None:
-        result.release = make_release(store, state, due, policy, clock)
-        last_t = due
+        if releasing and due is not None and clock is not None:
+            result.release = make_release(store, state, due, policy, clock)
+            last_t = due
+        if encoding is not None:
+            state.appended(store.append_log(encoding.result()))
+            store.touch_windows(_window_rows(staying, policy.window_s), closed=False)
+            if tables is not None:
+                tables.result()
+            store.set_open_devices([(w, state.window_devices(w)) for w in staying])
     if closing:
         close_stored(store, state, closing, positions, policy, ahead)
     open_after = (stored_open | set(staying)) - set(closing)
@@ -255,6 +265,16 @@ def _commit(
 
 
 _END_OF_TIME = 2**62
+T = TypeVar("T")
+
+
+def _done(value: T) -> Future[T]:
+    """A future that already holds ``value``."""
+    out: Future[T] = Future()
+    out.set_result(value)
+    return out
+
+
 _BIG_UNIT = 1 << 17
 """Pings kept in the log from which a unit's log entries are encoded on another thread."""
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,22 @@ class LiveState:
         if not len(dev):
             return
         cid = self.cells.ids(cell)
+        self._apply_windows(dev, ts, cid, windows)
+        if live:
+            self._apply_live(dev, ts, cid)
+
+    def apply_beside(
+        self, pool: Executor, dev: I64, ts: I64, cell: U64, windows: set[int]
+    ) -> Future[None]:
+        """:meth:`apply`, with the tables of ``windows`` updated on ``pool`` while this thread
+        updates ``live`` (or pending); the future is done when the tables are. Until then the
+        caller may make a release (which reads ``live`` alone), but not read those windows."""
+        cid = self.cells.ids(cell)  # here, before either side reads the cells
+        tables = pool.submit(self._apply_windows, dev, ts, cid, windows)
+        self._apply_live(dev, ts, cid)
+        return tables
+
+    def _apply_windows(self, dev: I64, ts: I64, cid: I32, windows: set[int]) -> None:
         w = ts // self.clock.window_s
         for x in np.unique(w).tolist():
             if x in windows:
@@ -105,8 +122,8 @@ class LiveState:
                 if table is None:
                     table = self.windows[x] = DeviceTable(self.cells, self._bits())
                 table.apply(dev[rows], ts[rows], cid[rows])
-        if not live:
-            return
+
+    def _apply_live(self, dev: I64, ts: I64, cid: I32) -> None:
         if self.folded_t is None or self.fold_until is None:
             self._pending.append((dev, ts, cid))
             return
