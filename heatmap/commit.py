@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -222,6 +221,7 @@ def _commit(
         floor = max(due, last_t if last_t is not None else due) - policy.horizon_s
     keep = _log_rows(positions, slots, staying, floor)
     with contextlib.ExitStack() as helpers:
+        entries: list[tuple[int, int, bytes]] | None = None
         encoding: Future[list[tuple[int, int, bytes]]] | None = None
         tables: Future[None] | None = None
         if keep.height:
@@ -236,13 +236,15 @@ def _commit(
                 encoding = pool.submit(ping_entries, dev, ts, cell, policy.release_s)
                 tables = state.apply_beside(pool, dev, ts, cell, set(staying))
             else:
-                encoding = _done(ping_entries(dev, ts, cell, policy.release_s))
+                entries = ping_entries(dev, ts, cell, policy.release_s)
                 state.apply(dev, ts, cell, set(staying))
         if releasing and due is not None and clock is not None:
             result.release = make_release(store, state, due, policy, clock)
             last_t = due
         if encoding is not None:
-            state.appended(store.append_log(encoding.result()))
+            entries = encoding.result()
+        if entries is not None:
+            state.appended(store.append_log(entries))
             store.touch_windows(_window_rows(staying, policy.window_s), closed=False)
             if tables is not None:
                 tables.result()
@@ -265,16 +267,6 @@ def _commit(
 
 
 _END_OF_TIME = 2**62
-T = TypeVar("T")
-
-
-def _done(value: T) -> Future[T]:
-    """A future that already holds ``value``."""
-    out: Future[T] = Future()
-    out.set_result(value)
-    return out
-
-
 _BIG_UNIT = 1 << 17
 """Pings kept in the log from which a unit's log entries are encoded on another thread."""
 

@@ -10,6 +10,7 @@ log makes the same releases as the one that saw every unit.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -115,19 +116,25 @@ units = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.lists(st.tuples(units, st.booleans()), min_size=1, max_size=12))
-def test_releases_and_windows_equal_a_plain_count_whatever_the_order(steps) -> None:
+@given(st.lists(st.tuples(units, st.booleans()), min_size=1, max_size=12), st.booleans())
+def test_releases_and_windows_equal_a_plain_count_whatever_the_order(steps, beside) -> None:
     """Units of pings in any order (late ones included), releases at rising ticks: each release
     counts every device once at its latest ping in ``[t - h, t)``, each window at its latest
-    ping in the window."""
+    ping in the window. ``beside``: the windows' tables take each unit on another thread while
+    the release is made (as a large unit's commit does)."""
     state = LiveState(Clock(WINDOW, SLOT, HORIZON))
     seen: list[tuple[int, int, int]] = []
     t = 1_000
+    pool = ThreadPoolExecutor(1)
     for rows, release in steps:
         seen += rows
+        tables = None
         if rows:
             dev, ts, cell = _arrays(rows)
-            state.apply(dev, ts, cell, set(range(0, 20)))
+            if beside:
+                tables = state.apply_beside(pool, dev, ts, cell, set(range(0, 20)))
+            else:
+                state.apply(dev, ts, cell, set(range(0, 20)))
         if release:
             t += SLOT * (1 + len(rows) % 3)
             cells, n = state.release(t)
@@ -137,6 +144,8 @@ def test_releases_and_windows_equal_a_plain_count_whatever_the_order(steps) -> N
                     model[d] = max(model.get(d, (ts_, c)), (ts_, c))
             want = _counts({d: p for d, p in model.items() if p[0] >= t - HORIZON})
             assert list(zip(cells.tolist(), n.tolist(), strict=True)) == want
+        if tables is not None:
+            tables.result()
         for w in range(8, 14):
             per: dict[int, Pos] = {}
             for d, ts_, c in seen:
@@ -187,3 +196,45 @@ def test_a_state_rebuilt_from_the_log_makes_the_same_releases(make_settings) -> 
         ]
     other.close()
     hm.close()
+
+
+def test_a_large_unit_commits_what_a_small_one_would(make_settings, monkeypatch, tmp_path) -> None:
+    """A unit large enough for the commit's helper threads (its windows' tables updated beside
+    the release) leaves the store and its state as the serial commit does: same release, same
+    open windows, same published windows; into a new store and into one with a release."""
+    from heatmap import commit
+    from heatmap.ingest import ParseOptions
+    from heatmap.live.state import state_of
+    from heatmap.service import Heatmap
+    from tests.conftest import published_counts
+
+    rng = np.random.default_rng(11)
+    t0 = 1_764_000_000 // 300 * 300
+
+    def frame(start: int, n: int) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "device_id": [f"d{x}" for x in rng.integers(0, 3000, n)],
+                "ts": np.sort(start + rng.integers(0, 900, n)),
+                "lat": 31.23 + rng.normal(0, 0.01, n),
+                "lng": 121.47 + rng.normal(0, 0.01, n),
+            }
+        )
+
+    units = [frame(t0, 20_000), frame(t0 + 700, 20_000)]
+    seen = []
+    for big_unit in (1, 1 << 62):  # every unit on helper threads, then none
+        monkeypatch.setattr(commit, "_BIG_UNIT", big_unit)
+        s = make_settings(k_min=1, db=str(tmp_path / str(big_unit) / "heatmap.db"))
+        hm = Heatmap(s)
+        for i, unit in enumerate(units):
+            path = tmp_path / f"u{i}.parquet"
+            unit.write_parquet(path)
+            hm.ingest_paths([path], ParseOptions(now=t0 + 86_400.0))
+        state = state_of(hm.store, Clock(s.window_s, s.release_s, s.horizon))
+        release = [x.tolist() for x in state.release(int(hm.store.get_meta("release_t")))]
+        windows = {w: [x.tolist() for x in state.window_counts(w)] for w in state.windows}
+        seen.append((release, windows, published_counts(hm, 10), hm.store.open_window_ids()))
+        hm.close()
+    assert seen[0] == seen[1]
+    assert sum(seen[0][0][1]) > 1000 and seen[0][1]  # positive controls: counted, windows open
