@@ -237,7 +237,8 @@ def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.
     ``ts`` the larger cell wins, which makes the rule independent of row order.
     """
     dev = _device_col(cands)
-    if _has_ties(cands, dev):
+    tied = _has_ties(cands, dev)
+    if tied:
         cands = cands[_latest_rows(cands, dev, cands["w"].to_numpy())]
     lat, lng = cands["lat"].to_numpy(), cands["lng"].to_numpy()
 
@@ -251,7 +252,7 @@ def index_candidates(cands: pl.DataFrame, res: int, mapper: Mapper = map) -> pl.
     parts = [slice(i, i + step) for i in range(0, len(lat), step)]
     cells = np.concatenate(list(mapper(index, parts))) if parts else np.zeros(0, np.uint64)
     out = cands.select("w", dev, "ts").with_columns(cell=pl.Series(cells, dtype=pl.UInt64))
-    if _has_ties(out, dev):
+    if tied and _has_ties(out, dev):  # pairs left tied on ts (none if none were paired)
         out = out.filter(pl.col("cell") == pl.col("cell").max().over("w", dev)).unique(
             subset=["w", dev], keep="any"
         )

@@ -379,6 +379,7 @@ class DeviceCodes:
 @warms
 def _warm() -> None:
     codes = DeviceCodes(bits=2)
-    codes._encode_py(text([b"a"]))
+    codes._py["a"] = codes._append(b"a")  # as the Python path would (without its import of
+    # pyarrow.compute, ~30 ms holding the GIL on the thread that warms the kernels)
     codes._encode_kernel(text([b"a", b"b"], large=False))  # builds the table: _insert_all
     codes._encode_kernel(text([bytes([65 + i]) for i in range(8)]))  # grows it: _reinsert
