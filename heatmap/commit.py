@@ -268,7 +268,8 @@ def _commit(
 
 _END_OF_TIME = 2**62
 _BIG_UNIT = 1 << 17
-"""Pings kept in the log from which a unit's log entries are encoded on another thread."""
+"""Pings kept in the log from which a unit's commit uses helper threads (its log entries
+encoded and its open windows' tables updated beside the release)."""
 
 
 def _log_rows(
